@@ -1,0 +1,6 @@
+//! `claude-jail`: parse, run, map the outcome to an exit status. Everything else is in the library.
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    claude_jail::cli::main()
+}

@@ -1,0 +1,1 @@
+//! Fake-world harness (see README).
