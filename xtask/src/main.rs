@@ -1,1 +1,173 @@
-fn main() {}
+//! Project tasks. `cargo xtask <task>`:
+//!
+//! - `setup`: install what a fresh machine needs (scripts/setup; idempotent, seconds when done);
+//! - `build-ebpf`: build jail-ebpf for bpfel-unknown-none with Debian's rustc-web;
+//! - `build`: build-ebpf, then the `claude-jail` binary that embeds the object;
+//! - `test`: setup, build, `cargo fmt --check`, clippy, then every test (unit and integration) run
+//!   as root inside `unshare --net --mount`, so that no test packet can reach the real network;
+//! - `demo`: setup, build, then a jailed probe in a throwaway fake network.
+use std::{
+    env,
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "claude-jail project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the Debian packages, bpf-linker and pasta (needs root; idempotent).
+    Setup,
+    /// Build the eBPF object (target/bpfel-unknown-none/release/jail-ebpf).
+    BuildEbpf,
+    /// Build the eBPF object and the claude-jail binary (release).
+    Build,
+    /// Set up, build, check formatting and lints, and run every test.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run a jailed probe in a throwaway fake network.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let root = repo_root()?;
+    match Cli::parse().task {
+        Task::Setup => setup(&root),
+        Task::BuildEbpf => build_ebpf(&root),
+        Task::Build => {
+            build_ebpf(&root)?;
+            run(cargo(&root).args(["build", "--release", "-p", "jail-userspace"]))
+        }
+        Task::Test { args } => test(&root, &args),
+        Task::Demo => demo(&root),
+    }
+}
+
+fn repo_root() -> Result<PathBuf> {
+    let manifest = env::var_os("CARGO_MANIFEST_DIR").context("run me as `cargo xtask`")?;
+    Ok(Path::new(&manifest)
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}
+
+fn tools_bin(root: &Path) -> PathBuf {
+    env::var_os("CLAUDE_JAIL_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".tools"))
+        .join("bin")
+}
+
+fn setup(root: &Path) -> Result<()> {
+    run(Command::new("bash").arg(root.join("scripts/setup")))
+}
+
+/// The eBPF crate is built by Debian's cargo and rustc (jail-ebpf/rust-toolchain.toml explains
+/// why). The variables that rustup and the outer cargo set for this process would otherwise pick
+/// the host toolchain, so they are removed.
+fn build_ebpf(root: &Path) -> Result<()> {
+    let path = env::join_paths(
+        std::iter::once(tools_bin(root))
+            .chain(std::iter::once(PathBuf::from("/usr/bin")))
+            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+    )?;
+    let mut cmd = Command::new("/usr/bin/cargo");
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO",
+        "CARGO_MANIFEST_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(root.join("jail-ebpf"))
+        .env("PATH", path)
+        .env("RUSTC", "/usr/bin/rustc")
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["build", "--locked", "--release", "--target-dir"])
+        .arg(root.join("target"));
+    run(&mut cmd).context(
+        "building the eBPF object failed; `cargo xtask setup` installs the toolchain it needs",
+    )
+}
+
+/// The host cargo (the one running xtask), at the workspace root.
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    setup(root)?;
+    build_ebpf(root)?;
+    run(cargo(root).args(["fmt", "--all", "--", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")?;
+    run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // Build everything first, with the network; then run the tests without it.
+    run(cargo(root).args(["build", "--workspace", "--bins"]))?;
+    run(cargo(root).args(["test", "--workspace", "--no-run"]))?;
+    let mut cmd = Command::new("unshare");
+    cmd.current_dir(root)
+        .args(["--net", "--mount", "--"])
+        .arg(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["test", "--workspace", "--offline"])
+        .env("CLAUDE_JAIL_BIN", root.join("target/debug/claude-jail"))
+        .env("CLAUDE_JAIL_PASTA", tools_bin(root).join("pasta"));
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    run(&mut cmd)
+}
+
+fn demo(root: &Path) -> Result<()> {
+    setup(root)?;
+    build_ebpf(root)?;
+    run(cargo(root).args(["build", "--workspace", "--bins"]))?;
+    run(cargo(root).args(["test", "-p", "jail-tests", "--test", "demo", "--no-run"]))?;
+    let mut cmd = Command::new("unshare");
+    cmd.current_dir(root)
+        .args(["--net", "--mount", "--"])
+        .arg(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["test", "-p", "jail-tests", "--offline", "--test", "demo"])
+        .args(["--", "--nocapture"])
+        .env("CLAUDE_JAIL_BIN", root.join("target/debug/claude-jail"))
+        .env("CLAUDE_JAIL_PASTA", tools_bin(root).join("pasta"));
+    run(&mut cmd)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(OsStr::to_string_lossy)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    eprintln!("xtask: {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed: {status}");
+    }
+    Ok(())
+}
