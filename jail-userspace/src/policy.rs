@@ -1,1 +1,692 @@
-//! TODO(helper)
+//! The compiled policy: allow and deny rules, each with where it came from, and the exact eBPF
+//! map entries they compile to.
+//!
+//! The verdict for a destination (address, port, protocol), the same rule as jail-common's:
+//!   1. an allow entry matches (exact address:port/protocol, or a prefix)  -> allowed;
+//!   2. else a deny prefix matches                                          -> refused;
+//!   3. else                                                                -> allowed.
+//!
+//! So a narrow allow inside a broad deny works (`allow-ip = 10.1.2.3` inside the default
+//! 10.0.0.0/8), and a deny can never take back an allow.
+//!
+//! IPv6 addresses that carry an IPv4 address are judged as that IPv4 address, after `::` and
+//! `::1` (which are judged as IPv6: decoded they would be 0.0.0.0 and 0.0.0.1):
+//! IPv4-mapped `::ffff:0:0/96`, IPv4-compatible `::/96`, NAT64 `64:ff9b::/96`. Rules written in
+//! those forms are compiled to their IPv4 form, so the maps hold what the programs look up. An
+//! IPv6 prefix shorter than /96 never matches such an address: it is judged in IPv4 only.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use jail_common::{RuleId, MAX_PORT_ENTRIES, MAX_PREFIX_ENTRIES};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    conf::{AllowEntry, Conf, Located, PortSpec},
+    hostnet::HostNet,
+};
+
+/// What the site did not have to write: ranges that reach internal hosts from anywhere.
+pub const DEFAULT_DENY: [IpNet; 15] = [
+    v4(10, 0, 0, 0, 8),
+    v4(172, 16, 0, 0, 12),
+    v4(192, 168, 0, 0, 16),
+    v4(169, 254, 0, 0, 16),
+    v4(100, 64, 0, 0, 10),
+    // 0.0.0.0 dials the local host.
+    v4(0, 0, 0, 0, 8),
+    // Multicast, then reserved up to and including 255.255.255.255.
+    v4(224, 0, 0, 0, 4),
+    v4(240, 0, 0, 0, 4),
+    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),
+    v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),
+    v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10),
+    v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),
+    // IPv4-embedding prefixes that cannot be decoded by address alone: denied outright.
+    v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),
+    v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16),
+    v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 32),
+];
+
+/// Loopback is the jail's own namespace: always allowed, even inside a site's `deny-ip`.
+pub const LOOPBACK: [IpNet; 2] = [v4(127, 0, 0, 0, 8), v6([0, 0, 0, 0, 0, 0, 0, 1], 128)];
+
+const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> IpNet {
+    IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), len))
+}
+
+const fn v6(s: [u16; 8], len: u8) -> IpNet {
+    IpNet::V6(Ipv6Net::new_assert(
+        Ipv6Addr::new(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
+        len,
+    ))
+}
+
+/// The top 96 bits of the IPv6 prefixes whose last 32 bits are an IPv4 address.
+const MAPPED_HI: u128 = 0xffff;
+const COMPAT_HI: u128 = 0;
+const NAT64_HI: u128 = 0x0064_ff9b_0000_0000_0000_0000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+/// Where a rule came from, for `policy` and for naming the rule an event carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// [`DEFAULT_DENY`].
+    Default,
+    Conf {
+        path: PathBuf,
+        line: usize,
+    },
+    HostAddress {
+        ifname: String,
+    },
+    HostSubnet {
+        ifname: String,
+    },
+    HostRoute {
+        dev: Option<String>,
+    },
+    /// A DNS resolver of the host (pasta's own policy).
+    Resolver,
+    /// Added by claude-jail itself; the text says why.
+    Builtin(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::Conf { path, line } => write!(f, "conf {}:{line}", path.display()),
+            Source::HostAddress { ifname } => write!(f, "host address on {ifname}"),
+            Source::HostSubnet { ifname } => write!(f, "host subnet of {ifname}"),
+            Source::HostRoute { dev: Some(d) } => write!(f, "host route via {d}"),
+            Source::HostRoute { dev: None } => f.write_str("host route"),
+            Source::Resolver => f.write_str("host DNS resolver"),
+            Source::Builtin(why) => write!(f, "builtin: {why}"),
+        }
+    }
+}
+
+/// One allow or deny entry. Deny rules never carry a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub action: Action,
+    /// As written (an IPv4-carrying IPv6 form stays so here; the maps get its IPv4 form).
+    pub target: AllowEntry,
+    pub source: Source,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} ({})",
+            self.action.name(),
+            self.target,
+            self.source
+        )
+    }
+}
+
+/// The outcome of [`Policy::decide`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The entry that decided, `None` when nothing matched (allowed by rule 3).
+    pub rule: Option<RuleId>,
+}
+
+/// Exactly the entries of the policy maps (jail_common::maps), as deterministic, de-duplicated
+/// sets that a reload can diff by key. Addresses are in network byte order
+/// (`u32::from_ne_bytes(octets)`), prefix keys are `(prefix_len, data)` as in aya's LPM `Key`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapEntries {
+    pub allow4: BTreeMap<(u32, u32), RuleId>,
+    pub allow6: BTreeMap<(u32, [u32; 4]), RuleId>,
+    pub deny4: BTreeMap<(u32, u32), RuleId>,
+    pub deny6: BTreeMap<(u32, [u32; 4]), RuleId>,
+    /// `(addr, port, proto)`; see [`port_key4`]. Port 0 is the per-address/protocol marker.
+    pub allow4_port: BTreeMap<(u32, u16, u8), RuleId>,
+    /// `(addr, port, proto)`; see [`port_key6`].
+    pub allow6_port: BTreeMap<([u32; 4], u16, u8), RuleId>,
+}
+
+/// The hash-map key for an `allow4_port` entry.
+pub fn port_key4(&(addr, port, proto): &(u32, u16, u8)) -> jail_common::PortKey4 {
+    jail_common::PortKey4 {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    }
+}
+
+/// The hash-map key for an `allow6_port` entry.
+pub fn port_key6(&(addr, port, proto): &([u32; 4], u16, u8)) -> jail_common::PortKey6 {
+    jail_common::PortKey6 {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    }
+}
+
+/// An IPv4 address as the maps store it.
+pub fn ne4(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// An IPv6 address as the maps store it.
+pub fn ne6(a: Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+impl MapEntries {
+    /// Why these entries would not fit the maps (jail-common's capacities), if they would not.
+    pub fn over_capacity(&self) -> Option<String> {
+        let prefix = [
+            ("allow4", self.allow4.len()),
+            ("allow6", self.allow6.len()),
+            ("deny4", self.deny4.len()),
+            ("deny6", self.deny6.len()),
+        ];
+        for (name, n) in prefix {
+            if n > MAX_PREFIX_ENTRIES as usize {
+                return Some(format!(
+                    "{n} {name} entries, the map holds {MAX_PREFIX_ENTRIES}"
+                ));
+            }
+        }
+        for (name, n) in [
+            ("allow4_port", self.allow4_port.len()),
+            ("allow6_port", self.allow6_port.len()),
+        ] {
+            if n > MAX_PORT_ENTRIES as usize {
+                return Some(format!(
+                    "{n} {name} entries, the map holds {MAX_PORT_ENTRIES}"
+                ));
+            }
+        }
+        None
+    }
+
+    /// A canonical text form, one entry per line: what [`Policy::digest`] hashes.
+    fn canonical(&self) -> String {
+        use fmt::Write;
+        let mut s = String::new();
+        // Writing to a String cannot fail.
+        for ((l, a), r) in &self.allow4 {
+            let _ = writeln!(s, "allow4 {l} {a:08x} {r}");
+        }
+        for ((l, a), r) in &self.allow6 {
+            let _ = writeln!(s, "allow6 {l} {a:08x?} {r}");
+        }
+        for ((l, a), r) in &self.deny4 {
+            let _ = writeln!(s, "deny4 {l} {a:08x} {r}");
+        }
+        for ((l, a), r) in &self.deny6 {
+            let _ = writeln!(s, "deny6 {l} {a:08x?} {r}");
+        }
+        for ((a, p, pr), r) in &self.allow4_port {
+            let _ = writeln!(s, "allow4_port {a:08x} {p} {pr} {r}");
+        }
+        for ((a, p, pr), r) in &self.allow6_port {
+            let _ = writeln!(s, "allow6_port {a:08x?} {p} {pr} {r}");
+        }
+        s
+    }
+}
+
+/// A destination as the programs judge it: IPv4-carrying IPv6 forms decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Judged {
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+}
+
+fn judged(ip: IpAddr) -> Judged {
+    match ip {
+        IpAddr::V4(a) => Judged::V4(a),
+        IpAddr::V6(a) => {
+            let n = u128::from(a);
+            // `::` and `::1` first: they are this host in IPv6, not 0.0.0.0 and 0.0.0.1.
+            if n <= 1 {
+                return Judged::V6(a);
+            }
+            match n >> 32 {
+                MAPPED_HI | COMPAT_HI | NAT64_HI => Judged::V4(Ipv4Addr::from(n as u32)),
+                _ => Judged::V6(a),
+            }
+        }
+    }
+}
+
+/// The map-side form of a prefix: IPv4-carrying IPv6 prefixes (≥ /96) become IPv4 prefixes.
+/// Within `::/96`, `::` and `::1` stay IPv6 (kept as the IPv6 prefix) and are cut out of the
+/// IPv4 part, which may then take several prefixes.
+fn map_forms(net: IpNet) -> (Vec<Ipv4Net>, Option<Ipv6Net>) {
+    let n6 = match net {
+        IpNet::V4(n) => return (vec![n], None),
+        IpNet::V6(n) => n,
+    };
+    let p = n6.prefix_len();
+    if p < 96 {
+        return (Vec::new(), Some(n6));
+    }
+    let a = u128::from(n6.network());
+    let low = a as u32;
+    let q = p - 96;
+    let as_v4 = |addr: u32, len: u8| Ipv4Net::new(Ipv4Addr::from(addr), len).ok();
+    match a >> 32 {
+        MAPPED_HI | NAT64_HI => (as_v4(low, q).into_iter().collect(), None),
+        COMPAT_HI => {
+            if p == 128 && low <= 1 {
+                (Vec::new(), Some(n6))
+            } else if low == 0 {
+                // Contains `::` and `::1`: the IPv6 prefix for them, and the IPv4 prefix less
+                // 0.0.0.0/31 as the siblings along the path down to it.
+                let v4s = (q + 1..=31)
+                    .filter_map(|k| as_v4(1u32 << (32 - k), k))
+                    .collect();
+                (v4s, Some(n6))
+            } else {
+                (as_v4(low, q).into_iter().collect(), None)
+            }
+        }
+        _ => (Vec::new(), Some(n6)),
+    }
+}
+
+/// The compiled policy. `rules[id]` is the rule that [`RuleId`] `id` names.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    /// Kept for the proxy warning: a `host-port` may open a proxy on the host's loopback.
+    host_ports: Vec<(Located<PortSpec>, Source)>,
+    entries: MapEntries,
+}
+
+impl Policy {
+    /// The jail's policy: loopback, the conf's allows, the default and conf denies, then the
+    /// host's addresses, connected subnets and routes.
+    pub fn build(conf: &Conf, host: &HostNet) -> Policy {
+        let conf_src = |line| Source::Conf {
+            path: conf.path.clone(),
+            line,
+        };
+        let mut rules = Vec::new();
+        let mut push = |action, net: IpNet, port, source| {
+            rules.push(Rule {
+                action,
+                target: AllowEntry { net, port },
+                source,
+            })
+        };
+        for net in LOOPBACK {
+            push(
+                Action::Allow,
+                net,
+                None,
+                Source::Builtin("loopback, the jail's own namespace"),
+            );
+        }
+        for a in &conf.allow {
+            push(Action::Allow, a.value.net, a.value.port, conf_src(a.line));
+        }
+        for net in DEFAULT_DENY {
+            push(Action::Deny, net, None, Source::Default);
+        }
+        for d in &conf.deny {
+            push(Action::Deny, d.value, None, conf_src(d.line));
+        }
+        for (net, ifname) in &host.addrs {
+            let ifname = ifname.clone();
+            push(Action::Deny, *net, None, Source::HostAddress { ifname });
+        }
+        for (net, ifname) in &host.subnets {
+            let ifname = ifname.clone();
+            push(Action::Deny, *net, None, Source::HostSubnet { ifname });
+        }
+        for (net, dev) in &host.routes {
+            let dev = dev.clone();
+            push(Action::Deny, *net, None, Source::HostRoute { dev });
+        }
+        let host_ports = conf
+            .host_ports
+            .iter()
+            .map(|h| (h.clone(), conf_src(h.line)))
+            .collect();
+        let mut p = Policy {
+            rules,
+            host_ports,
+            entries: MapEntries::default(),
+        };
+        p.entries = p.compile();
+        p
+    }
+
+    /// This policy plus more allow entries, appended so that existing rule ids do not change
+    /// (pasta's own policy: the host's resolvers on port 53, the jail's DNS forwarder).
+    pub fn with_extra_allow(
+        mut self,
+        extra: impl IntoIterator<Item = (AllowEntry, Source)>,
+    ) -> Policy {
+        for (target, source) in extra {
+            self.rules.push(Rule {
+                action: Action::Allow,
+                target,
+                source,
+            });
+        }
+        self.entries = self.compile();
+        self
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn rule(&self, id: RuleId) -> Option<&Rule> {
+        self.rules.get(id as usize)
+    }
+
+    /// "deny 10.0.0.0/8 (default)", "allow 172.23.142.119/32 (conf /etc/claude-sandbox.conf:7)".
+    pub fn describe(&self, id: RuleId) -> String {
+        match self.rule(id) {
+            Some(r) => r.to_string(),
+            None if id == jail_common::RULE_NONE => "no rule".into(),
+            None => format!("unknown rule {id} (the policy changed since?)"),
+        }
+    }
+
+    /// The map entries, computed at build time.
+    pub fn map_entries(&self) -> &MapEntries {
+        &self.entries
+    }
+
+    /// 16 hex digits of the SHA-256 of the map entries (rule ids included): equal digests mean
+    /// equal maps.
+    pub fn digest(&self) -> String {
+        let h = Sha256::digest(self.entries.canonical().as_bytes());
+        h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn compile(&self) -> MapEntries {
+        let mut m = MapEntries::default();
+        for (i, rule) in self.rules.iter().enumerate() {
+            // More rules than u32 ids cannot come from a file the maps could hold; stop there
+            // rather than wrap (over_capacity reports it).
+            let Ok(id) = RuleId::try_from(i) else { break };
+            let (v4s, v6) = map_forms(rule.target.net);
+            match (rule.action, rule.target.port) {
+                (Action::Deny, _) => {
+                    for n in v4s {
+                        m.deny4
+                            .entry((u32::from(n.prefix_len()), ne4(n.network())))
+                            .or_insert(id);
+                    }
+                    if let Some(n) = v6 {
+                        m.deny6
+                            .entry((u32::from(n.prefix_len()), ne6(n.network())))
+                            .or_insert(id);
+                    }
+                }
+                (Action::Allow, None) => {
+                    for n in v4s {
+                        m.allow4
+                            .entry((u32::from(n.prefix_len()), ne4(n.network())))
+                            .or_insert(id);
+                    }
+                    if let Some(n) = v6 {
+                        m.allow6
+                            .entry((u32::from(n.prefix_len()), ne6(n.network())))
+                            .or_insert(id);
+                    }
+                }
+                (Action::Allow, Some(ps)) => {
+                    // A port entry is a single address (the parser refuses ranges), so its
+                    // map form is one /32 or one /128.
+                    for proto in ps.protos() {
+                        let pr = proto.number();
+                        for n in &v4s {
+                            let a = ne4(n.network());
+                            m.allow4_port.entry((a, ps.port, pr)).or_insert(id);
+                            m.allow4_port.entry((a, 0, pr)).or_insert(id);
+                        }
+                        if let Some(n) = v6 {
+                            let a = ne6(n.network());
+                            m.allow6_port.entry((a, ps.port, pr)).or_insert(id);
+                            m.allow6_port.entry((a, 0, pr)).or_insert(id);
+                        }
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    /// What the eBPF programs decide for this destination, from the map entries alone. A
+    /// destination port of 0 matches the port-0 marker of its address and protocol, since the
+    /// programs do the same lookup.
+    pub fn decide(&self, ip: IpAddr, port: u16, proto: u8) -> Decision {
+        let m = &self.entries;
+        let allow = |rule| Decision {
+            allowed: true,
+            rule: Some(rule),
+        };
+        match judged(ip) {
+            Judged::V4(a) => {
+                if let Some(&r) = m.allow4_port.get(&(ne4(a), port, proto)) {
+                    return allow(r);
+                }
+                if let Some(r) = lpm4(&m.allow4, a) {
+                    return allow(r);
+                }
+                if let Some(r) = lpm4(&m.deny4, a) {
+                    return Decision {
+                        allowed: false,
+                        rule: Some(r),
+                    };
+                }
+            }
+            Judged::V6(a) => {
+                if let Some(&r) = m.allow6_port.get(&(ne6(a), port, proto)) {
+                    return allow(r);
+                }
+                if let Some(r) = lpm6(&m.allow6, a) {
+                    return allow(r);
+                }
+                if let Some(r) = lpm6(&m.deny6, a) {
+                    return Decision {
+                        allowed: false,
+                        rule: Some(r),
+                    };
+                }
+            }
+        }
+        Decision {
+            allowed: true,
+            rule: None,
+        }
+    }
+
+    /// The allow rule (other than the builtin loopback one) that opens some port of `ip`.
+    fn allow_rule_for_addr(&self, ip: IpAddr) -> Option<RuleId> {
+        let m = &self.entries;
+        let id = match judged(ip) {
+            Judged::V4(a) => {
+                let k = ne4(a);
+                lpm4(&m.allow4, a).or_else(|| {
+                    m.allow4_port
+                        .iter()
+                        .find(|((addr, _, _), _)| *addr == k)
+                        .map(|(_, r)| *r)
+                })
+            }
+            Judged::V6(a) => {
+                let k = ne6(a);
+                lpm6(&m.allow6, a).or_else(|| {
+                    m.allow6_port
+                        .iter()
+                        .find(|((addr, _, _), _)| *addr == k)
+                        .map(|(_, r)| *r)
+                })
+            }
+        }?;
+        match self.rule(id)?.source {
+            Source::Builtin(_) => None,
+            _ => Some(id),
+        }
+    }
+
+    /// Things the author may not have meant: an allow entry that covers a whole default deny
+    /// range, or that opens the proxy named by `http_proxy`/`https_proxy`/`ALL_PROXY` (any
+    /// case): an allowed proxy is a pivot to everything behind it. `env_proxies` is
+    /// `(variable, value)`.
+    ///
+    /// Proxy host names are not resolved (only IP literals and `localhost` are judged): the
+    /// check must be deterministic and offline, and the answer the host's resolver gives now
+    /// need not be the one the agent gets later.
+    pub fn warnings(&self, env_proxies: &[(String, String)]) -> Vec<String> {
+        let mut out = Vec::new();
+        for rule in &self.rules {
+            if rule.action != Action::Allow
+                || rule.target.port.is_some()
+                || matches!(rule.source, Source::Builtin(_))
+            {
+                continue;
+            }
+            for d in DEFAULT_DENY {
+                if covers(rule.target.net, d) {
+                    out.push(format!("{rule} covers the whole default deny range {d}"));
+                }
+            }
+        }
+        for (var, value) in env_proxies {
+            let Some((host, port)) = proxy_host_port(value) else {
+                continue;
+            };
+            if host.eq_ignore_ascii_case("localhost") || is_loopback(&host) {
+                // The jail's loopback is its own; the host's is reached only through a
+                // host-port opening.
+                for (hp, src) in &self.host_ports {
+                    if port.is_none() || port == Some(hp.value.port) {
+                        out.push(format!(
+                            "host-port {} ({src}) opens the proxy {var}={value} on the host's \
+                             loopback: an allowed proxy is a pivot to everything behind it",
+                            hp.value
+                        ));
+                    }
+                }
+                continue;
+            }
+            let Ok(ip) = host.parse::<IpAddr>() else {
+                continue;
+            };
+            if let Some(id) = self.allow_rule_for_addr(ip) {
+                out.push(format!(
+                    "{} allows the proxy {var}={value}: an allowed proxy is a pivot to \
+                     everything behind it",
+                    self.describe(id)
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Whether `outer` contains the whole of `inner`, comparing their map forms.
+fn covers(outer: IpNet, inner: IpNet) -> bool {
+    let (o4, o6) = map_forms(outer);
+    let (i4, i6) = map_forms(inner);
+    let v4_ok = i4.iter().all(|i| o4.iter().any(|o| o.contains(i)));
+    let v6_ok = match i6 {
+        None => true,
+        Some(i) => o6.is_some_and(|o| o.contains(&i)),
+    };
+    (!i4.is_empty() || i6.is_some()) && v4_ok && v6_ok
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.parse::<IpAddr>().is_ok_and(|ip| match judged(ip) {
+        Judged::V4(a) => a.is_loopback(),
+        Judged::V6(a) => a.is_loopback(),
+    })
+}
+
+/// `scheme://user:pass@host:port/path` (every part but host optional) -> host and port, the
+/// port defaulting by scheme when known.
+fn proxy_host_port(value: &str) -> Option<(String, Option<u16>)> {
+    let (scheme, rest) = match value.split_once("://") {
+        Some((s, r)) => (Some(s.to_ascii_lowercase()), r),
+        None => (None, value),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
+        let (h, after) = r.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => p.parse().ok(),
+        None => match scheme.as_deref() {
+            Some("http") | None => Some(80),
+            Some("https") => Some(443),
+            Some(s) if s.starts_with("socks") => Some(1080),
+            _ => None,
+        },
+    };
+    Some((host.to_string(), port))
+}
+
+fn lpm4(map: &BTreeMap<(u32, u32), RuleId>, a: Ipv4Addr) -> Option<RuleId> {
+    let n = u32::from(a);
+    (0..=32u32).rev().find_map(|len| {
+        let masked = if len == 0 {
+            0
+        } else {
+            n & (u32::MAX << (32 - len))
+        };
+        map.get(&(len, ne4(Ipv4Addr::from(masked)))).copied()
+    })
+}
+
+fn lpm6(map: &BTreeMap<(u32, [u32; 4]), RuleId>, a: Ipv6Addr) -> Option<RuleId> {
+    let n = u128::from(a);
+    (0..=128u32).rev().find_map(|len| {
+        let masked = if len == 0 {
+            0
+        } else {
+            n & (u128::MAX << (128 - len))
+        };
+        map.get(&(len, ne6(Ipv6Addr::from(masked)))).copied()
+    })
+}
