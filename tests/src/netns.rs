@@ -235,6 +235,12 @@ pub fn delete_named(name: &str) -> Result<()> {
 /// namespace at `mnt` before it executes `program`. The working directory is kept by path
 /// (resolved again in the new mount namespace).
 pub fn command_in(program: impl AsRef<OsStr>, net: &Path, mnt: Option<&Path>) -> Result<Command> {
+    let target = ns_inode(net)?;
+    ensure!(
+        target != start_netns_inode()?,
+        "safety: {} is the test process's start network namespace",
+        net.display()
+    );
     let net_fd: OwnedFd = File::open(net)
         .with_context(|| format!("open {}", net.display()))?
         .into();

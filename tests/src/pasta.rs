@@ -159,11 +159,11 @@ impl Pasta {
         };
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(2);
-        while alive(pid) {
+        while process_running(pid) {
             if Instant::now() > deadline {
                 let _ = kill(pid, Signal::SIGKILL);
                 std::thread::sleep(Duration::from_millis(50));
-                if alive(pid) {
+                if process_running(pid) {
                     bail!("pasta {pid} survived SIGKILL");
                 }
                 break;
@@ -174,8 +174,9 @@ impl Pasta {
     }
 }
 
-/// True while `pid` exists and is not a zombie (pasta is not our child: init reaps it).
-fn alive(pid: Pid) -> bool {
+/// True while `pid` exists and is not a zombie (pasta is not our child: whoever adopted it
+/// reaps it, a little later).
+pub fn process_running(pid: Pid) -> bool {
     if kill(pid, None) == Err(Errno::ESRCH) {
         return false;
     }
