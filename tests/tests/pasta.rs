@@ -166,3 +166,61 @@ fn bookworm_pasta_corrupts_half_closed_streams() {
         failures.join("\n")
     );
 }
+
+/// With the options Pasta::attach uses, the jail cannot reach the host's loopback services:
+/// not through the gateway address (--no-map-gw, --map-host-loopback none), not through its
+/// own 127.0.0.1/::1 (-T/-U none). Checked at the servers (no hit) and by the probe's result.
+#[test]
+fn chosen_pasta_does_not_map_host_loopback() {
+    if !have_root() {
+        return;
+    }
+    use jail_tests::probe::{tcp_connect, udp_exchange};
+    use jail_tests::world::{GATEWAY_V4, HOST_LOOPBACK_TCP_PORTS, HOST_LOOPBACK_UDP_PORT};
+    let mut world = FakeWorld::builder().ipv6(true).build().unwrap();
+    let jail = world.new_netns("jail").unwrap();
+    let pasta = Pasta::attach(&world, &jail, &chosen_pasta()).unwrap();
+    let short = Duration::from_millis(500);
+    let results = jail
+        .run(|| {
+            let mut r = Vec::new();
+            for ip in [
+                IpAddr::from(GATEWAY_V4),
+                IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ] {
+                for port in HOST_LOOPBACK_TCP_PORTS {
+                    let a = SocketAddr::new(ip, port);
+                    r.push((
+                        a,
+                        tcp_connect(a, short).map(|_| ()).map_err(|e| e.to_string()),
+                    ));
+                }
+                let a = SocketAddr::new(ip, HOST_LOOPBACK_UDP_PORT);
+                r.push((
+                    a,
+                    udp_exchange(a, b"x", short)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                ));
+            }
+            r
+        })
+        .unwrap();
+    for (a, r) in &results {
+        assert!(
+            r.is_err(),
+            "{a} answered from the jail: {}",
+            pasta.args().join(" ")
+        );
+    }
+    let leaked: Vec<_> = world
+        .all_hits()
+        .into_iter()
+        .filter(|h| h.local.ip().is_loopback())
+        .collect();
+    assert!(leaked.is_empty(), "host loopback reached: {leaked:?}");
+    drop(pasta);
+    drop(jail);
+    world.shutdown().unwrap();
+}
