@@ -492,7 +492,7 @@ pub fn parse_net(v: &str) -> Result<IpNet, String> {
         Some((a, p)) => (a, Some(p)),
         None => (v, None),
     };
-    let ip: IpAddr = addr.parse().map_err(|_| {
+    let not_an_address = || {
         if addr.matches(':').count() >= 2 {
             format!(
                 "`{v}` is not an IP address or CIDR (an IPv6 address with a port is written \
@@ -501,12 +501,17 @@ pub fn parse_net(v: &str) -> Result<IpNet, String> {
         } else {
             format!("`{v}` is not an IP address or CIDR")
         }
-    })?;
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| not_an_address())?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = match prefix {
         None => max,
         Some(p) => {
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.len() > 3 {
+                // `fd00::5:443/tcp`: a port written without brackets.
+                if ip.is_ipv6() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(not_an_address());
+                }
                 return Err(format!("`/{p}` is not a prefix length"));
             }
             let n: u8 = p
@@ -555,4 +560,510 @@ pub fn parse_port_spec(v: &str) -> Result<PortSpec, String> {
         port: n as u16,
         proto,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipnet::Ipv4Net;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    fn p(text: &str) -> Result<Conf, ConfError> {
+        parse(Path::new("/etc/claude-sandbox.conf"), text.as_bytes())
+    }
+
+    fn err(text: &str) -> String {
+        match p(text) {
+            Ok(c) => panic!("`{text}` must be refused, parsed as {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn allow(v: &str) -> AllowEntry {
+        parse_allow(v).unwrap_or_else(|e| panic!("`{v}` must be accepted: {e}"))
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ps(port: u16, proto: Option<Proto>) -> Option<PortSpec> {
+        Some(PortSpec { port, proto })
+    }
+
+    #[test]
+    fn original_project_conf_means_the_same() {
+        let text = "# claude-sandbox configuration\negress-jail = 0\n\
+                    allow-ip = 172.23.142.119   # internal GitLab forge\nallow-ip = 10.20.0.8\n";
+        let c = p(text).unwrap();
+        let sw = jail_enabled(&c, None).unwrap();
+        assert!(!sw.enabled, "egress-jail = 0 turns the jail off");
+        assert_eq!(
+            sw.source, "/etc/claude-sandbox.conf:2",
+            "the switch names its line"
+        );
+        let allows: Vec<_> = c.allow.iter().map(|a| (a.line, a.value)).collect();
+        assert_eq!(
+            allows,
+            vec![
+                (
+                    3,
+                    AllowEntry {
+                        net: net("172.23.142.119/32"),
+                        port: None
+                    }
+                ),
+                (
+                    4,
+                    AllowEntry {
+                        net: net("10.20.0.8/32"),
+                        port: None
+                    }
+                ),
+            ],
+            "bare IPs are /32 allows on every port"
+        );
+        assert!(c.deny.is_empty() && c.host_ports.is_empty() && c.allow_sockets.is_empty());
+    }
+
+    #[test]
+    fn every_accepted_allow_form() {
+        use Proto::*;
+        let cases: &[(&str, &str, Option<PortSpec>)] = &[
+            ("172.23.1.3", "172.23.1.3/32", None),
+            ("fd00::5", "fd00::5/128", None),
+            ("10.1.0.0/24", "10.1.0.0/24", None),
+            ("fd00:1::/64", "fd00:1::/64", None),
+            ("0.0.0.0/0", "0.0.0.0/0", None),
+            ("::ffff:10.0.0.5", "::ffff:10.0.0.5/128", None),
+            ("[fd00::5]", "fd00::5/128", None),
+            ("172.23.1.3:5064", "172.23.1.3/32", ps(5064, None)),
+            ("172.23.1.3:5064/udp", "172.23.1.3/32", ps(5064, Some(Udp))),
+            ("172.23.1.3:5064/tcp", "172.23.1.3/32", ps(5064, Some(Tcp))),
+            ("172.23.1.3:5064/TCP", "172.23.1.3/32", ps(5064, Some(Tcp))),
+            ("172.23.1.3/32:1", "172.23.1.3/32", ps(1, None)),
+            ("[fd00::5]:443/tcp", "fd00::5/128", ps(443, Some(Tcp))),
+            ("[fd00::5]:65535", "fd00::5/128", ps(65535, None)),
+            // Without brackets, `::1:80` is the address ::1:80, not ::1 port 80.
+            ("::1:80", "::1:80/128", None),
+        ];
+        for (v, n, port) in cases {
+            let a = allow(v);
+            assert_eq!(
+                a,
+                AllowEntry {
+                    net: net(n),
+                    port: *port
+                },
+                "allow-ip = {v}"
+            );
+            // What Display prints parses back to the same entry.
+            assert_eq!(allow(&a.to_string()), a, "round trip of {v}");
+        }
+    }
+
+    #[test]
+    fn every_rejected_form_has_its_message() {
+        let f = "/etc/claude-sandbox.conf";
+        let cases: &[(&str, String)] = &[
+            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, allow-ip, deny-ip, host-port, publish-port, allow-socket)")),
+            ("allow-ip", format!("{f}:1: allow-ip needs a value")),
+            ("allow-ip =", format!("{f}:1: allow-ip needs a value")),
+            ("= 1", format!("{f}:1: expected `key = value`, found `= 1`")),
+            ("allow-ip 10.0.0.1", format!("{f}:1: expected `key = value`, found `allow-ip 10.0.0.1`")),
+            ("egress-jail = yes", format!("{f}:1: egress-jail must be 0 or 1, not `yes`")),
+            ("egress-jail =", format!("{f}:1: egress-jail must be 0 or 1, not ``")),
+            ("egress-jail = 1\negress-jail = 1", format!("{f}:2: egress-jail is already set on line 1")),
+            ("allow-ip = 10.1.0.5/24", format!("{f}:1: 10.1.0.5/24 has host bits set: the network is 10.1.0.0/24")),
+            ("allow-ip = fd00::1/64", format!("{f}:1: fd00::1/64 has host bits set: the network is fd00::/64")),
+            ("allow-ip = 10.0.0.0/33", format!("{f}:1: prefix length /33 is too long for IPv4 (at most /32)")),
+            ("allow-ip = fd00::/129", format!("{f}:1: prefix length /129 is too long for IPv6 (at most /128)")),
+            ("allow-ip = 10.0.0.0/", format!("{f}:1: `/` is not a prefix length")),
+            ("allow-ip = 10.0.0.0/+8", format!("{f}:1: `/+8` is not a prefix length")),
+            ("allow-ip = 10.0.0.0/0008", format!("{f}:1: `/0008` is not a prefix length")),
+            ("allow-ip = 10.0.0.256", format!("{f}:1: `10.0.0.256` is not an IP address or CIDR")),
+            ("allow-ip = 010.0.0.1", format!("{f}:1: `010.0.0.1` is not an IP address or CIDR")),
+            ("allow-ip = gitlab.example", format!("{f}:1: `gitlab.example` is not an IP address or CIDR")),
+            ("allow-ip = fe80::1%eth0", format!("{f}:1: `fe80::1%eth0` is not an IP address or CIDR (an IPv6 address with a port is written [ADDR]:PORT)")),
+            ("allow-ip = fd00::5:443/tcp", format!("{f}:1: `fd00::5:443/tcp` is not an IP address or CIDR (an IPv6 address with a port is written [ADDR]:PORT)")),
+            ("allow-ip = 10.0.0.0/24:80", format!("{f}:1: a port applies to a single address, not to the range 10.0.0.0/24: write `allow-ip = 10.0.0.0/24` for every port, or one address per line")),
+            ("allow-ip = 10.0.0.1:0", format!("{f}:1: port 0 is out of range 1-65535")),
+            ("allow-ip = 10.0.0.1:65536", format!("{f}:1: port 65536 is out of range 1-65535")),
+            ("allow-ip = 10.0.0.1:99999999999999999999", format!("{f}:1: port 99999999999999999999 is out of range 1-65535")),
+            ("allow-ip = 10.0.0.1:", format!("{f}:1: `` is not a port number")),
+            ("allow-ip = 10.0.0.1:http", format!("{f}:1: `http` is not a port number")),
+            ("allow-ip = 10.0.0.1:-1", format!("{f}:1: `-1` is not a port number")),
+            ("allow-ip = 10.0.0.1:53/sctp", format!("{f}:1: `sctp` is not a protocol: use tcp or udp")),
+            ("allow-ip = [fd00::5", format!("{f}:1: `[fd00::5`: missing `]` after the IPv6 address")),
+            ("allow-ip = [10.0.0.1]:80", format!("{f}:1: `10.0.0.1` is not an IPv6 address")),
+            ("allow-ip = [fd00::5]443", format!("{f}:1: `[fd00::5]443`: expected `:PORT` after `]`")),
+            ("allow-ip = 10.0.0.1 10.0.0.2", format!("{f}:1: one value per line: `10.0.0.1 10.0.0.2`")),
+            ("deny-ip = 10.0.0.1:80", format!("{f}:1: deny-ip takes an address or CIDR, not a port: `10.0.0.1:80`")),
+            ("deny-ip = [fd00::1]:80", format!("{f}:1: deny-ip takes an address or CIDR, not a port: `[fd00::1]:80`")),
+            ("deny-ip = 127.0.0.0/8", format!("{f}:1: deny-ip 127.0.0.0/8 is loopback, the jail's own namespace, which always stays allowed")),
+            ("deny-ip = ::1", format!("{f}:1: deny-ip ::1/128 is loopback, the jail's own namespace, which always stays allowed")),
+            ("deny-ip = 198.51.100.7/24", format!("{f}:1: 198.51.100.7/24 has host bits set: the network is 198.51.100.0/24")),
+            ("host-port = 0", format!("{f}:1: port 0 is out of range 1-65535")),
+            ("host-port = 70000/tcp", format!("{f}:1: port 70000 is out of range 1-65535")),
+            ("publish-port = 8080/icmp", format!("{f}:1: `icmp` is not a protocol: use tcp or udp")),
+            ("publish-port", format!("{f}:1: publish-port needs a value")),
+            ("allow-socket = run/x.sock", format!("{f}:1: allow-socket needs an absolute path, not `run/x.sock`")),
+            ("# ok\n\nallow-ip = nope", format!("{f}:3: `nope` is not an IP address or CIDR")),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&err(text), want, "conf text {text:?}");
+        }
+    }
+
+    #[test]
+    fn nul_bytes_and_bad_utf8_are_refused_with_their_line() {
+        let e = parse(Path::new("c"), b"egress-jail = 1\nallow-ip = 10.0.0.1\0\n").unwrap_err();
+        assert_eq!(e.to_string(), "c:2: the line contains a NUL byte");
+        let e = parse(Path::new("c"), b"\n\n# \xff\xfe\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c:3: the line is not valid UTF-8",
+            "even inside a comment"
+        );
+    }
+
+    #[test]
+    fn other_keys_are_stored_with_their_lines() {
+        let c = p(
+            "host-port = 8765\nhost-port = 53/udp\npublish-port = 3000/tcp\n\
+                   deny-ip = 203.0.113.0/24\ndeny-ip = 2001:db8::/32\ndeny-ip = 198.51.100.7\n\
+                   allow-socket = /run/user/1000/my socket.sock\n",
+        )
+        .unwrap();
+        let hp: Vec<_> = c.host_ports.iter().map(|l| (l.line, l.value)).collect();
+        assert_eq!(
+            hp,
+            vec![
+                (
+                    1,
+                    PortSpec {
+                        port: 8765,
+                        proto: None
+                    }
+                ),
+                (
+                    2,
+                    PortSpec {
+                        port: 53,
+                        proto: Some(Proto::Udp)
+                    }
+                )
+            ]
+        );
+        assert_eq!(
+            c.publish_ports[0].value,
+            PortSpec {
+                port: 3000,
+                proto: Some(Proto::Tcp)
+            }
+        );
+        let deny: Vec<_> = c.deny.iter().map(|l| (l.line, l.value)).collect();
+        assert_eq!(
+            deny,
+            vec![
+                (4, net("203.0.113.0/24")),
+                (5, net("2001:db8::/32")),
+                (6, net("198.51.100.7/32"))
+            ]
+        );
+        assert_eq!(
+            c.allow_sockets[0],
+            Located::at(7, PathBuf::from("/run/user/1000/my socket.sock")),
+            "a socket path may contain spaces"
+        );
+    }
+
+    #[test]
+    fn comments_blank_lines_whitespace_and_crlf() {
+        let text = "# header\r\n\r\n   \t\r\n  egress-jail   # bare key, comment\r\n\
+                    allow-ip=10.0.0.1#no space before the comment\r\n\
+                    \tallow-ip =  fd00::5  \r\n# allow-ip = 1.1.1.1\r\n";
+        let c = p(text).unwrap();
+        assert_eq!(
+            c.egress_jail,
+            Some(Located::at(4, true)),
+            "bare egress-jail means on"
+        );
+        let allows: Vec<_> = c.allow.iter().map(|a| (a.line, a.value.net)).collect();
+        assert_eq!(
+            allows,
+            vec![(5, net("10.0.0.1/32")), (6, net("fd00::5/128"))]
+        );
+        assert_eq!(
+            p("").unwrap().allow.len(),
+            0,
+            "an empty file is all defaults"
+        );
+        assert_eq!(p("\r").unwrap().egress_jail, None);
+    }
+
+    #[test]
+    fn env_wins_over_file_and_file_over_default() {
+        let on = p("egress-jail = 1").unwrap();
+        let off = p("egress-jail = 0").unwrap();
+        let none = p("").unwrap();
+        let sw = |c: &Conf, e: Option<&str>| jail_enabled(c, e.map(OsStr::new)).unwrap();
+        assert_eq!(
+            sw(&on, Some("0")),
+            JailSwitch {
+                enabled: false,
+                source: "CLAUDE_SANDBOX_EGRESS_JAIL=0".into()
+            },
+            "the environment wins over egress-jail = 1"
+        );
+        assert_eq!(
+            sw(&off, Some("1")),
+            JailSwitch {
+                enabled: true,
+                source: "CLAUDE_SANDBOX_EGRESS_JAIL=1".into()
+            },
+            "the environment wins over egress-jail = 0"
+        );
+        assert_eq!(sw(&off, None).source, "/etc/claude-sandbox.conf:1");
+        assert!(!sw(&off, None).enabled);
+        assert_eq!(
+            sw(&none, None),
+            JailSwitch {
+                enabled: true,
+                source: "default".into()
+            }
+        );
+        for bad in ["", "yes", "true", " 1", "2"] {
+            let e = jail_enabled(&none, Some(OsStr::new(bad))).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("CLAUDE_SANDBOX_EGRESS_JAIL={bad}: must be 0 or 1"),
+                "an unknown value is an error, not a default"
+            );
+        }
+    }
+
+    #[test]
+    fn conf_path_precedence() {
+        let env = Some(OsStr::new("/srv/env.conf"));
+        assert_eq!(
+            conf_path(Some("/x.conf".into()), env),
+            PathBuf::from("/x.conf"),
+            "--config wins"
+        );
+        assert_eq!(
+            conf_path(None, env),
+            PathBuf::from("/srv/env.conf"),
+            "then the environment"
+        );
+        assert_eq!(
+            conf_path(None, Some(OsStr::new(""))),
+            PathBuf::from(DEFAULT_PATH),
+            "empty = unset"
+        );
+        assert_eq!(conf_path(None, None), PathBuf::from(DEFAULT_PATH));
+    }
+
+    #[test]
+    fn ten_thousand_lines_parse() {
+        let mut text = String::from("egress-jail = 1\n");
+        for i in 0..9_999u32 {
+            let [_, b, c, d] = (i + 1).to_be_bytes();
+            match i % 4 {
+                0 => text.push_str(&format!("allow-ip = 10.{b}.{c}.{d}\n")),
+                1 => text.push_str(&format!(
+                    "allow-ip = 10.{b}.{c}.{d}:{}/udp # c\n",
+                    i % 60000 + 1
+                )),
+                2 => text.push_str(&format!("deny-ip = 203.{b}.{c}.0/24\n")),
+                _ => text.push_str(&format!("allow-ip = [fd00::{i:x}]:443\n")),
+            }
+        }
+        let c = p(&text).unwrap();
+        assert_eq!(
+            c.allow.len() + c.deny.len() + 1,
+            10_000,
+            "every line is kept"
+        );
+        let last = c
+            .deny
+            .last()
+            .map(|d| d.line)
+            .max(c.allow.last().map(|a| a.line));
+        assert_eq!(last, Some(10_000), "the last line is read too");
+    }
+
+    /// A temporary directory of the test's own under /tmp, removed on drop.
+    struct TmpDir(PathBuf);
+    impl TmpDir {
+        fn new(tag: &str) -> TmpDir {
+            let d =
+                std::env::temp_dir().join(format!("claude-jail-conf-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            TmpDir(d)
+        }
+    }
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn load_missing_file_is_defaults() {
+        let d = TmpDir::new("missing");
+        let c = load(&d.0.join("nope.conf"), Trust::Strict).unwrap();
+        assert!(!c.found && c.allow.is_empty() && c.egress_jail.is_none());
+    }
+
+    #[test]
+    fn strict_trust_checks_owner_mode_and_directories() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (chown)");
+            return;
+        }
+        let tmp = std::env::temp_dir();
+        let tm = std::fs::metadata(&tmp).unwrap();
+        if tm.uid() != 0
+            || tm.permissions().mode() & 0o1000 == 0 && tm.permissions().mode() & 0o022 != 0
+        {
+            eprintln!(
+                "skipped: {} is not a root-owned safe directory",
+                tmp.display()
+            );
+            return;
+        }
+        let d = TmpDir::new("trust");
+        let f = d.0.join("c.conf");
+        std::fs::write(&f, "allow-ip = 10.0.0.1\n").unwrap();
+        let chmod =
+            |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        chmod(&f, 0o644);
+        let c =
+            load(&f, Trust::Strict).expect("root-owned 644 file in root-owned 755 dir is trusted");
+        assert_eq!(c.allow.len(), 1);
+
+        chmod(&f, 0o664);
+        let e = load(&f, Trust::Strict).unwrap_err().to_string();
+        assert!(
+            e.contains("writable by group or others")
+                && e.contains(&format!(
+                    "chown root:root {f} && chmod 644 {f}",
+                    f = f.display()
+                )),
+            "{e}"
+        );
+        assert!(load(&f, Trust::Any).is_ok(), "policy may read any file");
+
+        chmod(&f, 0o644);
+        std::os::unix::fs::chown(&f, Some(1000), None).unwrap();
+        let e = load(&f, Trust::Strict).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: not trusted: owned by uid 1000, not root",
+                f.display()
+            )),
+            "{e}"
+        );
+        std::os::unix::fs::chown(&f, Some(0), None).unwrap();
+
+        chmod(&d.0, 0o777);
+        let e = load(&f, Trust::Strict).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "directory {} is owned by uid 0 with mode 777",
+                d.0.display()
+            )),
+            "{e}"
+        );
+        chmod(&d.0, 0o1777);
+        assert!(
+            load(&f, Trust::Strict).is_ok(),
+            "a root-owned sticky directory is safe"
+        );
+        chmod(&d.0, 0o755);
+
+        // A symlink is judged by what it points to.
+        let bad = TmpDir::new("trust-bad");
+        chmod(&bad.0, 0o777);
+        let target = bad.0.join("real.conf");
+        std::fs::write(&target, "").unwrap();
+        chmod(&target, 0o644);
+        let link = d.0.join("link.conf");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = load(&link, Trust::Strict).unwrap_err().to_string();
+        assert!(
+            e.contains("resolved to") && e.contains(&bad.0.display().to_string()),
+            "{e}"
+        );
+    }
+
+    fn line_strategy() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("egress-jail"),
+            Just("allow-ip"),
+            Just("deny-ip"),
+            Just("host-port"),
+            Just("publish-port"),
+            Just("allow-socket"),
+            Just("x"),
+            Just("")
+        ];
+        let value = "[0-9a-fA-F:./\\[\\]#= \\t/a-z%-]{0,40}";
+        (key, prop::bool::ANY, value).prop_map(|(k, eq, v)| {
+            if eq {
+                format!("{k} = {v}")
+            } else {
+                format!("{k}{v}")
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(Path::new("f"), &bytes);
+        }
+
+        #[test]
+        fn random_lines_never_panic(lines in prop::collection::vec(line_strategy(), 0..20), crlf in any::<bool>()) {
+            let text = lines.join(if crlf { "\r\n" } else { "\n" });
+            match parse(Path::new("f"), text.as_bytes()) {
+                Ok(_) => {}
+                Err(ConfError::Line { line, .. }) => prop_assert!(line >= 1 && line <= lines.len().max(1)),
+                Err(e) => prop_assert!(false, "only line errors come from parse: {e}"),
+            }
+        }
+
+        #[test]
+        fn ipv4_forms_round_trip(a in any::<u32>(), len in 0u8..=32, port in 1u16.., proto in 0u8..3) {
+            let n = Ipv4Net::new(Ipv4Addr::from(a), len).unwrap().trunc();
+            let c = p(&format!("allow-ip = {n}")).unwrap();
+            prop_assert_eq!(c.allow[0].value, AllowEntry { net: IpNet::V4(n), port: None });
+            let pr = [None, Some(Proto::Tcp), Some(Proto::Udp)][proto as usize];
+            let spec = PortSpec { port, proto: pr };
+            let c = p(&format!("allow-ip = {}:{spec}", Ipv4Addr::from(a))).unwrap();
+            prop_assert_eq!(c.allow[0].value, AllowEntry { net: net(&format!("{}/32", Ipv4Addr::from(a))), port: Some(spec) });
+        }
+
+        #[test]
+        fn ipv6_forms_round_trip(a in any::<u128>(), len in 0u8..=128, port in 1u16..) {
+            let n = Ipv6Net::new(Ipv6Addr::from(a), len).unwrap().trunc();
+            let c = p(&format!("allow-ip = {n} # c")).unwrap();
+            prop_assert_eq!(c.allow[0].value, AllowEntry { net: IpNet::V6(n), port: None });
+            let c = p(&format!("allow-ip = [{}]:{port}/udp", Ipv6Addr::from(a))).unwrap();
+            prop_assert_eq!(c.allow[0].value.port, Some(PortSpec { port, proto: Some(Proto::Udp) }));
+        }
+
+        #[test]
+        fn host_bits_are_always_refused(a in any::<u32>(), len in 0u8..32) {
+            let n = Ipv4Net::new(Ipv4Addr::from(a), len).unwrap();
+            prop_assume!(n.trunc().addr() != n.addr());
+            let e = err(&format!("deny-ip = {n}"));
+            prop_assert!(e.ends_with(&format!("has host bits set: the network is {}", n.trunc())), "{}", e);
+        }
+    }
 }

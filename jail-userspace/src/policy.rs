@@ -485,10 +485,22 @@ impl Policy {
         m
     }
 
-    /// What the eBPF programs decide for this destination, from the map entries alone. A
-    /// destination port of 0 matches the port-0 marker of its address and protocol, since the
-    /// programs do the same lookup.
+    /// What the eBPF programs decide for this destination, from the map entries alone. Port 0
+    /// means "no port" (as the programs treat a socket address with port 0, or a protocol
+    /// without ports): only prefix entries can allow it. The port-0 marker entries serve the
+    /// packet backstop's non-first fragments, see [`Policy::decide_fragment`].
     pub fn decide(&self, ip: IpAddr, port: u16, proto: u8) -> Decision {
+        self.judge(ip, (port != 0).then_some(port), proto)
+    }
+
+    /// What the packet backstop decides for a non-first fragment, which carries no port: the
+    /// port-0 marker of the address and protocol allows it.
+    pub fn decide_fragment(&self, ip: IpAddr, proto: u8) -> Decision {
+        self.judge(ip, Some(0), proto)
+    }
+
+    /// `port_key`: the port to look up in the port maps, if any.
+    fn judge(&self, ip: IpAddr, port_key: Option<u16>, proto: u8) -> Decision {
         let m = &self.entries;
         let allow = |rule| Decision {
             allowed: true,
@@ -496,7 +508,8 @@ impl Policy {
         };
         match judged(ip) {
             Judged::V4(a) => {
-                if let Some(&r) = m.allow4_port.get(&(ne4(a), port, proto)) {
+                let port_hit = port_key.and_then(|p| m.allow4_port.get(&(ne4(a), p, proto)));
+                if let Some(&r) = port_hit {
                     return allow(r);
                 }
                 if let Some(r) = lpm4(&m.allow4, a) {
@@ -510,7 +523,8 @@ impl Policy {
                 }
             }
             Judged::V6(a) => {
-                if let Some(&r) = m.allow6_port.get(&(ne6(a), port, proto)) {
+                let port_hit = port_key.and_then(|p| m.allow6_port.get(&(ne6(a), p, proto)));
+                if let Some(&r) = port_hit {
                     return allow(r);
                 }
                 if let Some(r) = lpm6(&m.allow6, a) {
