@@ -26,9 +26,9 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 use jail_common::{
-    counter_index, Event, Hook, PortKey4, PortKey6, RuleId, COUNTER_COUNT,
-    COUNTER_EVENTS_DROPPED, EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, MAX_PORT_ENTRIES,
-    MAX_PREFIX_ENTRIES, PROTO_TCP, PROTO_UDP, VERDICT_ALLOW, VERDICT_DENY,
+    counter_index, Event, Hook, PortKey4, PortKey6, RuleId, COUNTER_COUNT, COUNTER_EVENTS_DROPPED,
+    EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, MAX_PORT_ENTRIES, MAX_PREFIX_ENTRIES, PROTO_TCP,
+    PROTO_UDP, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 #[map]
@@ -89,7 +89,12 @@ fn judge4(addr: u32, port: Port, proto: u8) -> Verdict {
         Port::Fragment => Some(0),
     };
     if let Some(port) = port_key {
-        let key = PortKey4 { addr, port, proto, _pad: 0 };
+        let key = PortKey4 {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        };
         // SAFETY: a hash lookup; the value is only tested for presence.
         if unsafe { ALLOW4_PORT.get(&key) }.is_some() {
             return Ok(());
@@ -122,7 +127,12 @@ fn judge6(addr: [u32; 4], port: Port, proto: u8) -> Verdict {
         Port::Fragment => Some(0),
     };
     if let Some(port) = port_key {
-        let key = PortKey6 { addr, port, proto, _pad: 0 };
+        let key = PortKey6 {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        };
         // SAFETY: a hash lookup; the value is only tested for presence.
         if unsafe { ALLOW6_PORT.get(&key) }.is_some() {
             return Ok(());
@@ -272,8 +282,7 @@ fn parse_packet(ctx: &SkBuffContext) -> Option<(Dest, Port, u8)> {
     let first: u8 = ctx.load(0).ok()?;
     match first >> 4 {
         4 => {
-            let mut h = [0u8; 20];
-            ctx.load_bytes(0, &mut h).ok()?;
+            let h: [u8; 20] = ctx.load(0).ok()?;
             let ihl = ((h[0] & 0x0f) as usize) * 4;
             let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
             let proto = h[9];
@@ -286,8 +295,7 @@ fn parse_packet(ctx: &SkBuffContext) -> Option<(Dest, Port, u8)> {
             Some((dest, port, proto))
         }
         6 => {
-            let mut h = [0u8; 40];
-            ctx.load_bytes(0, &mut h).ok()?;
+            let h: [u8; 40] = ctx.load(0).ok()?;
             let dest = Dest::V6([
                 u32::from_ne_bytes([h[24], h[25], h[26], h[27]]),
                 u32::from_ne_bytes([h[28], h[29], h[30], h[31]]),
@@ -297,20 +305,21 @@ fn parse_packet(ctx: &SkBuffContext) -> Option<(Dest, Port, u8)> {
             let mut next = h[6];
             let mut off = 40usize;
             for _ in 0..MAX_EXT_HEADERS {
-                let mut e = [0u8; 4];
+                // Fixed-size loads: the verifier refuses a read whose length may be zero, which
+                // `load_bytes` (min of buffer and packet length) would be.
                 match next {
                     NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                        ctx.load_bytes(off, &mut e).ok()?;
+                        let e: [u8; 2] = ctx.load(off).ok()?;
                         next = e[0];
                         off += (e[1] as usize + 1) * 8;
                     }
                     NEXTHDR_AUTH => {
-                        ctx.load_bytes(off, &mut e).ok()?;
+                        let e: [u8; 2] = ctx.load(off).ok()?;
                         next = e[0];
                         off += (e[1] as usize + 2) * 4;
                     }
                     NEXTHDR_FRAGMENT => {
-                        ctx.load_bytes(off, &mut e).ok()?;
+                        let e: [u8; 4] = ctx.load(off).ok()?;
                         if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
                             return Some((dest, Port::Fragment, e[0]));
                         }
@@ -356,7 +365,14 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
                 Port::Known(p) => p,
                 _ => 0,
             };
-            report(Hook::SkbEgress, dest, port, proto, rule, Some(ctx.get_socket_uid()));
+            report(
+                Hook::SkbEgress,
+                dest,
+                port,
+                proto,
+                rule,
+                Some(ctx.get_socket_uid()),
+            );
             REFUSE
         }
     }

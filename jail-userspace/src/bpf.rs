@@ -1,0 +1,478 @@
+//! The eBPF loader: loads the embedded object, fills its maps from a compiled policy, attaches the
+//! five programs to a cgroup, and pins links and maps so that enforcement outlives the launcher.
+//!
+//! Pins of one policy instance live in a root-only directory on bpffs:
+//!
+//! ```text
+//! /sys/fs/bpf/claude-jail/<id>/jail/   ALLOW4 ... EVENTS   the maps (jail-common's names)
+//!                                      link-connect4 ...   the cgroup links
+//! ```
+//!
+//! Order matters for fail-closed behaviour: the maps are filled before any program is attached
+//! (an attached program with empty maps would allow everything), and either all five programs
+//! are attached and pinned or none is (a failure unpins what was done; dropping an unpinned link
+//! detaches it).
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{self, ErrorKind},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, MapData, PerCpuArray, RingBuf,
+    },
+    programs::{
+        cgroup_skb::CgroupSkbAttachType, links::FdLink, CgroupAttachMode, CgroupSkb,
+        CgroupSockAddr, ProgramError,
+    },
+    Ebpf, EbpfLoader,
+};
+use jail_common::{
+    counter_index, maps, Hook, PortKey4, PortKey6, RuleId, COUNTER_COUNT, COUNTER_EVENTS_DROPPED,
+    VERDICT_ALLOW, VERDICT_DENY,
+};
+
+use crate::policy::MapEntries;
+
+/// The object built by `cargo xtask build-ebpf`, embedded by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jail-ebpf.o"));
+
+/// Where bpffs is mounted on every systemd host.
+pub const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// The programs, by their function names in jail-ebpf, and the names of their pinned links.
+const PROGRAMS: [(&str, &str); 5] = [
+    ("connect4", "link-connect4"),
+    ("sendmsg4", "link-sendmsg4"),
+    ("connect6", "link-connect6"),
+    ("sendmsg6", "link-sendmsg6"),
+    ("skb_egress", "link-skb-egress"),
+];
+
+/// The fix and escape hatch every refusal names.
+const HATCH: &str =
+    "to run without the egress jail, set CLAUDE_SANDBOX_EGRESS_JAIL=0 or `egress-jail = 0` in the conf";
+
+/// Mounts bpffs at `mount_point` unless one is already there (systemd mounts it at boot; a bare
+/// host or a test namespace may not have it).
+pub fn ensure_bpffs(mount_point: &Path) -> Result<()> {
+    fs::create_dir_all(mount_point)
+        .with_context(|| format!("create the bpffs mount point {}", mount_point.display()))?;
+    if is_bpffs(mount_point)? {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        mount_point,
+        Some("bpf"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=0700"),
+    )
+    .with_context(|| {
+        format!(
+            "mount bpffs on {}: the pinned jail state needs it (fix: `mount -t bpf bpf {}`; {HATCH})",
+            mount_point.display(),
+            mount_point.display()
+        )
+    })
+}
+
+pub fn is_bpffs(path: &Path) -> Result<bool> {
+    let st =
+        nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
+    Ok(st.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Creates `dir` (and parents) as root-only directories.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 700 {}", dir.display()))
+}
+
+/// Loads the programs, fills the maps with `entries`, attaches all five programs to the cgroup
+/// at `cgroup_dir`, and pins maps and links in `pin_dir` (which must not exist yet). Returns the
+/// open maps. On failure nothing stays attached or pinned.
+pub fn attach(cgroup_dir: &Path, pin_dir: &Path, entries: &MapEntries) -> Result<JailMaps> {
+    if pin_dir.exists() {
+        bail!("pin directory {} already exists", pin_dir.display());
+    }
+    let result = attach_inner(cgroup_dir, pin_dir, entries);
+    if result.is_err() {
+        // Best effort: the error being returned is the one that matters.
+        let _ = unpin(pin_dir);
+    }
+    result
+}
+
+fn attach_inner(cgroup_dir: &Path, pin_dir: &Path, entries: &MapEntries) -> Result<JailMaps> {
+    let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
+        anyhow!(e).context(format!(
+            "load the eBPF object: the kernel refused it (fix: run as root on Linux >= 5.8 with \
+             CONFIG_BPF_SYSCALL and cgroup BPF; {HATCH})"
+        ))
+    })?;
+    create_private_dir(pin_dir)?;
+    let mut jail_maps = JailMaps::take_and_pin(&mut ebpf, pin_dir)?;
+    jail_maps.apply(entries).context("fill the policy maps")?;
+
+    for (name, _) in PROGRAMS {
+        load_program(&mut ebpf, name)?;
+    }
+
+    let cgroup = fs::File::open(cgroup_dir)
+        .with_context(|| format!("open cgroup {}", cgroup_dir.display()))?;
+    for (name, link_name) in PROGRAMS {
+        let link = attach_program(&mut ebpf, name, &cgroup).with_context(|| {
+            format!(
+                "attach {name} to cgroup {}: (fix: a cgroup v2 directory and root with \
+                 CAP_BPF/CAP_NET_ADMIN; {HATCH})",
+                cgroup_dir.display()
+            )
+        })?;
+        let path = pin_dir.join(link_name);
+        link.pin(&path)
+            .with_context(|| format!("pin link {}", path.display()))?;
+    }
+    Ok(jail_maps)
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the embedded object has no program {name}"))?;
+    let res = match prog {
+        aya::programs::Program::CgroupSockAddr(p) => p.load(),
+        aya::programs::Program::CgroupSkb(p) => p.load(),
+        _ => bail!("program {name} has an unexpected type"),
+    };
+    res.map_err(|e| match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => anyhow!(
+            "the verifier rejected {name} ({io_error}); this build does not fit this kernel: \
+             report it with the log below ({HATCH})\n{verifier_log}"
+        ),
+        e => anyhow!(e).context(format!("load program {name} ({HATCH})")),
+    })
+}
+
+/// Attaches one program and hands back its link as an `FdLink`, ready to pin. Link-based cgroup
+/// attachment (bpf_link_create) runs the program together with any other program attached in the
+/// hierarchy: a descendant cgroup can add programs but never replace this one (no
+/// BPF_F_ALLOW_OVERRIDE).
+fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File) -> Result<FdLink> {
+    let prog = ebpf.program_mut(name).expect("loaded above");
+    let link: FdLink = match prog {
+        aya::programs::Program::CgroupSockAddr(p) => {
+            let p: &mut CgroupSockAddr = p;
+            let id = p.attach(cgroup, CgroupAttachMode::Single)?;
+            p.take_link(id)?.try_into()?
+        }
+        aya::programs::Program::CgroupSkb(p) => {
+            let p: &mut CgroupSkb = p;
+            let id = p.attach(
+                cgroup,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )?;
+            p.take_link(id)?.try_into()?
+        }
+        _ => bail!("program {name} has an unexpected type"),
+    };
+    Ok(link)
+}
+
+/// Removes every pin in `pin_dir` and the directory. Removing a link's last pin detaches it.
+pub fn unpin(pin_dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(pin_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("read {}", pin_dir.display())),
+    };
+    // Links first, so no program runs against maps being removed (it would keep them alive
+    // anyway; this is for the reader's peace of mind).
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link-"))
+    });
+    for path in paths {
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("unpin {}", path.display())),
+        }
+    }
+    match fs::remove_dir(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove {}", pin_dir.display())),
+    }
+}
+
+/// Whether all five links of a pinned instance are present.
+pub fn links_pinned(pin_dir: &Path) -> bool {
+    PROGRAMS.iter().all(|(_, link)| pin_dir.join(link).exists())
+}
+
+/// The policy and counter maps of one attached instance.
+pub struct JailMaps {
+    allow4: LpmTrie<MapData, u32, RuleId>,
+    allow6: LpmTrie<MapData, [u32; 4], RuleId>,
+    allow4_port: HashMap<MapData, PortKey4, RuleId>,
+    allow6_port: HashMap<MapData, PortKey6, RuleId>,
+    deny4: LpmTrie<MapData, u32, RuleId>,
+    deny6: LpmTrie<MapData, [u32; 4], RuleId>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Taken by the event reader; `None` in instances opened for reload or status.
+    events: Option<RingBuf<MapData>>,
+}
+
+/// Per-verdict counters of one instance, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub allowed: [u64; 5],
+    pub refused: [u64; 5],
+    pub events_dropped: u64,
+}
+
+impl Counters {
+    pub fn total_allowed(&self) -> u64 {
+        self.allowed.iter().sum()
+    }
+    pub fn total_refused(&self) -> u64 {
+        self.refused.iter().sum()
+    }
+}
+
+fn map_from(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("the embedded object has no map {name}"))
+}
+
+fn pinned(dir: &Path, name: &str) -> Result<aya::maps::Map> {
+    let path = dir.join(name);
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))?;
+    aya::maps::Map::from_map_data(data).with_context(|| format!("pinned map {}", path.display()))
+}
+
+impl JailMaps {
+    /// Takes the maps out of a freshly loaded object and pins each in `pin_dir`.
+    fn take_and_pin(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<JailMaps> {
+        Self::build(
+            |name| {
+                let map = map_from(ebpf, name)?;
+                let path = pin_dir.join(name);
+                map.pin(&path)
+                    .with_context(|| format!("pin map {}", path.display()))?;
+                Ok(map)
+            },
+            true,
+        )
+    }
+
+    /// Opens the maps pinned in `pin_dir` (for reload and status; needs root).
+    pub fn open(pin_dir: &Path) -> Result<JailMaps> {
+        Self::build(|name| pinned(pin_dir, name), false)
+    }
+
+    fn build(
+        mut get: impl FnMut(&str) -> Result<aya::maps::Map>,
+        with_events: bool,
+    ) -> Result<JailMaps> {
+        Ok(JailMaps {
+            allow4: get(maps::ALLOW4)?.try_into()?,
+            allow6: get(maps::ALLOW6)?.try_into()?,
+            allow4_port: get(maps::ALLOW4_PORT)?.try_into()?,
+            allow6_port: get(maps::ALLOW6_PORT)?.try_into()?,
+            deny4: get(maps::DENY4)?.try_into()?,
+            deny6: get(maps::DENY6)?.try_into()?,
+            counters: get(maps::COUNTERS)?.try_into()?,
+            events: if with_events {
+                Some(get(maps::EVENTS)?.try_into()?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The ring buffer of refusal events, for the launcher's reader (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Brings the maps to `entries` so that, at every instant, a destination allowed both before
+    /// and after stays allowed and one refused both before and after stays refused:
+    ///
+    /// 1. add the new allow entries; 2. add the new deny entries; 3. remove the old deny entries;
+    /// 4. remove the old allow entries.
+    ///
+    /// Between steps the allow set is a subset of old ∪ new (never matches a destination refused
+    /// both times), the deny set a superset of old or of new; an old allow leaves only after the
+    /// old deny it overrode is gone. Entries present in both keep their key (updated in place).
+    pub fn apply(&mut self, e: &MapEntries) -> Result<usize> {
+        let mut changes = 0;
+        changes += add_lpm(&mut self.allow4, &e.allow4)?;
+        changes += add_lpm(&mut self.allow6, &e.allow6)?;
+        changes += add_hash(&mut self.allow4_port, &e.allow4_port, key4)?;
+        changes += add_hash(&mut self.allow6_port, &e.allow6_port, key6)?;
+        changes += add_lpm(&mut self.deny4, &e.deny4)?;
+        changes += add_lpm(&mut self.deny6, &e.deny6)?;
+        changes += remove_lpm(&mut self.deny4, &e.deny4)?;
+        changes += remove_lpm(&mut self.deny6, &e.deny6)?;
+        changes += remove_hash(&mut self.allow4_port, &e.allow4_port, tuple4)?;
+        changes += remove_hash(&mut self.allow6_port, &e.allow6_port, tuple6)?;
+        changes += remove_lpm(&mut self.allow4, &e.allow4)?;
+        changes += remove_lpm(&mut self.allow6, &e.allow6)?;
+        Ok(changes)
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let mut c = Counters::default();
+        let sum = |i: u32| -> Result<u64> {
+            let values = self.counters.get(&i, 0).context("read COUNTERS")?;
+            Ok(values.iter().sum())
+        };
+        for hook in Hook::ALL {
+            c.allowed[hook as usize] = sum(counter_index(hook, VERDICT_ALLOW))?;
+            c.refused[hook as usize] = sum(counter_index(hook, VERDICT_DENY))?;
+        }
+        c.events_dropped = sum(COUNTER_EVENTS_DROPPED)?;
+        debug_assert_eq!(COUNTER_EVENTS_DROPPED + 1, COUNTER_COUNT);
+        Ok(c)
+    }
+
+    /// The entries currently in the maps, in the same shape the policy compiles to.
+    pub fn read_entries(&self) -> Result<MapEntries> {
+        let mut e = MapEntries::default();
+        for item in self.allow4.iter() {
+            let (k, v) = item?;
+            e.allow4.insert((k.prefix_len(), k.data()), v);
+        }
+        for item in self.allow6.iter() {
+            let (k, v) = item?;
+            e.allow6.insert((k.prefix_len(), k.data()), v);
+        }
+        for item in self.deny4.iter() {
+            let (k, v) = item?;
+            e.deny4.insert((k.prefix_len(), k.data()), v);
+        }
+        for item in self.deny6.iter() {
+            let (k, v) = item?;
+            e.deny6.insert((k.prefix_len(), k.data()), v);
+        }
+        for item in self.allow4_port.iter() {
+            let (k, v) = item?;
+            e.allow4_port.insert(tuple4(&k), v);
+        }
+        for item in self.allow6_port.iter() {
+            let (k, v) = item?;
+            e.allow6_port.insert(tuple6(&k), v);
+        }
+        Ok(e)
+    }
+}
+
+fn key4(&(addr, port, proto): &(u32, u16, u8)) -> PortKey4 {
+    PortKey4 {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    }
+}
+fn tuple4(k: &PortKey4) -> (u32, u16, u8) {
+    (k.addr, k.port, k.proto)
+}
+fn key6(&(addr, port, proto): &([u32; 4], u16, u8)) -> PortKey6 {
+    PortKey6 {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    }
+}
+fn tuple6(k: &PortKey6) -> ([u32; 4], u16, u8) {
+    (k.addr, k.port, k.proto)
+}
+
+fn add_lpm<K: aya::Pod + Ord>(
+    map: &mut LpmTrie<MapData, K, RuleId>,
+    want: &BTreeMap<(u32, K), RuleId>,
+) -> Result<usize> {
+    for (&(len, data), &rule) in want {
+        map.insert(&Key::new(len, data), rule, 0)
+            .with_context(|| format!("insert a /{len} prefix (map full?)"))?;
+    }
+    Ok(want.len())
+}
+
+fn remove_lpm<K: aya::Pod + Ord>(
+    map: &mut LpmTrie<MapData, K, RuleId>,
+    keep: &BTreeMap<(u32, K), RuleId>,
+) -> Result<usize> {
+    let stale: Vec<Key<K>> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !keep.contains_key(&(k.prefix_len(), k.data())))
+        .collect();
+    for k in &stale {
+        remove_ok_if_gone(map.remove(k))?;
+    }
+    Ok(stale.len())
+}
+
+fn add_hash<K: aya::Pod, T: Ord>(
+    map: &mut HashMap<MapData, K, RuleId>,
+    want: &BTreeMap<T, RuleId>,
+    to_key: fn(&T) -> K,
+) -> Result<usize> {
+    for (t, &rule) in want {
+        map.insert(to_key(t), rule, 0)
+            .context("insert a port entry (map full?)")?;
+    }
+    Ok(want.len())
+}
+
+fn remove_hash<K: aya::Pod, T: Ord>(
+    map: &mut HashMap<MapData, K, RuleId>,
+    keep: &BTreeMap<T, RuleId>,
+    to_tuple: fn(&K) -> T,
+) -> Result<usize> {
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !keep.contains_key(&to_tuple(k)))
+        .collect();
+    for k in &stale {
+        remove_ok_if_gone(map.remove(k))?;
+    }
+    Ok(stale.len())
+}
+
+fn remove_ok_if_gone(r: Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e).context("remove a map entry"),
+    }
+}

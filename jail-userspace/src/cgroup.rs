@@ -1,0 +1,236 @@
+//! cgroup v2: find the unified hierarchy, create, fill, kill and remove the jail's cgroups.
+//!
+//! Layout under the cgroup2 mount (`/sys/fs/cgroup` on most hosts, `/sys/fs/cgroup/unified` on
+//! hybrid ones):
+//!
+//! ```text
+//! claude-jail/            parent of every jail, no programs
+//!   <id>/jail/            the command and everything it starts; the jail policy is attached here
+//!   <id>/pasta/           pasta alone, under its own policy
+//! ```
+use std::{
+    fs,
+    io::{self, ErrorKind},
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+/// Name of the directory under the cgroup2 mount that holds every jail.
+pub const PARENT: &str = "claude-jail";
+
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    #[error(
+        "no cgroup v2 hierarchy is mounted (none in /proc/self/mountinfo); mount one with \
+         `mount -t cgroup2 none /sys/fs/cgroup` (or boot with systemd.unified_cgroup_hierarchy=1)"
+    )]
+    NoCgroup2,
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    MountInfo(#[source] io::Error),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup {path} still has processes after {waited:?}")]
+    NotEmpty { path: PathBuf, waited: Duration },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo.
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let text = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    find_cgroup2(&text).ok_or(CgroupError::NoCgroup2)
+}
+
+/// The first cgroup2 mount point in a mountinfo text. Fields: `id parent maj:min root mountpoint
+/// options [optional...] - fstype source superoptions`; the mount point has octal escapes.
+fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mountpoint = left.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_octal(mountpoint)))
+    })
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A cgroup directory this process created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// Creates `path` (and its parents). An existing directory is an error: a jail never shares
+    /// a cgroup with something else.
+    pub fn create(path: &Path) -> Result<Cgroup, CgroupError> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_err("create cgroup", parent))?;
+        }
+        fs::create_dir(path).map_err(io_err("create cgroup", path))?;
+        Ok(Cgroup {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// An existing cgroup (for cleanup and tests).
+    pub fn existing(path: &Path) -> Cgroup {
+        Cgroup {
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves a process (all its threads) into this cgroup.
+    pub fn add_pid(&self, pid: u32) -> Result<(), CgroupError> {
+        let procs = self.path.join("cgroup.procs");
+        fs::write(&procs, pid.to_string()).map_err(io_err("write", &procs))
+    }
+
+    /// The pids in this cgroup (not its descendants).
+    pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
+        let procs = self.path.join("cgroup.procs");
+        let text = fs::read_to_string(&procs).map_err(io_err("read", &procs))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Whether any process is in this cgroup or below (`populated` of cgroup.events).
+    pub fn populated(&self) -> Result<bool, CgroupError> {
+        let events = self.path.join("cgroup.events");
+        let text = fs::read_to_string(&events).map_err(io_err("read", &events))?;
+        Ok(text.lines().any(|l| l.trim() == "populated 1"))
+    }
+
+    /// Kills every process in this cgroup and below (cgroup.kill, Linux 5.14), then waits until it
+    /// is empty.
+    pub fn kill_all(&self, wait: Duration) -> Result<(), CgroupError> {
+        let kill = self.path.join("cgroup.kill");
+        match fs::write(&kill, "1") {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // No cgroup.kill (kernel < 5.14): SIGKILL each pid, repeatedly, until empty.
+                let deadline = Instant::now() + wait;
+                while self.populated()? && Instant::now() < deadline {
+                    for pid in self.pids()? {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+            Err(e) => return Err(io_err("write", &kill)(e)),
+        }
+        self.wait_empty(wait)
+    }
+
+    /// Waits until no process is left in this cgroup or below.
+    pub fn wait_empty(&self, wait: Duration) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + wait;
+        while self.populated()? {
+            if Instant::now() >= deadline {
+                return Err(CgroupError::NotEmpty {
+                    path: self.path.clone(),
+                    waited: wait,
+                });
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Removes this cgroup and every (empty) child cgroup below it. A cgroup that is already
+    /// gone is fine.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        remove_tree(&self.path)
+    }
+}
+
+fn remove_tree(path: &Path) -> Result<(), CgroupError> {
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("read cgroup", path)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err("read cgroup", path))?;
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove cgroup", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_a_hybrid_layout() {
+        let text = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            find_cgroup2(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified")),
+            "the cgroup2 mount is found by fstype, not by path"
+        );
+    }
+
+    #[test]
+    fn finds_cgroup2_with_optional_fields_and_escapes() {
+        let text = "35 24 0:30 / /sys/fs/cgroup\\040x rw,nosuid shared:9 master:1 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(find_cgroup2(text), Some(PathBuf::from("/sys/fs/cgroup x")));
+    }
+
+    #[test]
+    fn no_cgroup2_is_none() {
+        assert_eq!(
+            find_cgroup2("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"),
+            None
+        );
+    }
+}
