@@ -184,7 +184,10 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<PortKey4>(), 4 + 2 + 1 + 1);
         assert_eq!(size_of::<PortKey6>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<Event>(), 8 + 4 + 4 + 16 + 4 + 2 + 1 + 1 + 1 + 7 + 16);
+        assert_eq!(
+            size_of::<Event>(),
+            8 + 4 + 4 + 16 + 4 + 2 + 1 + 1 + 1 + 7 + 16
+        );
     }
 
     #[test]

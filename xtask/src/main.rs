@@ -120,7 +120,14 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     build_ebpf(root)?;
     run(cargo(root).args(["fmt", "--all", "--", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
-    run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // Build everything first, with the network; then run the tests without it.
     run(cargo(root).args(["build", "--workspace", "--bins"]))?;
     run(cargo(root).args(["test", "--workspace", "--no-run"]))?;
