@@ -296,3 +296,195 @@ impl Netlink {
         Err(HostNetError::Interrupted(what))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn from_parts_keeps_what_must_be_denied() {
+        let h = HostNet::from_parts(
+            vec![
+                (ip("127.0.0.1"), ip("127.0.0.1"), 8, "lo".into()),
+                (ip("::1"), ip("::1"), 128, "lo".into()),
+                (ip("198.51.100.7"), ip("198.51.100.7"), 32, "lo".into()),
+                (ip("192.168.1.100"), ip("192.168.1.100"), 24, "eth0".into()),
+                (ip("192.168.1.101"), ip("192.168.1.101"), 24, "eth0".into()),
+                (ip("10.8.0.2"), ip("10.8.0.1"), 32, "tun0".into()),
+                (ip("2001:db8::5"), ip("2001:db8::5"), 64, "eth0".into()),
+            ],
+            vec![
+                (net("0.0.0.0/1"), Some("tun0".into())),
+                (net("128.0.0.0/1"), Some("tun0".into())),
+                (net("192.168.1.0/24"), Some("eth0".into())),
+                (net("203.0.113.0/24"), None),
+                (net("127.0.0.0/8"), Some("lo".into())),
+                (net("2000::/3"), Some("tun0".into())),
+            ],
+        );
+        let addrs: Vec<_> = h
+            .addrs
+            .iter()
+            .map(|(n, i)| (n.to_string(), i.as_str()))
+            .collect();
+        assert_eq!(
+            addrs,
+            vec![
+                ("10.8.0.2/32".to_string(), "tun0"),
+                ("192.168.1.100/32".into(), "eth0"),
+                ("192.168.1.101/32".into(), "eth0"),
+                ("198.51.100.7/32".into(), "lo"),
+                ("2001:db8::5/128".into(), "eth0"),
+            ],
+            "every address but loopback, including a non-loopback address on lo"
+        );
+        let subnets: Vec<_> = h.subnets.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(
+            subnets,
+            vec!["10.8.0.1/32", "192.168.1.0/24", "2001:db8::/64"],
+            "connected subnets, de-duplicated, a point-to-point peer included, /32 of itself not"
+        );
+        let routes: Vec<_> = h.routes.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(
+            routes,
+            vec!["192.168.1.0/24", "203.0.113.0/24"],
+            "no loopback, no default pieces"
+        );
+        let splits: Vec<_> = h
+            .default_splits
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(splits, vec!["0.0.0.0/1", "128.0.0.0/1", "2000::/3"]);
+    }
+
+    /// Runs `ip ARGS` in the calling thread's network namespace (a child inherits it).
+    fn ip_cmd(args: &str) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(args.split_whitespace())
+            .output()
+            .map_err(|e| format!("ip {args}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {args}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    #[test]
+    fn reads_addresses_subnets_and_routes_of_a_fresh_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        if Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("skipped: no `ip` command");
+            return;
+        }
+        // unshare(CLONE_NEWNET) in a thread of its own moves only that thread; everything below
+        // configures that new namespace and never the one the tests started in.
+        let res = std::thread::spawn(|| -> Result<Option<HostNet>, String> {
+            let ns = || std::fs::read_link("/proc/thread-self/ns/net").map_err(|e| e.to_string());
+            let before = ns()?;
+            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                eprintln!("skipped: unshare(CLONE_NEWNET): {e}");
+                return Ok(None);
+            }
+            if ns()? == before {
+                return Err(
+                    "unshare left the thread in its namespace: refusing to configure it".into(),
+                );
+            }
+            for c in [
+                "link set lo up",
+                "addr add 198.51.100.7/32 dev lo",
+                "link add v0 type veth peer name v1",
+                "addr add 10.9.0.1/16 dev v0",
+                "addr add 192.0.2.10 peer 192.0.2.1/32 dev v1",
+                "link set v0 up",
+                "link set v1 up",
+                "-6 addr add fd00:9::1/64 dev v0 nodad",
+                "route add 198.18.0.0/15 via 10.9.0.2",
+                "route add 0.0.0.0/1 via 10.9.0.2",
+                "route add default via 10.9.0.2",
+                "route add 203.0.113.0/24 dev v0 table 100",
+                "-6 route add 2001:db8:77::/48 via fd00:9::2",
+            ] {
+                ip_cmd(c)?;
+            }
+            HostNet::read().map(Some).map_err(|e| e.to_string())
+        })
+        .join()
+        .expect("the namespace thread panicked");
+        let h = match res {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => panic!("{e}"),
+        };
+        let has =
+            |v: &[(IpNet, String)], n: &str, i: &str| v.iter().any(|(a, b)| *a == net(n) && b == i);
+        for (n, i) in [
+            ("198.51.100.7/32", "lo"),
+            ("10.9.0.1/32", "v0"),
+            ("192.0.2.10/32", "v1"),
+            ("fd00:9::1/128", "v0"),
+        ] {
+            assert!(has(&h.addrs, n, i), "address {n} on {i} in {:?}", h.addrs);
+        }
+        assert!(
+            h.addrs.iter().all(|(a, _)| !a.addr().is_loopback()),
+            "loopback addresses are left out: {:?}",
+            h.addrs
+        );
+        for (n, i) in [
+            ("10.9.0.0/16", "v0"),
+            ("192.0.2.1/32", "v1"),
+            ("fd00:9::/64", "v0"),
+        ] {
+            assert!(
+                has(&h.subnets, n, i),
+                "subnet {n} of {i} in {:?}",
+                h.subnets
+            );
+        }
+        let routes: Vec<_> = h
+            .routes
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.clone()))
+            .collect();
+        for (n, d) in [
+            ("10.9.0.0/16", "v0"),
+            ("198.18.0.0/15", "v0"),
+            ("2001:db8:77::/48", "v0"),
+        ] {
+            assert!(
+                routes.contains(&(n.to_string(), Some(d.to_string()))),
+                "route {n} via {d} in {routes:?}"
+            );
+        }
+        assert!(
+            !routes.iter().any(|(n, _)| n == "203.0.113.0/24"),
+            "table 100 is not the main table"
+        );
+        assert!(
+            !routes.iter().any(|(n, _)| n == "0.0.0.0/0"),
+            "no default route"
+        );
+        assert_eq!(
+            h.default_splits,
+            vec![(net("0.0.0.0/1"), Some("v0".into()))]
+        );
+    }
+}
