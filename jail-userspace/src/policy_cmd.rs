@@ -183,3 +183,123 @@ impl<'a> Report<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{ffi::OsStr, path::Path};
+
+    fn report_for(text: &str) -> (String, serde_json::Value, Vec<String>) {
+        let c = conf::parse(Path::new("/etc/claude-sandbox.conf"), text.as_bytes()).unwrap();
+        let sw = conf::jail_enabled(&c, None).unwrap();
+        let h = HostNet::from_parts(
+            vec![(
+                "192.168.1.100".parse().unwrap(),
+                "192.168.1.100".parse().unwrap(),
+                24,
+                "eth0".into(),
+            )],
+            vec![("0.0.0.0/1".parse().unwrap(), Some("tun0".into()))],
+        );
+        let r = Report::new(&c, &sw, &h, &[]);
+        (r.text(), r.json(), r.warnings.clone())
+    }
+
+    #[test]
+    fn text_names_the_file_the_switch_and_each_source() {
+        let (t, _, w) = report_for(
+            "egress-jail = 0\nallow-ip = 10.0.0.0/8\nallow-ip = 172.23.1.3:5064/udp\n\
+             host-port = 8765\npublish-port = 3000/tcp\nallow-socket = /run/x.sock\n",
+        );
+        let lines: Vec<_> = t.lines().collect();
+        assert_eq!(lines[0], "config: /etc/claude-sandbox.conf");
+        assert_eq!(lines[1], "egress jail: off (/etc/claude-sandbox.conf:1)");
+        let has = |needle: &[&str]| t.lines().any(|l| needle.iter().all(|n| l.contains(n)));
+        assert!(
+            has(&["allow", "10.0.0.0/8", "conf /etc/claude-sandbox.conf:2"]),
+            "{t}"
+        );
+        assert!(
+            has(&[
+                "allow",
+                "172.23.1.3:5064/udp",
+                "conf /etc/claude-sandbox.conf:3"
+            ]),
+            "{t}"
+        );
+        assert!(has(&["deny", "10.0.0.0/8", "default"]), "{t}");
+        assert!(
+            has(&["deny", "192.168.1.100/32", "host address on eth0"]),
+            "{t}"
+        );
+        assert!(
+            has(&["deny", "192.168.1.0/24", "host subnet of eth0"]),
+            "{t}"
+        );
+        assert!(has(&["note: host route 0.0.0.0/1 via tun0"]), "{t}");
+        assert!(
+            has(&["host-port", "8765", ":4"]) && has(&["publish-port", "3000/tcp", ":5"]),
+            "{t}"
+        );
+        assert!(has(&["allow-socket", "/run/x.sock", ":6"]), "{t}");
+        assert!(lines.last().unwrap().starts_with("digest: "));
+        assert_eq!(
+            w,
+            vec!["allow 10.0.0.0/8 (conf /etc/claude-sandbox.conf:2) covers the whole default deny range 10.0.0.0/8"]
+        );
+    }
+
+    #[test]
+    fn json_has_every_field() {
+        let (_, j, _) = report_for("allow-ip = [fd00::5]:443/tcp\n");
+        assert_eq!(j["config"], "/etc/claude-sandbox.conf");
+        assert_eq!(j["egress_jail"]["enabled"], true);
+        assert_eq!(j["egress_jail"]["source"], "default");
+        let rules = j["rules"].as_array().unwrap();
+        let r = rules.iter().find(|r| r["target"] == "fd00::5/128").unwrap();
+        assert_eq!(r["action"], "allow");
+        assert_eq!(r["port"], 443);
+        assert_eq!(r["proto"], "tcp");
+        assert_eq!(r["source"], "conf /etc/claude-sandbox.conf:1");
+        assert!(rules
+            .iter()
+            .any(|r| r["source"] == "default" && r["target"] == "fc00::/7"));
+        assert_eq!(j["digest"].as_str().unwrap().len(), 16);
+        assert!(j["warnings"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn proxy_env_reads_both_spellings_and_skips_empty() {
+        let got = proxy_env(|v| match v {
+            "http_proxy" => Some("http://10.0.0.1:3128".into()),
+            "ALL_PROXY" => Some("".into()),
+            "HTTPS_PROXY" => Some(OsStr::new("socks5://[fd00::1]").to_os_string()),
+            _ => None,
+        });
+        assert_eq!(
+            got,
+            vec![
+                ("http_proxy".to_string(), "http://10.0.0.1:3128".to_string()),
+                ("HTTPS_PROXY".into(), "socks5://[fd00::1]".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn an_invalid_file_is_an_error_naming_file_and_line() {
+        let dir =
+            std::env::temp_dir().join(format!("claude-jail-policy-cmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.conf");
+        std::fs::write(&f, "allow-ip = 10.0.0.1\nallow-ip = 10.1.0.5/24\n").unwrap();
+        let e = run(Some(f.clone()), false).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "{}:2: 10.1.0.5/24 has host bits set: the network is 10.1.0.0/24",
+                f.display()
+            )
+        );
+    }
+}
