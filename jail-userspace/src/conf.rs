@@ -256,7 +256,7 @@ pub fn check_trusted(path: &Path) -> Result<(), ConfError> {
         source,
     })?;
     if !meta.is_file() {
-        return Err(untrusted(format!("{shown} is not a regular file")));
+        return Err(untrusted(format!("not a regular file{shown}")));
     }
     let fix_file = format!(
         "fix: chown root:root {f} && chmod 644 {f}",
