@@ -1,0 +1,425 @@
+//! jail-probe: one network attempt, run by the enforcement tests inside the jail cgroup (and the
+//! fake world's host network namespace).
+//!
+//! ```text
+//! jail-probe OP DEST [ARGS]
+//!   tcp DEST              connect, read the server's first line
+//!   udp-connect DEST      connect, send, read the reply
+//!   udp-sendto DEST       sendto on an unconnected socket, read the reply
+//!   sendmmsg DEST...      one sendmmsg call, one datagram to each DEST (same family)
+//!   tfo DEST              sendto(MSG_FASTOPEN) on a fresh TCP socket, read the first line
+//!   uring-connect DEST    IORING_OP_CONNECT, read the first line
+//!   raw-syn DEST SRC      SOCK_RAW IPPROTO_TCP: a crafted SYN (SRC: the source address, for the
+//!                         checksum)
+//!   raw-udp DEST          SOCK_RAW IPPROTO_UDP: a crafted datagram
+//!   icmp-echo DEST        SOCK_RAW IPPROTO_ICMP: an echo request, then wait for the reply
+//!   ping DEST             SOCK_DGRAM IPPROTO_ICMP (unconnected sendto), wait for the reply
+//!   tamper CGROUP PINDIR MAP_ID LINK_ID
+//!                         what an unprivileged process could try against the jail: each
+//!                         attempt prints NAME=ERRNO, or NAME=SUCCEEDED
+//! ```
+//! DEST is `a.b.c.d:port` or `[v6]:port` (raw and ICMP ops ignore or use the port as noted).
+//! Prints one line, `ok <detail>` or `err <ERRNO_NAME>` (`unsupported ...` when the kernel
+//! refuses io_uring), and exits 0; exit 2 on a usage error.
+use std::{
+    ffi::CString,
+    io::{self, BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
+};
+
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (op, rest) = match args.split_first() {
+        Some((op, rest)) if !rest.is_empty() => (op.as_str(), rest),
+        _ => usage("missing OP or DEST"),
+    };
+    let dest = || -> SocketAddr {
+        rest[0]
+            .parse()
+            .unwrap_or_else(|_| usage(&format!("bad DEST {}", rest[0])))
+    };
+    let result = match op {
+        "tcp" => tcp(dest()),
+        "udp-connect" => udp(dest(), true),
+        "udp-sendto" => udp(dest(), false),
+        "sendmmsg" => {
+            let dests: Vec<SocketAddr> = rest
+                .iter()
+                .map(|d| {
+                    d.parse()
+                        .unwrap_or_else(|_| usage(&format!("bad DEST {d}")))
+                })
+                .collect();
+            sendmmsg(&dests)
+        }
+        "tfo" => tfo(dest()),
+        "uring-connect" => uring_connect(dest()),
+        "raw-syn" => {
+            let src: Ipv4Addr = rest
+                .get(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| usage("raw-syn needs DEST SRC (IPv4)"));
+            raw_syn(v4(dest()), src)
+        }
+        "raw-udp" => raw_udp(v4(dest())),
+        "icmp-echo" => icmp(v4(dest()), libc::SOCK_RAW),
+        "ping" => icmp(v4(dest()), libc::SOCK_DGRAM),
+        "tamper" => match rest {
+            [cgroup, pins, map_id, link_id] => tamper(
+                cgroup,
+                pins,
+                map_id.parse().unwrap_or_else(|_| usage("MAP_ID")),
+                link_id.parse().unwrap_or_else(|_| usage("LINK_ID")),
+            ),
+            _ => usage("tamper CGROUP PINDIR MAP_ID LINK_ID"),
+        },
+        _ => usage(&format!("unknown OP {op}")),
+    };
+    match result {
+        Ok(detail) => println!("ok {detail}"),
+        Err(e) => match e.raw_os_error() {
+            Some(n) => println!("err {}", errno_name(n)),
+            None => println!("err {e}"),
+        },
+    }
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!("jail-probe: {why}\nusage: jail-probe OP DEST [ARGS] (see the source's header)");
+    std::process::exit(2)
+}
+
+fn v4(a: SocketAddr) -> std::net::SocketAddrV4 {
+    match a {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => usage("this OP is IPv4 only"),
+    }
+}
+
+fn errno_name(n: i32) -> String {
+    nix::errno::Errno::from_raw(n)
+        .to_string()
+        .split(':')
+        .next()
+        .unwrap_or("E?")
+        .to_owned()
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+fn first_line(s: TcpStream) -> io::Result<String> {
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(line.trim_end().to_owned())
+}
+
+fn tcp(dest: SocketAddr) -> io::Result<String> {
+    first_line(TcpStream::connect_timeout(&dest, TIMEOUT)?)
+}
+
+fn udp(dest: SocketAddr, connect: bool) -> io::Result<String> {
+    let any: SocketAddr = if dest.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let s = UdpSocket::bind(any)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    if connect {
+        s.connect(dest)?;
+        s.send(b"probe\n")?;
+    } else {
+        s.send_to(b"probe\n", dest)?;
+    }
+    let mut buf = [0u8; 2048];
+    let n = s.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned())
+}
+
+fn sockaddr(a: SocketAddr) -> SockaddrStorage {
+    match a {
+        SocketAddr::V4(a) => SockaddrStorage::from(a),
+        SocketAddr::V6(a) => SockaddrStorage::from(a),
+    }
+}
+
+fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with integer arguments; the new descriptor is owned at once.
+    let fd = cvt(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) })?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn family(a: &SocketAddr) -> libc::c_int {
+    if a.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    }
+}
+
+/// One sendmmsg(2) with a datagram to each destination: sendmsg4/6 runs once per message.
+fn sendmmsg(dests: &[SocketAddr]) -> io::Result<String> {
+    let fd = socket(family(&dests[0]), libc::SOCK_DGRAM, 0)?;
+    let addrs: Vec<SockaddrStorage> = dests.iter().map(|d| sockaddr(*d)).collect();
+    let payload = b"probe\n";
+    let mut iovs: Vec<libc::iovec> = dests
+        .iter()
+        .map(|_| libc::iovec {
+            iov_base: payload.as_ptr() as *mut _,
+            iov_len: payload.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = addrs
+        .iter()
+        .zip(iovs.iter_mut())
+        .map(|(a, iov)| {
+            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = a.as_ptr() as *mut _;
+            m.msg_hdr.msg_namelen = a.len();
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    // SAFETY: msgs points at msgs.len() headers whose names and iovecs outlive the call.
+    let n = cvt(unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as _, 0) })?;
+    Ok(format!("sent={n}"))
+}
+
+/// TCP Fast Open: the connect happens inside sendto(MSG_FASTOPEN).
+fn tfo(dest: SocketAddr) -> io::Result<String> {
+    let fd = socket(family(&dest), libc::SOCK_STREAM, 0)?;
+    let a = sockaddr(dest);
+    let payload = b"tfo\n";
+    // SAFETY: buffer and address are valid for the call.
+    cvt_size(unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            payload.as_ptr().cast(),
+            payload.len(),
+            libc::MSG_FASTOPEN,
+            a.as_ptr().cast(),
+            a.len(),
+        )
+    })?;
+    first_line(TcpStream::from(fd))
+}
+
+fn uring_connect(dest: SocketAddr) -> io::Result<String> {
+    use io_uring::{opcode, types, IoUring};
+    let mut ring = match IoUring::new(4) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("unsupported {}", errno_name(e.raw_os_error().unwrap_or(0)));
+            std::process::exit(0);
+        }
+    };
+    let fd = socket(family(&dest), libc::SOCK_STREAM, 0)?;
+    let a = sockaddr(dest);
+    let op = opcode::Connect::new(types::Fd(fd.as_raw_fd()), a.as_ptr().cast(), a.len())
+        .build()
+        .user_data(1);
+    // SAFETY: the address and descriptor outlive the operation (we wait for it below).
+    unsafe { ring.submission().push(&op) }.map_err(|_| io::Error::other("SQ full"))?;
+    ring.submit_and_wait(1)?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or_else(|| io::Error::other("no completion"))?;
+    if cqe.result() < 0 {
+        return Err(io::Error::from_raw_os_error(-cqe.result()));
+    }
+    first_line(TcpStream::from(fd))
+}
+
+fn sendto(fd: RawFd, buf: &[u8], dest: SocketAddr) -> io::Result<usize> {
+    let a = sockaddr(dest);
+    // SAFETY: buffer and address are valid for the call.
+    cvt_size(unsafe {
+        libc::sendto(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            a.as_ptr().cast(),
+            a.len(),
+        )
+    })
+}
+
+/// The Internet checksum (RFC 1071) of the concatenated parts.
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let bytes: Vec<u8> = parts.concat();
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A TCP SYN from a raw socket: the kernel adds the IP header; no socket hook runs.
+fn raw_syn(dest: std::net::SocketAddrV4, src: Ipv4Addr) -> io::Result<String> {
+    let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP)?;
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dest.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    tcp[12] = 5 << 4; // data offset: 5 words
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let pseudo = [
+        &src.octets()[..],
+        &dest.ip().octets()[..],
+        &[0, libc::IPPROTO_TCP as u8, 0, 20],
+    ]
+    .concat();
+    let c = checksum(&[&pseudo, &tcp]);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    sendto(fd.as_raw_fd(), &tcp, SocketAddr::V4(dest))?;
+    Ok("sent".into())
+}
+
+/// A UDP datagram from a raw socket (checksum 0: none, valid over IPv4).
+fn raw_udp(dest: std::net::SocketAddrV4) -> io::Result<String> {
+    let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
+    let payload = b"raw\n";
+    let mut udp = vec![0u8; 8];
+    udp[0..2].copy_from_slice(&40001u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&dest.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(payload);
+    sendto(fd.as_raw_fd(), &udp, SocketAddr::V4(dest))?;
+    Ok("sent".into())
+}
+
+/// An ICMP echo request, from a raw socket or a ping socket; waits for the reply.
+fn icmp(dest: std::net::SocketAddrV4, ty: libc::c_int) -> io::Result<String> {
+    let fd = socket(libc::AF_INET, ty, libc::IPPROTO_ICMP)?;
+    let mut echo = [0u8; 16];
+    echo[0] = 8; // echo request
+    echo[4..6].copy_from_slice(&0x4a4cu16.to_be_bytes());
+    echo[6..8].copy_from_slice(&1u16.to_be_bytes());
+    echo[8..].copy_from_slice(b"jail-prb");
+    let c = checksum(&[&echo]);
+    echo[2..4].copy_from_slice(&c.to_be_bytes());
+    let dest = std::net::SocketAddrV4::new(*dest.ip(), 0);
+    sendto(fd.as_raw_fd(), &echo, SocketAddr::V4(dest))?;
+    let s = UdpSocket::from(fd); // only for recv with a timeout
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let mut buf = [0u8; 1500];
+    loop {
+        let (n, from) = s.recv_from(&mut buf)?;
+        // A raw socket gets the IP header too, and sees every ICMP packet (our request
+        // included, on loopback): only an echo reply from the destination counts.
+        let icmp = if ty == libc::SOCK_RAW {
+            &buf[((buf[0] & 0x0f) as usize * 4).min(n)..n]
+        } else {
+            &buf[..n]
+        };
+        if from.ip() == std::net::IpAddr::V4(*dest.ip()) && icmp.first() == Some(&0) {
+            return Ok(format!("reply from {}", dest.ip()));
+        }
+    }
+}
+
+/// What an unprivileged process in the jail might try. None of it may succeed.
+fn tamper(cgroup: &str, pins: &str, map_id: u32, link_id: u32) -> io::Result<String> {
+    let mut out = Vec::new();
+    let mut note = |name: &str, r: io::Result<()>| {
+        let v = match r {
+            Ok(()) => "SUCCEEDED".to_owned(),
+            Err(e) => e
+                .raw_os_error()
+                .map(errno_name)
+                .unwrap_or_else(|| e.to_string()),
+        };
+        out.push(format!("{name}={v}"));
+    };
+    // Open a pinned map (BPF_OBJ_GET on its path).
+    let path = CString::new(format!("{pins}/ALLOW4")).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    note("obj-get-map", bpf(BPF_OBJ_GET, &mut attr));
+    // Get the map and the link by id (needs CAP_SYS_ADMIN).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(map_id);
+    note("map-by-id", bpf(BPF_MAP_GET_FD_BY_ID, &mut attr));
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(link_id);
+    note("link-by-id", bpf(BPF_LINK_GET_FD_BY_ID, &mut attr));
+    // Detach from the cgroup with BPF_PROG_DETACH (target_fd, attach_bpf_fd, attach_type).
+    let dir = std::fs::File::open(cgroup)?;
+    for (name, attach_type) in [
+        ("detach-connect4", BPF_CGROUP_INET4_CONNECT),
+        ("detach-egress", BPF_CGROUP_INET_EGRESS),
+    ] {
+        let mut attr = [0u64; 16];
+        attr[0] = dir.as_raw_fd() as u64; // target_fd, attach_bpf_fd = 0
+        attr[1] = u64::from(attach_type);
+        note(name, bpf(BPF_PROG_DETACH, &mut attr));
+    }
+    // Leave the jail cgroup for its parent.
+    let parent = std::path::Path::new(cgroup)
+        .parent()
+        .unwrap()
+        .join("cgroup.procs");
+    note(
+        "escape-cgroup",
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(parent)
+            .and_then(|mut f| f.write_all(b"0")),
+    );
+    Ok(out.join(" "))
+}
+
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_CGROUP_INET_EGRESS: u32 = 1;
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+
+/// bpf(2) with a zero-padded attribute buffer. A descriptor the call returns is closed.
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<()> {
+    // SAFETY: attr is a 128-byte buffer, larger than every attribute layout used here; the
+    // kernel reads `size` bytes of it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if cmd != BPF_PROG_DETACH {
+        // SAFETY: on success the other commands return a new descriptor, ours to close.
+        drop(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
+    }
+    Ok(())
+}
