@@ -6,11 +6,26 @@
 //! - [`policy`]: compiles both into the map entries the eBPF programs read;
 //! - [`cgroup`]: the jail's cgroup v2 directories;
 //! - [`bpf`]: loads, fills, attaches and pins the eBPF programs and maps;
+//! - [`user`]: the target user and the command's environment;
+//! - [`state`]: the registry, pins and logs that reload, status and events find jails by;
+//! - [`netns`], [`pasta`]: the jail's network namespace seen from outside, and its way out;
+//! - [`jail`]: inside the jail: its init and the command's privilege drop;
+//! - [`launch`]: `claude-jail run`, in order, with cleanup on every path;
+//! - [`gc`]: removing what a launcher that is gone left behind;
+//! - [`sys`]: the few system calls that need `unsafe`;
 //! - [`cli`]: the command line.
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
 pub mod conf;
+pub mod gc;
 pub mod hostnet;
+pub mod jail;
+pub mod launch;
+pub mod netns;
+pub mod pasta;
 pub mod policy;
 pub mod policy_cmd;
+pub mod state;
+pub mod sys;
+pub mod user;

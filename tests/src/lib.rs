@@ -13,6 +13,7 @@
 
 pub mod capture;
 pub mod dns;
+pub mod jail;
 pub mod netns;
 pub mod pasta;
 pub mod probe;

@@ -384,7 +384,9 @@ impl FakeWorld {
     }
 
     /// The host mount namespace is held by a shell started with `unshare --mount` in the host
-    /// network namespace. Propagation is `slave`: mounts made in the test's namespace (new
+    /// network namespace. It also gets claude-jail's own state directories, private to this
+    /// world: a tmpfs on /run/claude-jail and /var/log/claude-jail and a bpffs on /sys/fs/bpf, so
+    /// that worlds (and the real host) never see each other's jails. Propagation is `slave`: mounts made in the test's namespace (new
     /// /run/netns files) appear in it and their unmounts too, so it never keeps another world's
     /// namespace alive; its own bind mount of resolv.conf never propagates back. It exits when
     /// its stdin closes (also if the test process dies) or when killed.
@@ -393,7 +395,14 @@ impl FakeWorld {
         fs::write(&resolv, HOST_RESOLV_CONF).context("write resolv.conf")?;
         let mut cmd = command_in("unshare", self.host_netns_path(), None)?;
         cmd.args(["--mount", "--propagation", "slave", "--", "sh", "-c"])
-            .arg("mount --bind -- \"$1\" /etc/resolv.conf || exit 1; echo ready; read -r _")
+            .arg(
+                "mount --bind -- \"$1\" /etc/resolv.conf || exit 1; \
+                 mkdir -p /run/claude-jail /var/log/claude-jail /sys/fs/bpf || exit 1; \
+                 mount -t tmpfs -o mode=0700 cjt-run /run/claude-jail || exit 1; \
+                 mount -t tmpfs -o mode=0755 cjt-log /var/log/claude-jail || exit 1; \
+                 mount -t bpf -o mode=0700 cjt-bpf /sys/fs/bpf || exit 1; \
+                 echo ready; read -r _",
+            )
             .arg("cjt-holder")
             .arg(&resolv)
             .stdin(Stdio::piped())

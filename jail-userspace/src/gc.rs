@@ -1,0 +1,95 @@
+//! Removing what a launcher that is gone left behind: its registry record, pins, cgroups, run
+//! directory and pasta. A jail whose cgroup still holds processes is never touched: its pinned
+//! programs keep filtering them.
+use std::{fs, path::Path, time::Duration};
+
+use anyhow::Result;
+
+use crate::{
+    bpf,
+    cgroup::Cgroup,
+    netns,
+    state::{self, Paths},
+};
+
+/// What `collect` found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Ids whose state was removed.
+    pub removed: Vec<String>,
+    /// Ids left alone because processes are still in the jail cgroup.
+    pub populated: Vec<String>,
+}
+
+/// Removes the state of every jail whose launcher is gone and whose jail cgroup is empty, and of
+/// every leftover directory without a record. Problems are printed as warnings when `verbose`.
+pub fn collect(paths: &Paths, verbose: bool) -> Report {
+    let mut report = Report::default();
+    let mut live = Vec::new();
+    if let Ok(records) = state::list_records(paths) {
+        for rec in records.into_iter().flatten() {
+            if state::pid_alive(rec.launcher_pid) {
+                live.push(rec.id);
+            }
+        }
+    }
+    // Every id that has state anywhere.
+    let mut ids: Vec<String> = Vec::new();
+    for dir in [
+        paths.cgroup_root.clone(),
+        paths.pins.clone(),
+        paths.registry(),
+    ] {
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.strip_suffix(".json").unwrap_or(&name).to_string();
+                if is_id(&id) && !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    for id in ids.into_iter().filter(|id| !live.contains(id)) {
+        let jail = Cgroup::existing(&paths.jail_cgroup(&id));
+        if jail.path().exists() && jail.populated().unwrap_or(true) {
+            report.populated.push(id);
+            continue;
+        }
+        match remove(paths, &id) {
+            Ok(()) => report.removed.push(id),
+            Err(e) if verbose => eprintln!("claude-jail: warning: gc {id}: {e:#}"),
+            Err(_) => {}
+        }
+    }
+    report
+}
+
+fn is_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Removes one jail's state (its jail cgroup must be empty).
+fn remove(paths: &Paths, id: &str) -> Result<()> {
+    let pasta_cg = Cgroup::existing(&paths.pasta_cgroup(id));
+    if pasta_cg.path().exists() {
+        pasta_cg.kill_all(Duration::from_secs(5))?;
+    }
+    let run = paths.jail_run(id);
+    netns::unbind_netns(&run.join("netns"))?;
+    bpf::unpin(&paths.jail_pins(id))?;
+    bpf::unpin(&paths.pasta_pins(id))?;
+    remove_dir(&paths.pins.join(id))?;
+    Cgroup::existing(&paths.cgroup_root.join(id)).remove()?;
+    if run.exists() {
+        fs::remove_dir_all(&run)?;
+    }
+    state::remove_record(paths, id)
+}
+
+fn remove_dir(p: &Path) -> Result<()> {
+    match fs::remove_dir(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,412 @@
+//! `claude-jail run`: build the jail around a command, run it, tear everything down.
+//!
+//! Order (each step names its fix and the escape hatch when it fails; nothing of the command runs
+//! until every step succeeded):
+//!
+//! 1. read the conf (root-owned, StrictModes), the on/off switch (env wins), the target user;
+//! 2. preflight: root, /dev/net/tun, pasta, cgroup v2, bpffs;
+//! 3. compile two policies: the jail's (plus pasta's DNS forwarder, port 53 only) and pasta's own
+//!    (plus the host's resolvers, port 53 only);
+//! 4. create the cgroups `claude-jail/<id>/{jail,pasta}`, attach and pin both policies;
+//! 5. clone the jail's init into new namespaces, move it into the jail cgroup;
+//! 6. bind its network namespace to a file and start pasta on it, inside pasta's cgroup;
+//! 7. register the jail, then let the init start the command;
+//! 8. supervise: forward SIGTERM/SIGHUP, ignore the terminal's SIGINT/SIGQUIT (they reach the
+//!    command directly), wait for the init;
+//! 9. on every exit path: kill what is left in the jail cgroup (cgroup.kill), stop pasta, unmount,
+//!    unpin, remove cgroups, run directory and registry record.
+use std::{
+    ffi::OsString,
+    fs,
+    os::{fd::AsFd, unix::fs::PermissionsExt},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ipnet::IpNet;
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::{
+        signal::{kill, SigSet, Signal},
+        signalfd::{SfdFlags, SignalFd},
+        wait::{waitpid, WaitPidFlag, WaitStatus},
+    },
+    unistd::Pid,
+};
+
+use crate::{
+    bpf, cgroup,
+    conf::{self, AllowEntry, PortSpec, Proto, Trust},
+    hostnet::HostNet,
+    jail::{self, EXIT_JAIL_FAILED},
+    netns, pasta,
+    policy::{Policy, Source},
+    state::{self, JailRecord, Paths},
+    user,
+};
+
+/// The escape hatch, named by every refusal.
+pub const HATCH: &str = "to run without the egress jail: CLAUDE_SANDBOX_EGRESS_JAIL=0, or \
+                         `egress-jail = 0` in the conf";
+
+pub struct RunArgs {
+    pub config: Option<PathBuf>,
+    pub user: Option<String>,
+    pub command: Vec<OsString>,
+}
+
+/// Runs the command; the exit status is the command's, or 125 when the jail could not be built.
+pub fn run(args: RunArgs) -> ExitCode {
+    let code = match launch(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("claude-jail: error: {e:#}\nclaude-jail: {HATCH}");
+            EXIT_JAIL_FAILED
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn launch(args: RunArgs) -> Result<i32> {
+    let conf_path = conf::conf_path(args.config, std::env::var_os(conf::ENV_CONF).as_deref());
+    let conf = conf::load(&conf_path, Trust::Strict)?;
+    let switch = conf::jail_enabled(&conf, std::env::var_os(conf::ENV_EGRESS_JAIL).as_deref())?;
+    let target = user::resolve(
+        args.user.as_deref(),
+        std::env::var_os("SUDO_UID").as_deref(),
+        std::env::var_os("SUDO_GID").as_deref(),
+    )?;
+    let command = if args.command.is_empty() {
+        vec![OsString::from("claude")]
+    } else {
+        args.command
+    };
+    let cwd = std::env::current_dir().unwrap_or_else(|_| target.home.clone());
+    let env = user::environment(&target, std::env::vars_os());
+
+    let mut record = JailRecord {
+        id: state::new_id()?,
+        jailed: switch.enabled,
+        launcher_pid: std::process::id(),
+        init_pid: 0,
+        command_pid: 0,
+        uid: target.uid,
+        user: target.name.clone(),
+        command: command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        started: state::now_unix(),
+        conf: conf_path.display().to_string(),
+        switch_source: switch.source.clone(),
+        policy_digest: String::new(),
+        pasta_pid: 0,
+    };
+
+    if !switch.enabled {
+        eprintln!(
+            "claude-jail: egress jail is OFF ({}): the command runs with host networking",
+            switch.source
+        );
+        let spec = jail::Spec {
+            target,
+            argv: command,
+            env,
+            cwd,
+            resolv_conf: PathBuf::new(),
+        };
+        // Recorded where `status` shows it; a host that cannot record still runs what it was
+        // told to (the jail is off by the admin's choice), but says so.
+        let paths = Paths::system().ok();
+        if let Some(p) = &paths {
+            if let Err(e) = state::write_record(p, &record) {
+                eprintln!("claude-jail: warning: cannot record the unjailed launch: {e:#}");
+            }
+        }
+        let signals = block_signals()?;
+        let child = jail::fork_command(&spec)?;
+        let code = supervise(child, &signals);
+        if let Some(p) = &paths {
+            let _ = state::remove_record(p, &record.id);
+        }
+        return code;
+    }
+
+    preflight()?;
+    let pasta_bin = pasta::locate(std::env::var_os(pasta::ENV_PASTA).as_deref())
+        .with_context(|| "pasta is the jail's only way out".to_string())?;
+    let paths = Paths::system().map_err(|e| anyhow!("{e:#}"))?;
+    state::private_dir(&paths.run)?;
+    bpf::ensure_bpffs(&paths.bpffs)?;
+    state::private_dir(&paths.pins)?;
+    crate::gc::collect(&paths, false);
+
+    let host = HostNet::read().context("read the host's addresses and routes")?;
+    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let (jail_policy, pasta_policy) = policies(&conf, &host, &netns::resolvers(&host_resolv));
+    if let Some(msg) = jail_policy.map_entries().over_capacity() {
+        bail!("{msg}");
+    }
+    record.policy_digest = jail_policy.digest();
+
+    let id = record.id.clone();
+    let mut built = Built::default();
+    built.paths = Some(paths.clone());
+    built.id = id.clone();
+    let run_dir = paths.jail_run(&id);
+    state::private_dir(&run_dir)?;
+    built.run_dir = Some(run_dir.clone());
+
+    let jail_cg = cgroup::Cgroup::create(&paths.jail_cgroup(&id)).map_err(|e| {
+        anyhow!("{e} (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
+    })?;
+    built.cgroups.push(jail_cg.clone());
+    let pasta_cg = cgroup::Cgroup::create(&paths.pasta_cgroup(&id))?;
+    built.cgroups.push(pasta_cg.clone());
+
+    built.pins.push(paths.jail_pins(&id));
+    bpf::attach(
+        jail_cg.path(),
+        &paths.jail_pins(&id),
+        jail_policy.map_entries(),
+    )
+    .context("attach the jail's eBPF programs")?;
+    built.pins.push(paths.pasta_pins(&id));
+    bpf::attach(
+        pasta_cg.path(),
+        &paths.pasta_pins(&id),
+        pasta_policy.map_entries(),
+    )
+    .context("attach pasta's eBPF programs")?;
+
+    let resolv = run_dir.join("resolv.conf");
+    fs::write(&resolv, netns::jail_resolv_conf(&host_resolv))?;
+    fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
+
+    let spec = jail::Spec {
+        target,
+        argv: command,
+        env,
+        cwd,
+        resolv_conf: resolv,
+    };
+    let mut init = jail::spawn(&spec)?;
+    built.init = Some(init.pid);
+    record.init_pid = init.pid.as_raw() as u32;
+    jail_cg
+        .add_pid(init.pid.as_raw() as u32)
+        .context("move the jail's init into the jail cgroup")?;
+
+    let netns_file = run_dir.join("netns");
+    built.netns_file = Some(netns_file.clone());
+    netns::bind_netns(init.pid.as_raw() as u32, &netns_file)?;
+    for p in &conf.host_ports {
+        eprintln!(
+            "claude-jail: host-port {} ({}:{}): the jail's loopback reaches this port of the host's loopback",
+            p.value, conf.path.display(), p.line
+        );
+    }
+    for p in &conf.publish_ports {
+        eprintln!(
+            "claude-jail: publish-port {} ({}:{}): the host's loopback reaches this port of the jail",
+            p.value, conf.path.display(), p.line
+        );
+    }
+    let host_ports: Vec<PortSpec> = conf.host_ports.iter().map(|l| l.value).collect();
+    let publish_ports: Vec<PortSpec> = conf.publish_ports.iter().map(|l| l.value).collect();
+    let pasta = pasta::start(
+        &pasta_bin,
+        &pasta::PastaConfig {
+            netns_file: &netns_file,
+            pid_file: &run_dir.join("pasta.pid"),
+            log_file: &run_dir.join("pasta.log"),
+            host_ports: &host_ports,
+            publish_ports: &publish_ports,
+        },
+        &pasta_cg.path().join("cgroup.procs"),
+    )
+    .context("start pasta")?;
+    record.pasta_pid = pasta.pid;
+    built.pasta = Some(pasta);
+
+    state::write_record(&paths, &record)?;
+    built.record = true;
+
+    let signals = block_signals()?;
+    init.go()?;
+    let code = supervise(init.pid, &signals)?;
+    built.init = None;
+    drop(built);
+    Ok(code)
+}
+
+/// The jail's policy and pasta's.
+pub fn policies(
+    conf: &conf::Conf,
+    host: &HostNet,
+    resolvers: &[std::net::IpAddr],
+) -> (Policy, Policy) {
+    let port53 = |ip: std::net::IpAddr, proto| AllowEntry {
+        net: IpNet::from(ip),
+        port: Some(PortSpec {
+            port: 53,
+            proto: Some(proto),
+        }),
+    };
+    let fwd = std::net::IpAddr::V4(pasta::DNS_FORWARDER);
+    let jail = Policy::build(conf, host).with_extra_allow([
+        (
+            port53(fwd, Proto::Udp),
+            Source::Builtin("pasta's DNS forwarder"),
+        ),
+        (
+            port53(fwd, Proto::Tcp),
+            Source::Builtin("pasta's DNS forwarder"),
+        ),
+    ]);
+    let pasta = Policy::build(conf, host).with_extra_allow(resolvers.iter().flat_map(|&r| {
+        [
+            (port53(r, Proto::Udp), Source::Resolver),
+            (port53(r, Proto::Tcp), Source::Resolver),
+        ]
+    }));
+    (jail, pasta)
+}
+
+fn preflight() -> Result<()> {
+    use caps::{CapSet, Capability};
+    let have = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
+    if !(have(Capability::CAP_SYS_ADMIN)
+        && have(Capability::CAP_NET_ADMIN)
+        && have(Capability::CAP_BPF))
+    {
+        bail!(
+            "claude-jail run needs root (or CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF) to build the \
+             jail (fix: start it with sudo)"
+        );
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        bail!(
+            "/dev/net/tun is missing: pasta needs it to give the jail its network (fix: \
+             `modprobe tun`, or create it with `mknod /dev/net/tun c 10 200`)"
+        );
+    }
+    Ok(())
+}
+
+/// Blocks the signals the launcher handles and returns a signalfd for them. SIGTSTP stays
+/// default: a command stopped by Ctrl-Z stops the launcher with it, and `fg` resumes both.
+fn block_signals() -> Result<SignalFd> {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+    ] {
+        set.add(s);
+    }
+    set.thread_block().context("block signals")?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("signalfd")
+}
+
+/// Waits for the init (or the unjailed command), forwarding SIGTERM and SIGHUP to it (the init
+/// passes them to the command).
+/// SIGINT and SIGQUIT from the terminal reached the command directly: the launcher ignores them.
+fn supervise(init: Pid, signals: &SignalFd) -> Result<i32> {
+    loop {
+        if let Some(code) = reap(init)? {
+            return Ok(code);
+        }
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => bail!("poll: {e}"),
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            if let Ok(sig @ (Signal::SIGTERM | Signal::SIGHUP)) =
+                Signal::try_from(info.ssi_signo as i32)
+            {
+                let _ = kill(init, sig);
+            }
+        }
+    }
+}
+
+fn reap(init: Pid) -> Result<Option<i32>> {
+    match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Ok(Some(code)),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(128 + sig as i32)),
+        Ok(_) => Ok(None),
+        Err(e) => bail!("waitpid on the jail's init: {e}"),
+    }
+}
+
+/// Everything a launch created, undone in reverse order on drop, on every exit path.
+#[derive(Default)]
+struct Built {
+    paths: Option<Paths>,
+    id: String,
+    run_dir: Option<PathBuf>,
+    cgroups: Vec<cgroup::Cgroup>,
+    pins: Vec<PathBuf>,
+    init: Option<Pid>,
+    netns_file: Option<PathBuf>,
+    pasta: Option<pasta::Pasta>,
+    record: bool,
+}
+
+impl Drop for Built {
+    fn drop(&mut self) {
+        let warn = |what: &str, e: anyhow::Error| {
+            eprintln!("claude-jail: warning: cleanup: {what}: {e:#}");
+        };
+        if let Some(init) = self.init.take() {
+            let _ = kill(init, Signal::SIGKILL);
+            let _ = waitpid(init, None);
+        }
+        // Whatever the command left running dies before pasta stops.
+        for cg in &self.cgroups {
+            if let Err(e) = cg.kill_all(Duration::from_secs(5)) {
+                warn("kill the jail's processes", e.into());
+            }
+        }
+        if let Some(p) = self.pasta.take() {
+            p.stop(Duration::from_secs(2));
+        }
+        if let Some(f) = self.netns_file.take() {
+            if let Err(e) = netns::unbind_netns(&f) {
+                warn("unmount the namespace file", e);
+            }
+        }
+        for pins in self.pins.drain(..).rev() {
+            if let Err(e) = bpf::unpin(&pins) {
+                warn("unpin", e);
+            }
+        }
+        for cg in self.cgroups.drain(..).rev() {
+            if let Err(e) = cg.remove() {
+                warn("remove cgroup", e.into());
+            }
+        }
+        if let Some(paths) = &self.paths {
+            // The per-jail parents: <cgroup>/claude-jail/<id>, <bpffs>/claude-jail/<id>.
+            let _ = fs::remove_dir(paths.cgroup_root.join(&self.id));
+            let _ = fs::remove_dir(paths.pins.join(&self.id));
+            if self.record {
+                if let Err(e) = state::remove_record(paths, &self.id) {
+                    warn("remove the registry record", e);
+                }
+            }
+        }
+        if let Some(d) = self.run_dir.take() {
+            if let Err(e) = fs::remove_dir_all(&d) {
+                warn("remove the run directory", e.into());
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The few system calls that need `unsafe`, each in a thin, commented wrapper. Everything else
+//! goes through nix.
+use nix::{errno::Errno, sched::CloneFlags, unistd::Pid};
+
+/// Closes every descriptor from `first` up. Used right before exec so that no descriptor of the
+/// launcher (a socket of the host namespace, a bpf map) reaches the jailed command.
+pub fn close_from(first: u32) -> Result<(), Errno> {
+    // SAFETY: close_range only closes descriptors; the caller owns none above `first` that Rust
+    // code still uses (it runs right before exec).
+    let r = unsafe { libc::close_range(first, u32::MAX, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// Starts `child` in a new process with `flags` (new namespaces), fork-like: the child gets a copy
+/// of this process's memory, runs `child` on its own stack and exits with its return value.
+///
+/// The caller must be single-threaded (the launcher clones before it starts any thread), so that
+/// the child's copy holds no lock another thread was holding.
+pub fn clone_process(flags: CloneFlags, child: impl FnMut() -> isize) -> Result<Pid, Errno> {
+    // 8 MiB, as a main thread gets: the child runs ordinary Rust code (mounts, fork, exec).
+    let mut stack = vec![0u8; 8 << 20];
+    // SAFETY: without CLONE_VM the child runs on its own copy of the address space, the stack
+    // above included; the parent's copy of `stack` is freed only after clone returns here.
+    unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
+}
