@@ -11,9 +11,12 @@
 //!   uring-connect DEST    IORING_OP_CONNECT, read the first line
 //!   raw-syn DEST SRC      SOCK_RAW IPPROTO_TCP: a crafted SYN (SRC: the source address, for the
 //!                         checksum)
-//!   raw-udp DEST          SOCK_RAW IPPROTO_UDP: a crafted datagram
+//!   raw-udp DEST          SOCK_RAW IPPROTO_UDP: a crafted datagram (IPv4 or IPv6)
 //!   icmp-echo DEST        SOCK_RAW IPPROTO_ICMP: an echo request, then wait for the reply
 //!   ping DEST             SOCK_DGRAM IPPROTO_ICMP (unconnected sendto), wait for the reply
+//!   verdicts tcp:DEST|udp:DEST...
+//!                         the connect verdict for each (non-blocking TCP connect, UDP connect):
+//!                         `ok V,V,...` with V `pass` or the errno name
 //!   tamper CGROUP PINDIR MAP_ID LINK_ID
 //!                         what an unprivileged process could try against the jail: each
 //!                         attempt prints NAME=ERRNO, or NAME=SUCCEEDED
@@ -67,9 +70,14 @@ fn main() {
                 .unwrap_or_else(|| usage("raw-syn needs DEST SRC (IPv4)"));
             raw_syn(v4(dest()), src)
         }
-        "raw-udp" => raw_udp(v4(dest())),
+        "raw-udp" => raw_udp(dest()),
         "icmp-echo" => icmp(v4(dest()), libc::SOCK_RAW),
         "ping" => icmp(v4(dest()), libc::SOCK_DGRAM),
+        "verdicts" => Ok(rest
+            .iter()
+            .map(|c| verdict(c))
+            .collect::<Vec<_>>()
+            .join(",")),
         "tamper" => match rest {
             [cgroup, pins, map_id, link_id] => tamper(
                 cgroup,
@@ -308,16 +316,31 @@ fn raw_syn(dest: std::net::SocketAddrV4, src: Ipv4Addr) -> io::Result<String> {
     Ok("sent".into())
 }
 
-/// A UDP datagram from a raw socket (checksum 0: none, valid over IPv4).
-fn raw_udp(dest: std::net::SocketAddrV4) -> io::Result<String> {
-    let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
+/// A UDP datagram from a raw socket. IPv4: checksum 0 (none, valid over IPv4). IPv6: the
+/// kernel fills the checksum (IPV6_CHECKSUM), and the destination port must be 0 in the socket
+/// address (a raw IPv6 socket reads it as the protocol).
+fn raw_udp(dest: SocketAddr) -> io::Result<String> {
+    let fd = socket(family(&dest), libc::SOCK_RAW, libc::IPPROTO_UDP)?;
+    if dest.is_ipv6() {
+        let offset: libc::c_int = 6;
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_CHECKSUM,
+                (&offset as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
     let payload = b"raw\n";
     let mut udp = vec![0u8; 8];
     udp[0..2].copy_from_slice(&40001u16.to_be_bytes());
     udp[2..4].copy_from_slice(&dest.port().to_be_bytes());
     udp[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     udp.extend_from_slice(payload);
-    sendto(fd.as_raw_fd(), &udp, SocketAddr::V4(dest))?;
+    sendto(fd.as_raw_fd(), &udp, SocketAddr::new(dest.ip(), 0))?;
     Ok("sent".into())
 }
 
@@ -348,6 +371,29 @@ fn icmp(dest: std::net::SocketAddrV4, ty: libc::c_int) -> io::Result<String> {
         if from.ip() == std::net::IpAddr::V4(*dest.ip()) && icmp.first() == Some(&0) {
             return Ok(format!("reply from {}", dest.ip()));
         }
+    }
+}
+
+/// The verdict of the connect hook alone: a non-blocking TCP connect returns EINPROGRESS once the
+/// hook passed it; a UDP connect sends nothing.
+fn verdict(case: &str) -> String {
+    let (ty, dest) = match case.split_once(':') {
+        Some(("tcp", d)) => (libc::SOCK_STREAM | libc::SOCK_NONBLOCK, d),
+        Some(("udp", d)) => (libc::SOCK_DGRAM, d),
+        _ => usage(&format!("bad case {case}")),
+    };
+    let dest: SocketAddr = dest
+        .parse()
+        .unwrap_or_else(|_| usage(&format!("bad DEST {dest}")));
+    let r = socket(family(&dest), ty, 0).and_then(|fd| {
+        let a = sockaddr(dest);
+        // SAFETY: the address is valid for the call.
+        cvt(unsafe { libc::connect(fd.as_raw_fd(), a.as_ptr().cast(), a.len()) })
+    });
+    match r {
+        Ok(_) => "pass".into(),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => "pass".into(),
+        Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
     }
 }
 

@@ -1,0 +1,1097 @@
+//! Enforcement against the real kernel, inside the fake world (issue 4's tests).
+//!
+//! Each test attaches the real programs (claude_jail::bpf::attach) to a cgroup of its own, then
+//! runs `jail-probe` in that cgroup AND in the world's host network namespace (never the start
+//! namespace): every destination it tries has a real listener in the fake world, so an attempt
+//! the jail failed to refuse would really connect, and the tests look for that too (the servers'
+//! hit log, a packet capture on the inet side of the uplink).
+//!
+//! Probes run as uid/gid 65534 with no capabilities, except the raw-socket ones, which keep
+//! root's CAP_NET_RAW to show that the packet backstop catches what the socket hooks cannot.
+//!
+//! Needs root; skips with a message otherwise. Run inside `unshare --net --mount`.
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use claude_jail::{
+    bpf::{self, Counters},
+    cgroup, conf,
+    hostnet::HostNet,
+    policy::Policy,
+};
+use jail_common::{Event, Hook, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use jail_tests::{
+    world::{
+        GATEWAY_V4, HOST_EXTRA_V4, HOST_V4, LAN_V4, LAN_V6, METADATA_V4, PUBLIC_V4, PUBLIC_V6,
+    },
+    FakeWorld,
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_jail-probe");
+const ATTACH: &str = env!("CARGO_BIN_EXE_jail-attach");
+/// The unprivileged identity of jailed probes.
+const NOBODY: u32 = 65534;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn have_root() -> bool {
+    jail_tests::have_root()
+}
+
+/// Who the probe runs as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum As {
+    /// uid/gid 65534, no supplementary groups, no capabilities, no_new_privs.
+    Nobody,
+    /// root, with CAP_NET_RAW (raw-socket tests only).
+    Root,
+}
+
+/// A jail cgroup and a private bpffs, removed on drop (also when the test panics).
+struct Jail {
+    cgroup: cgroup::Cgroup,
+    bpffs: PathBuf,
+    pins: PathBuf,
+    maps: Option<bpf::JailMaps>,
+    policy: Option<Policy>,
+}
+
+impl Jail {
+    /// Creates the cgroup and mounts the bpffs. Call before building the world: the world's host
+    /// mount namespace is a copy of ours, so it then sees the bpffs (and the probes see the pin
+    /// directory, 0700 root, as the real jail's processes would).
+    fn prepare() -> Jail {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}-{n}", std::process::id());
+        let root = cgroup::cgroup2_mount().expect("a cgroup2 mount");
+        let cg = cgroup::Cgroup::create(&root.join(format!("claude-jail-enforce-{id}")))
+            .expect("create the test cgroup");
+        let bpffs = std::env::temp_dir().join(format!("cj-enforce-bpffs-{id}"));
+        let jail = Jail {
+            cgroup: cg,
+            pins: bpffs.join("jail"),
+            bpffs,
+            maps: None,
+            policy: None,
+        };
+        bpf::ensure_bpffs(&jail.bpffs).expect("mount a private bpffs");
+        jail
+    }
+
+    /// The policy of `conf_text` for the world's host (its addresses, subnets and routes are
+    /// denied, as claude-jail does on a real machine).
+    fn policy(world: &FakeWorld, conf_text: &str) -> Policy {
+        let conf =
+            conf::parse(Path::new("enforce.conf"), conf_text.as_bytes()).expect("test conf parses");
+        let host = world
+            .in_host(HostNet::read)
+            .expect("enter the host namespace")
+            .expect("read the fake host's network");
+        Policy::build(&conf, &host)
+    }
+
+    /// Attaches the policy of `conf_text` with the real loader.
+    fn attach(&mut self, world: &FakeWorld, conf_text: &str) {
+        let policy = Self::policy(world, conf_text);
+        let maps = bpf::attach(self.cgroup.path(), &self.pins, policy.map_entries())
+            .expect("attach the programs");
+        self.maps = Some(maps);
+        self.policy = Some(policy);
+    }
+
+    fn maps(&self) -> &bpf::JailMaps {
+        self.maps.as_ref().expect("attached")
+    }
+
+    fn counters(&self) -> Counters {
+        self.maps().counters().expect("read the counters")
+    }
+
+    /// A probe command: in the world's host network and mount namespaces, in the jail cgroup,
+    /// as `who`.
+    fn probe_cmd(&self, world: &FakeWorld, who: As, args: &[&str]) -> Command {
+        let mut cmd = world.host_command(PROBE).expect("probe command");
+        cmd.args(args).stdin(Stdio::null());
+        let procs: OwnedFd = fs::OpenOptions::new()
+            .write(true)
+            .open(self.cgroup.path().join("cgroup.procs"))
+            .expect("open cgroup.procs")
+            .into();
+        // SAFETY: runs in the forked child after host_command's setns, before exec: raw system
+        // calls only (write, setgroups, setgid, setuid, prctl) on a descriptor it owns (opened
+        // O_CLOEXEC) and constants; no allocation, no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                let last = std::io::Error::last_os_error;
+                // "0" is the writing process: the probe joins the jail before it execs.
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(last());
+                }
+                if who == As::Nobody {
+                    // setuid from root to a non-zero uid clears every capability set.
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(NOBODY) != 0
+                        || libc::setuid(NOBODY) != 0
+                        || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    {
+                        return Err(last());
+                    }
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs a probe and returns its line (`ok ...`, `err ERRNO`).
+    fn probe(&self, world: &FakeWorld, who: As, args: &[&str]) -> String {
+        let out = self
+            .probe_cmd(world, who, args)
+            .output()
+            .expect("run jail-probe");
+        assert!(
+            out.status.success(),
+            "jail-probe {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        let _ = self.cgroup.kill_all(Duration::from_secs(5));
+        self.maps = None;
+        if let Err(e) = bpf::unpin(&self.pins) {
+            eprintln!("enforce: unpin {}: {e:#}", self.pins.display());
+        }
+        if let Err(e) = self.cgroup.remove() {
+            eprintln!("enforce: remove cgroup: {e}");
+        }
+        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.bpffs);
+    }
+}
+
+fn world(ipv6: bool) -> FakeWorld {
+    FakeWorld::builder()
+        .ipv6(ipv6)
+        .build()
+        .expect("build the fake world")
+}
+
+fn sa(ip: impl Into<IpAddr>, port: u16) -> String {
+    SocketAddr::new(ip.into(), port).to_string()
+}
+
+fn greeting(ip: impl Into<IpAddr>, port: u16) -> String {
+    format!("ok hello from {}", SocketAddr::new(ip.into(), port))
+}
+
+/// Waits (bounded) until the fake servers recorded at least `n` hits on `target`.
+fn wait_hits(world: &FakeWorld, target: SocketAddr, n: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if world.hits(target).len() >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The refusal counters that moved between two snapshots, by hook.
+fn refused_delta(before: &Counters, after: &Counters) -> Vec<(&'static str, u64)> {
+    Hook::ALL
+        .iter()
+        .filter_map(|h| {
+            let d = after.refused[*h as usize] - before.refused[*h as usize];
+            (d != 0).then_some((h.name(), d))
+        })
+        .collect()
+}
+
+fn is_uring_unsupported(line: &str) -> bool {
+    line.starts_with("unsupported")
+}
+
+#[test]
+fn socket_calls_to_denied_destinations_fail_with_eperm_and_allowed_ones_connect() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let world = world(false);
+    // Before the jail: the probe really reaches a LAN host (the test could see a leak).
+    assert_eq!(
+        jail.probe(&world, As::Nobody, &["tcp", &sa(LAN_V4[0], 22)]),
+        greeting(LAN_V4[0], 22),
+        "without programs attached, the probe in the cgroup reaches 10.0.0.5:22 (control)"
+    );
+    jail.attach(&world, "");
+
+    let denied: Vec<IpAddr> = LAN_V4
+        .iter()
+        .map(|a| IpAddr::from(*a))
+        .chain([HOST_V4.into(), HOST_EXTRA_V4.into(), GATEWAY_V4.into()])
+        .collect();
+    let mut uring = true;
+    for ip in &denied {
+        let before_hits = world.hits(*ip).len();
+        for (op, port, hook) in [
+            ("tcp", 22, Hook::Connect4),
+            ("tfo", 80, Hook::Connect4),
+            ("uring-connect", 5064, Hook::Connect4),
+            ("udp-connect", 5064, Hook::Connect4),
+            ("udp-sendto", 9999, Hook::Sendmsg4),
+        ] {
+            let before = jail.counters();
+            let out = jail.probe(&world, As::Nobody, &[op, &sa(*ip, port)]);
+            if op == "uring-connect" && is_uring_unsupported(&out) {
+                uring = false;
+                continue;
+            }
+            assert_eq!(
+                out, "err EPERM",
+                "{op} to {ip}:{port} must fail with EPERM: {ip} is denied by default (a private \
+                 range or an address of the host)"
+            );
+            assert_eq!(
+                refused_delta(&before, &jail.counters()),
+                [(hook.name(), 1)],
+                "{op} to {ip}:{port}: exactly one refusal, counted for {}",
+                hook.name()
+            );
+        }
+        assert_eq!(
+            world.hits(*ip).len(),
+            before_hits,
+            "no connection or datagram may reach {ip}"
+        );
+    }
+    if !uring {
+        eprintln!("note: io_uring setup refused by this kernel; its connect was not tested");
+    }
+
+    // Allowed: the public server answers every form.
+    for (op, port) in [
+        ("tcp", 22),
+        ("tfo", 80),
+        ("uring-connect", 5064),
+        ("udp-connect", 5064),
+        ("udp-sendto", 9999),
+    ] {
+        let out = jail.probe(&world, As::Nobody, &[op, &sa(PUBLIC_V4, port)]);
+        if op == "uring-connect" && !uring {
+            continue;
+        }
+        assert_eq!(
+            out,
+            greeting(PUBLIC_V4, port),
+            "{op} to {PUBLIC_V4}:{port} must connect: a public address is allowed"
+        );
+    }
+
+    // sendmmsg: sendmsg4 judges each message. A refused first message fails the call; a refused
+    // later one ends the batch there.
+    let (lan, public) = (sa(LAN_V4[0], 9999), sa(PUBLIC_V4, 9999));
+    let lan_hits = world.hits(LAN_V4[0]).len();
+    let before = jail.counters();
+    assert_eq!(
+        jail.probe(&world, As::Nobody, &["sendmmsg", &public, &lan, &public]),
+        "ok sent=1",
+        "sendmmsg [public, 10.0.0.5, public]: the second message is refused, so one is sent"
+    );
+    assert_eq!(
+        jail.probe(&world, As::Nobody, &["sendmmsg", &lan, &public]),
+        "err EPERM",
+        "sendmmsg [10.0.0.5, public]: the first message is refused: EPERM"
+    );
+    assert_eq!(
+        refused_delta(&before, &jail.counters()),
+        [("sendmsg4", 2)],
+        "one sendmsg4 refusal per refused message"
+    );
+    assert_eq!(
+        world.hits(LAN_V4[0]).len(),
+        lan_hits,
+        "no sendmmsg datagram may reach 10.0.0.5"
+    );
+    let c = jail.counters();
+    assert!(
+        c.allowed[Hook::Connect4 as usize] > 0 && c.allowed[Hook::Sendmsg4 as usize] > 0,
+        "allowed attempts are counted per hook too: {c:?}"
+    );
+}
+
+#[test]
+fn ipv6_forms_of_denied_addresses_are_refused() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let world = world(true);
+    jail.attach(&world, "");
+    let mapped: Ipv6Addr = LAN_V4[0].to_ipv6_mapped();
+    let ipv4_hits = world.hits(LAN_V4[0]).len();
+    let ula_hits = world.hits(LAN_V6).len();
+    for (ip, why) in [
+        (mapped, "::ffff:10.0.0.5 is 10.0.0.5 (IPv4-mapped), denied"),
+        (LAN_V6, "fd00::5 is in fc00::/7 (ULA), denied"),
+    ] {
+        for (op, port) in [
+            ("tcp", 22),
+            ("tfo", 80),
+            ("udp-connect", 5064),
+            ("udp-sendto", 9999),
+        ] {
+            assert_eq!(
+                jail.probe(&world, As::Nobody, &[op, &sa(ip, port)]),
+                "err EPERM",
+                "{op} to [{ip}]:{port} on an AF_INET6 socket must fail with EPERM: {why}"
+            );
+        }
+    }
+    assert_eq!(
+        world.hits(LAN_V4[0]).len(),
+        ipv4_hits,
+        "nothing reached 10.0.0.5"
+    );
+    assert_eq!(
+        world.hits(LAN_V6).len(),
+        ula_hits,
+        "nothing reached fd00::5"
+    );
+    // The same socket calls to allowed addresses connect (the v6 path works at all).
+    for ip in [IpAddr::from(PUBLIC_V6), PUBLIC_V4.to_ipv6_mapped().into()] {
+        assert_eq!(
+            jail.probe(&world, As::Nobody, &["tcp", &sa(ip, 22)]),
+            greeting(ip.to_canonical(), 22),
+            "tcp to [{ip}]:22 must connect: a public address is allowed"
+        );
+        assert!(
+            jail.probe(&world, As::Nobody, &["udp-sendto", &sa(ip, 9999)])
+                .starts_with("ok hello from"),
+            "udp to [{ip}]:9999 must get the server's reply"
+        );
+    }
+}
+
+#[test]
+fn narrow_allows_inside_denied_ranges_open_that_and_only_that() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let world = world(true);
+    // 10.0.0.5 exactly; 172.16.0.0/24 inside 172.16/12; 192.168.1.5:9999/udp; [fd00::5]:80/tcp
+    // and [fd00::5]:9999/udp.
+    jail.attach(
+        &world,
+        "allow-ip = 10.0.0.5\nallow-ip = 172.16.0.0/24\nallow-ip = 192.168.1.5:9999/udp\n\
+         allow-ip = [fd00::5]:80/tcp\nallow-ip = [fd00::5]:9999/udp\n",
+    );
+    let (ten, one72, one92) = (LAN_V4[0], LAN_V4[1], LAN_V4[2]);
+    let expect = [
+        // (op, dest, expected, rule)
+        (
+            "tcp",
+            sa(ten, 22),
+            greeting(ten, 22),
+            "10.0.0.5 is allowed exactly",
+        ),
+        (
+            "udp-sendto",
+            sa(ten, 5064),
+            greeting(ten, 5064),
+            "10.0.0.5 is allowed on every port",
+        ),
+        (
+            "tcp",
+            sa(Ipv4Addr::new(10, 0, 0, 53), 53),
+            "err EPERM".into(),
+            "10.0.0.53 is not 10.0.0.5: 10/8 stays denied",
+        ),
+        (
+            "tcp",
+            sa(one72, 80),
+            greeting(one72, 80),
+            "172.16.0.5 is inside the allowed 172.16.0.0/24",
+        ),
+        (
+            "tcp",
+            sa(Ipv4Addr::new(172, 16, 1, 5), 80),
+            "err EPERM".into(),
+            "172.16.1.5 is outside 172.16.0.0/24: 172.16/12 stays denied",
+        ),
+        (
+            "udp-sendto",
+            sa(LAN_V6, 9999),
+            greeting(LAN_V6, 9999),
+            "[fd00::5]:9999/udp is allowed",
+        ),
+        (
+            "udp-connect",
+            sa(one92, 9999),
+            greeting(one92, 9999),
+            "192.168.1.5:9999/udp is allowed",
+        ),
+        (
+            "udp-sendto",
+            sa(one92, 9999),
+            greeting(one92, 9999),
+            "192.168.1.5:9999/udp is allowed",
+        ),
+        (
+            "udp-sendto",
+            sa(one92, 5064),
+            "err EPERM".into(),
+            "only port 9999 of 192.168.1.5 is allowed",
+        ),
+        (
+            "tcp",
+            sa(one92, 22),
+            "err EPERM".into(),
+            "only UDP 9999 of 192.168.1.5 is allowed",
+        ),
+        (
+            "tcp",
+            sa(LAN_V6, 80),
+            greeting(LAN_V6, 80),
+            "[fd00::5]:80/tcp is allowed",
+        ),
+        (
+            "tcp",
+            sa(LAN_V6, 22),
+            "err EPERM".into(),
+            "only TCP 80 of fd00::5 is allowed",
+        ),
+        (
+            "udp-sendto",
+            sa(LAN_V6, 5064),
+            "err EPERM".into(),
+            "only TCP 80 of fd00::5 is allowed",
+        ),
+        (
+            "tcp",
+            sa(ten.to_ipv6_mapped(), 22),
+            greeting(ten, 22),
+            "::ffff:10.0.0.5 is 10.0.0.5, allowed",
+        ),
+        (
+            "udp-sendto",
+            sa(one92.to_ipv6_mapped(), 9999),
+            greeting(one92, 9999),
+            "::ffff:192.168.1.5:9999/udp is the allowed entry",
+        ),
+        (
+            "udp-sendto",
+            sa(one92.to_ipv6_mapped(), 5064),
+            "err EPERM".into(),
+            "::ffff:192.168.1.5 port 5064 is not allowed",
+        ),
+    ];
+    for (op, dest, want, rule) in &expect {
+        assert_eq!(
+            &jail.probe(&world, As::Nobody, &[op, dest]),
+            want,
+            "{op} to {dest}: {rule}"
+        );
+    }
+
+    // The packet backstop agrees with the socket hooks for the address:port/udp entry: a raw UDP
+    // datagram to 192.168.1.5:9999 passes (the server logs it), one to port 5064 and a raw SYN
+    // to port 9999 are dropped.
+    let capture = world.capture().expect("start a capture");
+    let before = jail.counters();
+    let lan_hosts = [IpAddr::from(one92), IpAddr::from(LAN_V6)];
+    let hits_5064: Vec<usize> = lan_hosts
+        .iter()
+        .map(|ip| world.hits(SocketAddr::new(*ip, 5064)).len())
+        .collect();
+    for ip in lan_hosts {
+        let allowed = SocketAddr::new(ip, 9999);
+        let n = world.hits(allowed).len();
+        assert_eq!(
+            jail.probe(&world, As::Root, &["raw-udp", &allowed.to_string()]),
+            "ok sent",
+            "a raw UDP datagram to the allowed {allowed}/udp passes the backstop"
+        );
+        assert!(
+            wait_hits(&world, allowed, n + 1),
+            "the raw datagram to the allowed {allowed}/udp reaches the server"
+        );
+    }
+    let dropped = [
+        ("raw-udp", sa(one92, 5064)),
+        ("raw-syn", sa(one92, 9999)),
+        ("raw-udp", sa(LAN_V6, 5064)),
+    ];
+    for (op, dest) in &dropped {
+        let mut args = vec![*op, dest.as_str()];
+        if *op == "raw-syn" {
+            args.push("192.168.1.100");
+        }
+        assert_eq!(
+            jail.probe(&world, As::Root, &args),
+            "err EPERM",
+            "{op} to {dest}: the backstop drops it (only UDP 9999 is allowed), sendto sees EPERM"
+        );
+    }
+    let packets = capture.stop().expect("stop the capture");
+    for (ip, hits) in lan_hosts.iter().zip(hits_5064) {
+        // ICMP from the host is left out: the server's reply to the raw datagram finds no
+        // socket, and the host kernel (not the jail cgroup) answers with a port unreachable.
+        let seen: Vec<_> = packets
+            .iter()
+            .filter(|p| p.dst == *ip && p.protocol != PROTO_ICMP && p.protocol != PROTO_ICMPV6)
+            .collect();
+        assert!(
+            seen.iter()
+                .all(|p| p.protocol == PROTO_UDP && p.dst_port == Some(9999)),
+            "only UDP to port 9999 may reach {ip}, saw {seen:?}"
+        );
+        assert!(
+            !seen.is_empty(),
+            "the capture saw the allowed raw datagram to {ip} (it would see a leak)"
+        );
+        assert_eq!(
+            world.hits(SocketAddr::new(*ip, 5064)).len(),
+            hits,
+            "the raw datagram to {ip} port 5064 must not reach the server"
+        );
+    }
+    assert_eq!(
+        refused_delta(&before, &jail.counters()),
+        [("skb-egress", 3)],
+        "the three raw packets are refused by the packet backstop, and counted there"
+    );
+}
+
+#[test]
+fn raw_packets_to_denied_destinations_are_dropped_by_the_backstop() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let world = world(false);
+    // Ping sockets need the group in ping_group_range (per network namespace: the world's host).
+    let st = world
+        .host_command("sh")
+        .expect("sh in host")
+        .args([
+            "-c",
+            "echo 0 2147483647 > /proc/sys/net/ipv4/ping_group_range",
+        ])
+        .status()
+        .expect("run sh");
+    assert!(
+        st.success(),
+        "set ping_group_range in the world's host namespace"
+    );
+    jail.attach(&world, "");
+    let events = jail.maps.as_mut().unwrap().take_events();
+    let mut events = events.expect("the attach result holds the ring buffer");
+
+    let lan = LAN_V4[0];
+    let capture = world.capture().expect("start a capture");
+    let before = jail.counters();
+    let lan_hits = world.hits(lan).len();
+    for args in [
+        vec!["raw-syn", "10.0.0.5:22", "192.168.1.100"],
+        vec!["raw-udp", "10.0.0.5:5064"],
+        vec!["icmp-echo", "10.0.0.5:0"],
+        vec!["ping", "10.0.0.5:0"],
+    ] {
+        assert_eq!(
+            jail.probe(&world, As::Root, &args),
+            "err EPERM",
+            "{args:?}: a raw or ping socket has no socket-address hook; the packet backstop must \
+             drop the packet (10/8 is denied), and the send fails with EPERM"
+        );
+    }
+    // Control: the same raw packets to the public server do leave (capture and probes work).
+    assert_eq!(
+        jail.probe(&world, As::Root, &["icmp-echo", "203.0.113.10:0"]),
+        "ok reply from 203.0.113.10",
+        "a raw ICMP echo to the public server gets its reply"
+    );
+    assert_eq!(
+        jail.probe(
+            &world,
+            As::Root,
+            &["raw-syn", "203.0.113.10:22", "192.168.1.100"]
+        ),
+        "ok sent",
+        "a raw SYN to the public server is sent"
+    );
+    let after = jail.counters();
+    let packets = capture.stop().expect("stop the capture");
+    let to_lan: Vec<_> = packets
+        .iter()
+        .filter(|p| p.dst == IpAddr::from(lan))
+        .collect();
+    assert!(
+        to_lan.is_empty(),
+        "the fake host 10.0.0.5 must see no packet at all, saw {to_lan:?}"
+    );
+    let to_public = packets
+        .iter()
+        .filter(|p| p.dst == IpAddr::from(PUBLIC_V4))
+        .map(|p| p.protocol)
+        .collect::<Vec<_>>();
+    assert!(
+        to_public.contains(&PROTO_TCP) && to_public.contains(&PROTO_ICMP),
+        "the capture sees raw packets that are allowed (so it would see a leak): {to_public:?}"
+    );
+    assert_eq!(
+        world.hits(lan).len(),
+        lan_hits,
+        "no server on 10.0.0.5 was hit"
+    );
+    assert_eq!(
+        refused_delta(&before, &after),
+        [("skb-egress", 4)],
+        "four packets refused, all by the backstop"
+    );
+
+    // Events: one per refusal. The backstop's carry the destination, port and protocol.
+    let mut seen: Vec<Event> = Vec::new();
+    while let Some(item) = events.next() {
+        assert_eq!(item.len(), std::mem::size_of::<Event>(), "event size");
+        // SAFETY: Event is plain old data of exactly this size; read_unaligned copies it.
+        seen.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+    }
+    let ne = u32::from_ne_bytes(lan.octets());
+    let syn = seen
+        .iter()
+        .find(|e| e.hook == Hook::SkbEgress as u8 && e.proto == PROTO_TCP)
+        .unwrap_or_else(|| panic!("an skb-egress event for the raw SYN, got {seen:?}"));
+    assert_eq!(
+        (syn.family, syn.addr[0], syn.port, syn.uid),
+        (FAMILY_V4, ne, 22, 0),
+        "the SYN's event names 10.0.0.5:22/tcp and the root socket owner"
+    );
+    let rule = jail
+        .policy
+        .as_ref()
+        .unwrap()
+        .decide(lan.into(), 22, PROTO_TCP)
+        .rule;
+    assert_eq!(
+        Some(syn.rule),
+        rule,
+        "the event names the deny entry that matched"
+    );
+    assert_eq!(
+        seen.iter()
+            .filter(|e| e.hook == Hook::SkbEgress as u8)
+            .count(),
+        4,
+        "one event per refused packet: {seen:?}"
+    );
+
+    // A socket-hook refusal by an unprivileged process: pid, uid and comm.
+    let mut child = jail
+        .probe_cmd(&world, As::Nobody, &["tcp", "10.0.0.5:22"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn probe");
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    child.wait().unwrap();
+    assert_eq!(line.trim(), "err EPERM", "tcp to 10.0.0.5:22 refused");
+    let e = loop {
+        match events.next() {
+            Some(item) => {
+                // SAFETY: as above.
+                let e = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+                if e.hook == Hook::Connect4 as u8 {
+                    break e;
+                }
+            }
+            None => panic!("no connect4 event for the refused connect"),
+        }
+    };
+    let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(16);
+    assert_eq!(
+        (
+            e.pid,
+            e.uid,
+            &e.comm[..comm_len],
+            e.family,
+            e.addr[0],
+            e.port,
+            e.proto
+        ),
+        (
+            pid,
+            NOBODY,
+            &b"jail-probe"[..],
+            FAMILY_V4,
+            ne,
+            22,
+            PROTO_TCP
+        ),
+        "the connect4 event names the process (pid, uid, comm) and the destination"
+    );
+}
+
+#[test]
+fn programs_are_visible_and_an_unprivileged_process_cannot_remove_them() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let world = world(false);
+    jail.attach(&world, "allow-ip = 10.0.0.5:80/tcp\n");
+
+    // bpftool sees the five programs on the jail cgroup.
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(jail.cgroup.path())
+        .output()
+        .expect("run bpftool (Debian package bpftool)");
+    assert!(out.status.success(), "bpftool cgroup show: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let mut seen: Vec<(String, String)> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| {
+            (
+                p["attach_type"].as_str().unwrap_or("?").to_owned(),
+                p["name"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let want: Vec<(String, String)> = [
+        ("cgroup_inet4_connect", "connect4"),
+        ("cgroup_inet6_connect", "connect6"),
+        ("cgroup_inet_egress", "skb_egress"),
+        ("cgroup_udp4_sendmsg", "sendmsg4"),
+        ("cgroup_udp6_sendmsg", "sendmsg6"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(
+        seen, want,
+        "the five programs are attached to the jail cgroup"
+    );
+
+    // An unprivileged process in the jail tries to get at them.
+    let map_id = aya::maps::MapData::from_pin(jail.pins.join("ALLOW4"))
+        .and_then(|m| m.info())
+        .expect("ALLOW4 info")
+        .id();
+    let link = aya::programs::links::PinnedLink::from_pin(jail.pins.join("link-connect4"))
+        .expect("open the pinned link");
+    let link_id = aya::programs::links::FdLink::from(link)
+        .info()
+        .expect("link info")
+        .id();
+    let entries = jail.maps().read_entries().expect("read the maps");
+    let out = jail.probe(
+        &world,
+        As::Nobody,
+        &[
+            "tamper",
+            jail.cgroup.path().to_str().unwrap(),
+            jail.pins.to_str().unwrap(),
+            &map_id.to_string(),
+            &link_id.to_string(),
+        ],
+    );
+    eprintln!("tamper attempts: {out}");
+    assert!(out.starts_with("ok "), "tamper ran: {out}");
+    let attempts: Vec<&str> = out[3..].split(' ').collect();
+    assert_eq!(attempts.len(), 6, "six attempts reported: {out}");
+    for a in &attempts {
+        assert!(
+            !a.ends_with("=SUCCEEDED"),
+            "an unprivileged process in the jail must not be able to {a}: {out}"
+        );
+    }
+    // Control: the same attempts as root do get the objects (the probe's calls are well
+    // formed, so the refusals above are the privilege check). Getting a descriptor changes
+    // nothing; root leaving the cgroup only moves that probe out.
+    let args = [
+        "tamper",
+        jail.cgroup.path().to_str().unwrap(),
+        jail.pins.to_str().unwrap(),
+        &map_id.to_string(),
+        &link_id.to_string(),
+    ];
+    let root_out = jail.probe(&world, As::Root, &args);
+    eprintln!("tamper attempts as root (control): {root_out}");
+    for a in ["obj-get-map", "map-by-id", "link-by-id", "escape-cgroup"] {
+        assert!(
+            root_out.contains(&format!("{a}=SUCCEEDED")),
+            "control: root in the jail can {a} (else the unprivileged check proves nothing): \
+             {root_out}"
+        );
+    }
+    assert!(bpf::links_pinned(&jail.pins), "the links are still pinned");
+    assert_eq!(
+        jail.maps().read_entries().expect("read the maps"),
+        entries,
+        "the maps are unchanged"
+    );
+    assert_eq!(
+        jail.probe(&world, As::Nobody, &["tcp", &sa(LAN_V4[0], 22)]),
+        "err EPERM",
+        "after the attempts the jail still refuses 10.0.0.5:22"
+    );
+    assert_eq!(
+        jail.probe(&world, As::Nobody, &["tcp", &sa(LAN_V4[0], 80)]),
+        greeting(LAN_V4[0], 80),
+        "and still allows 10.0.0.5:80/tcp"
+    );
+}
+
+#[test]
+fn the_jail_outlives_a_sigkilled_loader() {
+    if !have_root() {
+        return;
+    }
+    let jail = Jail::prepare();
+    let world = world(false);
+    assert_eq!(
+        jail.probe(&world, As::Nobody, &["tcp", &sa(LAN_V4[0], 22)]),
+        greeting(LAN_V4[0], 22),
+        "control: before any attach, 10.0.0.5:22 is reachable from the cgroup"
+    );
+    let conf = world.dir().join("attach.conf");
+    fs::write(&conf, "# defaults only\n").unwrap();
+    // The loader runs in the world's host namespaces too (it opens no socket, but nothing of
+    // this test runs in the start namespace).
+    let mut loader = world
+        .host_command(ATTACH)
+        .expect("loader command")
+        .arg(jail.cgroup.path())
+        .arg(&jail.pins)
+        .arg(&conf)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn jail-attach");
+    let mut line = String::new();
+    BufReader::new(loader.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read from jail-attach");
+    if line.trim() != "attached" {
+        let _ = loader.kill();
+        let _ = loader.wait();
+        panic!("jail-attach did not attach (said {line:?})");
+    }
+    assert_eq!(
+        jail.probe(&world, As::Nobody, &["tcp", &sa(LAN_V4[0], 22)]),
+        "err EPERM",
+        "with the loader alive, 10.0.0.5:22 is refused"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(loader.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL the loader");
+    let status = loader.wait().expect("reap the loader");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the loader died of SIGKILL"
+    );
+    for (op, port) in [("tcp", 22), ("udp-sendto", 9999)] {
+        assert_eq!(
+            jail.probe(&world, As::Nobody, &[op, &sa(LAN_V4[0], port)]),
+            "err EPERM",
+            "{op} to 10.0.0.5:{port} must still fail with EPERM after the loader's SIGKILL: the \
+             links and maps are pinned"
+        );
+    }
+    assert!(
+        bpf::links_pinned(&jail.pins),
+        "the links are still pinned after the loader died"
+    );
+    assert_eq!(
+        jail.probe(&world, As::Root, &["icmp-echo", &sa(METADATA_V4, 0)]),
+        "err EPERM",
+        "the packet backstop is still attached too (metadata address)"
+    );
+}
+
+/// A small deterministic generator (xorshift64*), so a failure names its seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn kernel_verdicts_equal_policy_decide_for_random_destinations() {
+    if !have_root() {
+        return;
+    }
+    let seed = std::env::var("ENFORCE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let mut rng = Rng(seed);
+    let mut jail = Jail::prepare();
+    let world = world(true);
+    jail.attach(
+        &world,
+        "allow-ip = 10.0.0.0/24\nallow-ip = 192.168.1.5:5064/udp\nallow-ip = 172.16.0.5:22/tcp\n\
+         allow-ip = [fd00::5]:80/tcp\ndeny-ip = 203.0.113.128/25\nallow-ip = 203.0.113.200\n",
+    );
+    // Prefixes of the address plan and around it (v4 as (base, len), v6 as (base, len)).
+    let v4: [(u32, u32); 12] = [
+        (0x0a00_0000, 8),
+        (0x0a00_0000, 24),
+        (0xac10_0000, 12),
+        (0xac10_0000, 24),
+        (0xc0a8_0100, 24),
+        (0x6440_0000, 10),
+        (0xa9fe_0000, 16),
+        (0xcb00_7100, 24),
+        (0xc633_6400, 24),
+        (0x0000_0000, 8),
+        (0xe000_0000, 4),
+        (0x0808_0800, 24),
+    ];
+    let fixed: Vec<IpAddr> = world
+        .fake_hosts()
+        .into_iter()
+        .chain([
+            HOST_V4.into(),
+            HOST_EXTRA_V4.into(),
+            GATEWAY_V4.into(),
+            Ipv4Addr::new(192, 168, 1, 5).into(),
+            Ipv4Addr::new(172, 16, 0, 5).into(),
+            Ipv4Addr::new(203, 0, 113, 200).into(),
+            "2001:db8:1::100".parse().unwrap(),
+            "2001:db8:1::1".parse().unwrap(),
+            "::1".parse().unwrap(),
+            "fe80::1".parse().unwrap(),
+            "64:ff9b::a00:5".parse().unwrap(),
+            "64:ff9b::cb00:710a".parse().unwrap(),
+            "::a00:5".parse().unwrap(),
+            "2002:a00:5::1".parse().unwrap(),
+            "2001::1".parse().unwrap(),
+            "ff02::1".parse().unwrap(),
+        ])
+        .collect();
+    let ports = [22u16, 53, 80, 443, 5064, 9999];
+    let mut cases: Vec<(IpAddr, u16, u8)> = Vec::new();
+    for _ in 0..300 {
+        let ip: IpAddr = match rng.below(4) {
+            0 => fixed[rng.below(fixed.len() as u64) as usize],
+            1 | 2 => {
+                let (base, len) = v4[rng.below(v4.len() as u64) as usize];
+                let host_bits = 32 - len;
+                let mask = if host_bits == 32 {
+                    u32::MAX
+                } else {
+                    (1u32 << host_bits) - 1
+                };
+                let a = Ipv4Addr::from(base | (rng.next() as u32 & mask));
+                if rng.below(4) == 0 {
+                    a.to_ipv6_mapped().into()
+                } else {
+                    a.into()
+                }
+            }
+            _ => {
+                let prefixes: [(u128, u32); 4] = [
+                    (0xfd00_u128 << 112, 8),
+                    (0x2001_0db8_00ff_u128 << 80, 64),
+                    (0x2001_0db8_0001_u128 << 80, 64),
+                    (0x2a00_u128 << 112, 16),
+                ];
+                let (base, len) = prefixes[rng.below(4) as usize];
+                let mask = (1u128 << (128 - len)) - 1;
+                let r = ((rng.next() as u128) << 64) | rng.next() as u128;
+                Ipv6Addr::from(base | (r & mask)).into()
+            }
+        };
+        let port = ports[rng.below(ports.len() as u64) as usize];
+        let proto = if rng.below(2) == 0 {
+            PROTO_TCP
+        } else {
+            PROTO_UDP
+        };
+        cases.push((ip, port, proto));
+    }
+    let policy = jail.policy.as_ref().unwrap();
+    // One probe process per case would take minutes: the verdict of a connect is immediate
+    // (a non-blocking TCP connect, a UDP connect), so the probe judges a whole list.
+    let args: Vec<String> = std::iter::once("verdicts".to_owned())
+        .chain(cases.iter().map(|(ip, port, proto)| {
+            format!(
+                "{}:{}",
+                if *proto == PROTO_TCP { "tcp" } else { "udp" },
+                SocketAddr::new(*ip, *port)
+            )
+        }))
+        .collect();
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = jail.probe(&world, As::Nobody, &arg_refs);
+    let verdicts: Vec<&str> = out
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("verdicts probe: {out}"))
+        .split(',')
+        .collect();
+    assert_eq!(verdicts.len(), cases.len(), "one verdict per case: {out}");
+    let mut wrong = Vec::new();
+    for ((ip, port, proto), got) in cases.iter().zip(&verdicts) {
+        let want = policy.decide(*ip, *port, *proto).allowed;
+        let refused = *got == "EPERM";
+        if refused == want {
+            wrong.push(format!(
+                "{ip} port {port} proto {proto}: kernel {got}, Policy::decide {}",
+                if want { "allow" } else { "deny" }
+            ));
+        }
+    }
+    let denied = cases
+        .iter()
+        .filter(|(ip, port, proto)| !policy.decide(*ip, *port, *proto).allowed)
+        .count();
+    assert!(
+        denied > 0 && denied < cases.len(),
+        "the sample has both verdicts (seed {seed})"
+    );
+    assert!(
+        wrong.is_empty(),
+        "the kernel's verdict must equal Policy::decide (seed {seed}, rerun with \
+         ENFORCE_SEED={seed}):\n{}",
+        wrong.join("\n")
+    );
+}
