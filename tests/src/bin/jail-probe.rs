@@ -7,6 +7,7 @@
 //!   udp-connect DEST      connect, send, read the reply
 //!   udp-sendto DEST       sendto on an unconnected socket, read the reply
 //!   sendmmsg DEST...      one sendmmsg call, one datagram to each DEST (same family)
+//!   mptcp DEST            like tcp, on an IPPROTO_MPTCP socket (`unsupported` without MPTCP)
 //!   tfo DEST              sendto(MSG_FASTOPEN) on a fresh TCP socket, read the first line
 //!   uring-connect DEST    IORING_OP_CONNECT, read the first line
 //!   raw-syn DEST SRC      SOCK_RAW IPPROTO_TCP: a crafted SYN (SRC: the source address, for the
@@ -61,6 +62,7 @@ fn main() {
                 .collect();
             sendmmsg(&dests)
         }
+        "mptcp" => mptcp(dest()),
         "tfo" => tfo(dest()),
         "uring-connect" => uring_connect(dest()),
         "raw-syn" => {
@@ -218,6 +220,24 @@ fn sendmmsg(dests: &[SocketAddr]) -> io::Result<String> {
     // SAFETY: msgs points at msgs.len() headers whose names and iovecs outlive the call.
     let n = cvt(unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as _, 0) })?;
     Ok(format!("sent={n}"))
+}
+
+/// An MPTCP connect: the hooks see protocol IPPROTO_MPTCP (262), which must count as TCP.
+fn mptcp(dest: SocketAddr) -> io::Result<String> {
+    let fd = match socket(family(&dest), libc::SOCK_STREAM, libc::IPPROTO_MPTCP) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) => {
+            println!("unsupported EPROTONOSUPPORT");
+            std::process::exit(0);
+        }
+        Err(e) => return Err(e),
+    };
+    let s = TcpStream::from(fd);
+    s.set_write_timeout(Some(TIMEOUT))?; // SO_SNDTIMEO bounds a blocking connect
+    let a = sockaddr(dest);
+    // SAFETY: the address is valid for the call.
+    cvt(unsafe { libc::connect(s.as_raw_fd(), a.as_ptr().cast(), a.len()) })?;
+    first_line(s)
 }
 
 /// TCP Fast Open: the connect happens inside sendto(MSG_FASTOPEN).
