@@ -35,6 +35,32 @@ pub enum Command {
         )]
         command: Vec<std::ffi::OsString>,
     },
+    /// Bring every running jail to the configuration's current policy (root only).
+    Reload {
+        /// Configuration file (default: $CLAUDE_SANDBOX_CONF, else /etc/claude-sandbox.conf).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// List the jails: ids, pids, user, command, policy and counters.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit trail of refused connection attempts.
+    Events {
+        /// Keep printing new events as they come.
+        #[arg(long)]
+        follow: bool,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Only this jail's events.
+        #[arg(long, value_name = "ID")]
+        jail: Option<String>,
+    },
+    /// Remove the state of jails whose launcher is gone.
+    Gc,
     /// Print the effective policy: every allow and deny entry and where it came from.
     Policy {
         /// Configuration file (default: $CLAUDE_SANDBOX_CONF, else /etc/claude-sandbox.conf).
@@ -64,6 +90,12 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Policy { config, json } => crate::policy_cmd::run(config, json),
+        Command::Reload { config } => crate::reload::command(config),
+        Command::Status { json } => crate::status::command(json),
+        Command::Events { follow, json, jail } => crate::state::Paths::system()
+            .and_then(|p| crate::events::command(&p.events_log(), follow, json, jail.as_deref()))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Gc => crate::status::gc_command(),
     };
     match result {
         Ok(code) => code,

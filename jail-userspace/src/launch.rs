@@ -18,7 +18,7 @@
 use std::{
     ffi::OsString,
     fs,
-    os::{fd::AsFd, unix::fs::PermissionsExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -27,11 +27,10 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
 use nix::{
-    poll::{poll, PollFd, PollFlags, PollTimeout},
     sys::{
         signal::{kill, SigSet, Signal},
         signalfd::{SfdFlags, SignalFd},
-        wait::{waitpid, WaitPidFlag, WaitStatus},
+        wait::waitpid,
     },
     unistd::Pid,
 };
@@ -39,12 +38,13 @@ use nix::{
 use crate::{
     bpf, cgroup,
     conf::{self, AllowEntry, PortSpec, Proto, Trust},
+    events,
     hostnet::HostNet,
     jail::{self, EXIT_JAIL_FAILED},
     netns, pasta,
     policy::{Policy, Source},
     state::{self, JailRecord, Paths},
-    user,
+    supervise, user,
 };
 
 /// The escape hatch, named by every refusal.
@@ -125,9 +125,31 @@ fn launch(args: RunArgs) -> Result<i32> {
                 eprintln!("claude-jail: warning: cannot record the unjailed launch: {e:#}");
             }
         }
+        if let Some(p) = &paths {
+            let _ = events::append(
+                &p.events_log(),
+                &[events::Record::note(
+                    &record.id,
+                    "unjailed-launch",
+                    1,
+                    format!(
+                        "egress jail off ({}): {} ran {} with host networking",
+                        switch.source,
+                        record.user,
+                        record.command.join(" ")
+                    ),
+                )],
+            );
+        }
         let signals = block_signals()?;
         let child = jail::fork_command(&spec)?;
-        let code = supervise(child, &signals);
+        let code = supervise::run(
+            child,
+            &mut supervise::Watch {
+                signals: &signals,
+                jail: None,
+            },
+        );
         if let Some(p) = &paths {
             let _ = state::remove_record(p, &record.id);
         }
@@ -167,7 +189,7 @@ fn launch(args: RunArgs) -> Result<i32> {
     built.cgroups.push(pasta_cg.clone());
 
     built.pins.push(paths.jail_pins(&id));
-    bpf::attach(
+    let mut jail_maps = bpf::attach(
         jail_cg.path(),
         &paths.jail_pins(&id),
         jail_policy.map_entries(),
@@ -235,10 +257,29 @@ fn launch(args: RunArgs) -> Result<i32> {
     built.record = true;
 
     let signals = block_signals()?;
+    let mut watch = supervise::Watch {
+        signals: &signals,
+        jail: Some(supervise::JailWatch {
+            paths: paths.clone(),
+            id: id.clone(),
+            policy: jail_policy,
+            events: jail_maps
+                .take_events()
+                .context("the jail's event ring buffer")?,
+            aggregator: events::Aggregator::new(&id),
+        }),
+    };
     init.go()?;
-    let code = supervise(init.pid, &signals)?;
+    let code = supervise::run(init.pid, &mut watch)?;
     built.init = None;
+    let refused = jail_maps.counters().map(|c| c.total_refused()).unwrap_or(0);
     drop(built);
+    if refused > 0 {
+        eprintln!(
+            "claude-jail: refused {refused} connection attempt{}; claude-jail events --jail {id}",
+            if refused == 1 { "" } else { "s" }
+        );
+    }
     Ok(code)
 }
 
@@ -312,38 +353,6 @@ fn block_signals() -> Result<SignalFd> {
     }
     set.thread_block().context("block signals")?;
     SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("signalfd")
-}
-
-/// Waits for the init (or the unjailed command), forwarding SIGTERM and SIGHUP to it (the init
-/// passes them to the command).
-/// SIGINT and SIGQUIT from the terminal reached the command directly: the launcher ignores them.
-fn supervise(init: Pid, signals: &SignalFd) -> Result<i32> {
-    loop {
-        if let Some(code) = reap(init)? {
-            return Ok(code);
-        }
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(1000u16)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => bail!("poll: {e}"),
-        }
-        while let Ok(Some(info)) = signals.read_signal() {
-            if let Ok(sig @ (Signal::SIGTERM | Signal::SIGHUP)) =
-                Signal::try_from(info.ssi_signo as i32)
-            {
-                let _ = kill(init, sig);
-            }
-        }
-    }
-}
-
-fn reap(init: Pid) -> Result<Option<i32>> {
-    match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
-        Ok(WaitStatus::Exited(_, code)) => Ok(Some(code)),
-        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(128 + sig as i32)),
-        Ok(_) => Ok(None),
-        Err(e) => bail!("waitpid on the jail's init: {e}"),
-    }
 }
 
 /// Everything a launch created, undone in reverse order on drop, on every exit path.

@@ -11,12 +11,15 @@
 //! - [`netns`], [`pasta`]: the jail's network namespace seen from outside, and its way out;
 //! - [`jail`]: inside the jail: its init and the command's privilege drop;
 //! - [`launch`]: `claude-jail run`, in order, with cleanup on every path;
+//! - [`supervise`]: the launcher's loop while the command runs (signals, events, host changes);
+//! - [`events`], [`reload`], [`status`]: the audit trail, live policy updates, the jail list;
 //! - [`gc`]: removing what a launcher that is gone left behind;
 //! - [`sys`]: the few system calls that need `unsafe`;
 //! - [`cli`]: the command line.
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
+pub mod events;
 pub mod conf;
 pub mod gc;
 pub mod hostnet;
@@ -24,8 +27,11 @@ pub mod jail;
 pub mod launch;
 pub mod netns;
 pub mod pasta;
+pub mod reload;
 pub mod policy;
 pub mod policy_cmd;
 pub mod state;
+pub mod status;
+pub mod supervise;
 pub mod sys;
 pub mod user;

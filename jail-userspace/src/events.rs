@@ -1,0 +1,482 @@
+//! The audit trail of refused attempts.
+//!
+//! The kernel programs write one [`jail_common::Event`] per refusal into a ring buffer; the
+//! launcher drains it, aggregates repeats, caps the rate, and appends JSON lines to
+//! /var/log/claude-jail/events.jsonl (size-capped, one rotation). `claude-jail events` reads it.
+//!
+//! A port scan of 10,000 attempts must not flood the disk or the terminal: identical attempts
+//! within a flush window become one record with a `count`, at most [`MAX_RECORDS_PER_FLUSH`]
+//! records are written per window, and what is left out is written as one `suppressed` record.
+//! The running session's terminal never gets these lines.
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::{BufRead, BufReader, Seek, SeekFrom, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use jail_common::{Event, Hook, FAMILY_V4};
+use serde::{Deserialize, Serialize};
+
+/// Records written per flush window at most; the rest is counted in one `suppressed` record.
+pub const MAX_RECORDS_PER_FLUSH: usize = 32;
+/// The log is rotated (to `events.jsonl.1`) when it grows past this.
+pub const MAX_LOG_BYTES: u64 = 8 << 20;
+
+/// One line of the log.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// Unix time, seconds with milliseconds.
+    pub time: f64,
+    pub jail: String,
+    /// `refused`, `suppressed` (a count of refusals not written one by one), `dropped` (events
+    /// the kernel could not queue), `unjailed-launch`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The pid inside the jail's PID namespace, when the process was still there to ask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The deny entry that matched, described.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Record {
+    pub fn note(jail: &str, kind: &str, count: u64, detail: String) -> Record {
+        Record {
+            time: now(),
+            jail: jail.into(),
+            kind: kind.into(),
+            pid: None,
+            jail_pid: None,
+            uid: None,
+            comm: None,
+            hook: None,
+            proto: None,
+            addr: None,
+            port: None,
+            rule: None,
+            count,
+            detail: Some(detail),
+        }
+    }
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_millis() as f64) / 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// Decodes one ring buffer item. `None` for an item of the wrong size (never written by our
+/// programs).
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < std::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: Event is #[repr(C)] plain integers (jail-common), every bit pattern is valid, and the
+    // length was checked; read_unaligned copes with the ring buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+fn event_addr(e: &Event) -> IpAddr {
+    let b = |w: u32| w.to_ne_bytes();
+    if e.family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::from(b(e.addr[0])))
+    } else {
+        let mut o = [0u8; 16];
+        for (i, w) in e.addr.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&b(*w));
+        }
+        IpAddr::V6(Ipv6Addr::from(o))
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        jail_common::PROTO_TCP => "tcp".into(),
+        jail_common::PROTO_UDP => "udp".into(),
+        jail_common::PROTO_ICMP => "icmp".into(),
+        jail_common::PROTO_ICMPV6 => "icmpv6".into(),
+        n => format!("proto-{n}"),
+    }
+}
+
+/// The innermost pid of a host pid (the last NSpid field), while the process exists.
+fn jail_pid(host_pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+type Key = (u32, u32, [u8; 16], u8, u8, IpAddr, u16, u32);
+
+/// Aggregates refusals between flushes.
+pub struct Aggregator {
+    jail: String,
+    pending: BTreeMap<Key, (Event, u64)>,
+    /// Host pid -> pid in the jail, looked up when the event is read (the process may be gone by
+    /// the flush).
+    jail_pids: BTreeMap<u32, Option<u32>>,
+    /// Refusals seen in total (for the launcher's exit summary).
+    pub total: u64,
+}
+
+impl Aggregator {
+    pub fn new(jail: &str) -> Aggregator {
+        Aggregator {
+            jail: jail.into(),
+            pending: BTreeMap::new(),
+            jail_pids: BTreeMap::new(),
+            total: 0,
+        }
+    }
+
+    pub fn add(&mut self, e: Event) {
+        self.total += 1;
+        if e.pid != 0 {
+            self.jail_pids
+                .entry(e.pid)
+                .or_insert_with(|| jail_pid(e.pid));
+        }
+        let key = (
+            e.pid,
+            e.uid,
+            e.comm,
+            e.hook,
+            e.proto,
+            event_addr(&e),
+            e.port,
+            e.rule,
+        );
+        self.pending.entry(key).or_insert((e, 0)).1 += 1;
+    }
+
+    /// The records of this window: the first [`MAX_RECORDS_PER_FLUSH`] by (pid, ...), then one
+    /// `suppressed` record counting the rest.
+    pub fn flush(&mut self, describe: impl Fn(u32) -> String) -> Vec<Record> {
+        let pending = std::mem::take(&mut self.pending);
+        let jail_pids = std::mem::take(&mut self.jail_pids);
+        let mut out = Vec::new();
+        let mut suppressed = 0;
+        for (i, (_, (e, count))) in pending.into_iter().enumerate() {
+            if i >= MAX_RECORDS_PER_FLUSH {
+                suppressed += count;
+                continue;
+            }
+            let comm_len = e.comm.iter().position(|&c| c == 0).unwrap_or(e.comm.len());
+            out.push(Record {
+                time: now(),
+                jail: self.jail.clone(),
+                kind: "refused".into(),
+                pid: (e.pid != 0).then_some(e.pid),
+                jail_pid: jail_pids.get(&e.pid).copied().flatten(),
+                uid: (e.uid != u32::MAX).then_some(e.uid),
+                comm: (comm_len > 0)
+                    .then(|| String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
+                hook: Hook::from_u8(e.hook).map(|h| h.name().into()),
+                proto: Some(proto_name(e.proto)),
+                addr: Some(event_addr(&e)),
+                port: (e.port != 0).then_some(e.port),
+                rule: Some(describe(e.rule)),
+                count,
+                detail: None,
+            });
+        }
+        if suppressed > 0 {
+            out.push(Record::note(
+                &self.jail,
+                "suppressed",
+                suppressed,
+                format!("{suppressed} more refusals in this window were not logged one by one"),
+            ));
+        }
+        out
+    }
+}
+
+/// Appends records to the log, rotating it past [`MAX_LOG_BYTES`].
+pub fn append(log: &Path, records: &[Record]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    if let Some(dir) = log.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    if fs::metadata(log)
+        .map(|m| m.len() > MAX_LOG_BYTES)
+        .unwrap_or(false)
+    {
+        fs::rename(log, rotated(log)).with_context(|| format!("rotate {}", log.display()))?;
+    }
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    // One write per batch, O_APPEND: concurrent launchers never interleave within a line.
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("write {}", log.display()))
+}
+
+fn rotated(log: &Path) -> PathBuf {
+    let mut s = log.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
+}
+
+/// Escapes control characters (and backslashes) so that attacker-chosen command names and
+/// arguments cannot drive the reader's terminal.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One record as a line of text (escaped).
+pub fn render(r: &Record) -> String {
+    let time = format_time(r.time);
+    match r.kind.as_str() {
+        "refused" => format!(
+            "{time} jail={} refused {} {} pid={}{} uid={} comm={} hook={} rule={}{}",
+            r.jail,
+            r.proto.as_deref().unwrap_or("?"),
+            match (r.addr, r.port) {
+                (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
+                (Some(a), Some(p)) => format!("{a}:{p}"),
+                (Some(a), None) => a.to_string(),
+                _ => "?".into(),
+            },
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.jail_pid
+                .map(|p| format!(" (jail pid {p})"))
+                .unwrap_or_default(),
+            r.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+            escape(r.comm.as_deref().unwrap_or("-")),
+            r.hook.as_deref().unwrap_or("-"),
+            escape(r.rule.as_deref().unwrap_or("-")),
+            if r.count > 1 {
+                format!(" x{}", r.count)
+            } else {
+                String::new()
+            },
+        ),
+        _ => format!(
+            "{time} jail={} {} count={} {}",
+            r.jail,
+            r.kind,
+            r.count,
+            escape(r.detail.as_deref().unwrap_or(""))
+        ),
+    }
+}
+
+fn format_time(t: f64) -> String {
+    let secs = t.floor() as i64;
+    let ms = ((t - t.floor()) * 1000.0).round() as i64;
+    // UTC, civil from days (Howard Hinnant's algorithm): no time-zone database needed.
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+/// `claude-jail events [--follow] [--json] [--jail ID]`.
+pub fn command(log: &Path, follow: bool, json: bool, jail: Option<&str>) -> Result<()> {
+    let print = |line: &str| {
+        let Ok(r) = serde_json::from_str::<Record>(line) else {
+            return;
+        };
+        if jail.is_some_and(|j| j != r.jail) {
+            return;
+        }
+        if json {
+            // Re-serialised: JSON escapes control characters.
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+        } else {
+            println!("{}", render(&r));
+        }
+    };
+    for path in [rotated(log), log.to_path_buf()] {
+        if let Ok(f) = File::open(&path) {
+            for line in BufReader::new(f).lines() {
+                print(&line?);
+            }
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    let mut partial = String::new();
+    loop {
+        thread::sleep(Duration::from_millis(200));
+        let len = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            pos = 0; // rotated
+        }
+        if len == pos {
+            continue;
+        }
+        let mut f = File::open(log)?;
+        f.seek(SeekFrom::Start(pos))?;
+        let mut reader = BufReader::new(f);
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line)?;
+            if n == 0 {
+                break;
+            }
+            pos += n as u64;
+            if line.ends_with('\n') {
+                partial.push_str(&line);
+                print(partial.trim_end());
+                partial.clear();
+            } else {
+                partial.push_str(&line);
+            }
+        }
+        std::io::stdout().flush()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(pid: u32, port: u16) -> Event {
+        Event {
+            boot_ns: 0,
+            pid,
+            uid: 65534,
+            addr: [u32::from_ne_bytes([10, 0, 0, 5]), 0, 0, 0],
+            rule: 2,
+            port,
+            hook: Hook::Connect4 as u8,
+            proto: jail_common::PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 7],
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    #[test]
+    fn repeats_are_aggregated_into_one_record_with_a_count() {
+        let mut a = Aggregator::new("j");
+        for _ in 0..5 {
+            a.add(event(1234, 22));
+        }
+        let r = a.flush(|_| "deny 10.0.0.0/8 (default)".into());
+        assert_eq!(r.len(), 1, "five identical attempts are one record");
+        assert_eq!(r[0].count, 5);
+        assert_eq!(r[0].addr, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(r[0].port, Some(22));
+        assert_eq!(r[0].comm.as_deref(), Some("curl"));
+        assert_eq!(r[0].hook.as_deref(), Some("connect4"));
+        assert_eq!(r[0].rule.as_deref(), Some("deny 10.0.0.0/8 (default)"));
+        assert_eq!(a.total, 5);
+    }
+
+    #[test]
+    fn a_port_scan_is_capped_and_the_rest_counted() {
+        let mut a = Aggregator::new("j");
+        for port in 1..=10_000u16 {
+            a.add(event(1, port));
+        }
+        let r = a.flush(|_| String::new());
+        assert_eq!(
+            r.len(),
+            MAX_RECORDS_PER_FLUSH + 1,
+            "capped, plus one suppressed record"
+        );
+        let last = r.last().unwrap();
+        assert_eq!(last.kind, "suppressed");
+        assert_eq!(
+            last.count,
+            10_000 - MAX_RECORDS_PER_FLUSH as u64,
+            "nothing is lost from the count"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("a\x1b[2Jb\n\\"), "a\\u{1b}[2Jb\\u{a}\\\\");
+    }
+
+    #[test]
+    fn time_is_rendered_in_utc() {
+        assert_eq!(format_time(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time(1_795_748_400.25), "2026-11-27T00:20:00.250Z");
+    }
+
+    #[test]
+    fn records_round_trip_through_the_log_and_rotate() {
+        let dir = std::env::temp_dir().join(format!("cj-events-test-{}", std::process::id()));
+        let log = dir.join("events.jsonl");
+        let rec = Record::note("j", "unjailed-launch", 1, "x".into());
+        append(&log, &[rec.clone()]).unwrap();
+        let text = fs::read_to_string(&log).unwrap();
+        assert_eq!(serde_json::from_str::<Record>(text.trim()).unwrap(), rec);
+        // Grow past the cap: the next append rotates.
+        fs::write(&log, vec![b'x'; (MAX_LOG_BYTES + 1) as usize]).unwrap();
+        append(&log, &[rec]).unwrap();
+        assert!(rotated(&log).exists(), "the big log was rotated");
+        assert!(
+            fs::metadata(&log).unwrap().len() < 1000,
+            "a fresh log was started"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn decode_refuses_short_items() {
+        assert!(decode(&[0u8; 10]).is_none());
+    }
+}

@@ -1,0 +1,123 @@
+//! Bringing running jails to a new policy without restarting anything: `claude-jail reload`,
+//! SIGUSR1 to a launcher, and the launcher's own reaction to host network changes.
+//!
+//! The registry record names the configuration a jail follows (`conf`); `reload --config FILE`
+//! makes every running jail follow FILE from then on. Map updates go through
+//! [`bpf::JailMaps::apply`] (add before remove), under a per-jail lock so that two writers (the
+//! reload command and the launcher reacting to a route change) never interleave.
+use std::{
+    fs::{File, OpenOptions},
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+};
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::{
+    bpf::JailMaps,
+    conf::{self, Conf, Trust},
+    hostnet::HostNet,
+    launch, netns,
+    policy::Policy,
+    state::{self, JailRecord, Paths},
+};
+
+/// Holds a jail's update lock while alive.
+pub struct JailLock(#[allow(dead_code)] Flock<File>);
+
+pub fn lock(paths: &Paths, id: &str) -> Result<JailLock> {
+    let path = paths.jail_run(id).join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let l = Flock::lock(f, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("lock {}", path.display()))?;
+    Ok(JailLock(l))
+}
+
+/// Compiles `conf` against the host and brings one jail's maps (its own and pasta's) to it.
+/// Returns the jail's new policy.
+pub fn apply(paths: &Paths, id: &str, conf: &Conf, host: &HostNet) -> Result<Policy> {
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let (jail, pasta) = launch::policies(conf, host, &netns::resolvers(&resolv));
+    for p in [&jail, &pasta] {
+        if let Some(msg) = p.map_entries().over_capacity() {
+            bail!("{msg}");
+        }
+    }
+    let _lock = lock(paths, id)?;
+    JailMaps::open(&paths.jail_pins(id))?
+        .apply(jail.map_entries())
+        .context("update the jail's maps")?;
+    JailMaps::open(&paths.pasta_pins(id))?
+        .apply(pasta.map_entries())
+        .context("update pasta's maps")?;
+    Ok(jail)
+}
+
+/// Reads a jail's conf as `run` does (root-owned, refused when invalid).
+pub fn load_conf(path: &Path) -> Result<Conf> {
+    Ok(conf::load(path, Trust::Strict)?)
+}
+
+/// `claude-jail reload [--config FILE]`.
+pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("only root can reload: the jails' pinned maps belong to root (fix: sudo claude-jail reload)");
+    }
+    let path = conf::conf_path(config, std::env::var_os(conf::ENV_CONF).as_deref());
+    // Invalid: nothing changes anywhere.
+    let conf = load_conf(&path)?;
+    let switch = conf::jail_enabled(&conf, None)?;
+    if !switch.enabled {
+        println!(
+            "claude-jail: {}: egress-jail = 0 applies to the next launch; running jails keep their jail",
+            switch.source
+        );
+    }
+    let paths = Paths::system()?;
+    let host = HostNet::read().context("read the host's addresses and routes")?;
+    let mut updated = 0;
+    let mut failed = 0;
+    for rec in state::list_records(&paths)?.into_iter().flatten() {
+        if !rec.jailed || !state::pid_alive(rec.launcher_pid) {
+            continue;
+        }
+        match apply_to_record(&paths, rec, &conf, &host) {
+            Ok(()) => updated += 1,
+            Err(e) => {
+                failed += 1;
+                eprintln!("claude-jail: error: reload: {e:#}");
+            }
+        }
+    }
+    println!(
+        "claude-jail: reloaded {updated} running jail{} from {}",
+        if updated == 1 { "" } else { "s" },
+        path.display()
+    );
+    Ok(if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
+}
+
+fn apply_to_record(paths: &Paths, mut rec: JailRecord, conf: &Conf, host: &HostNet) -> Result<()> {
+    let policy = apply(paths, &rec.id, conf, host).with_context(|| format!("jail {}", rec.id))?;
+    rec.conf = conf.path.display().to_string();
+    rec.policy_digest = policy.digest();
+    state::write_record(paths, &rec)?;
+    // The launcher re-reads its record and refreshes its own copy (rule names for events).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rec.launcher_pid as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    );
+    Ok(())
+}

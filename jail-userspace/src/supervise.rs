@@ -1,0 +1,220 @@
+//! The launcher while the command runs: one poll loop, no threads.
+//!
+//! - the init's exit ends the loop (its status is the command's);
+//! - SIGTERM and SIGHUP are forwarded to the init, which passes them to the command; SIGINT and
+//!   SIGQUIT came from the terminal and reached the command directly, so they are ignored here;
+//! - SIGUSR1 reloads the jail from the conf its registry record names;
+//! - the jail's ring buffer of refusals is drained, aggregated and logged (never to the terminal);
+//! - rtnetlink address and route changes re-derive the host part of the deny set (debounced by
+//!   [`NETLINK_DEBOUNCE`], well inside the one second the issue allows).
+use std::{
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use aya::maps::{MapData, RingBuf};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::{
+        signal::{kill, Signal},
+        signalfd::SignalFd,
+        wait::{waitpid, WaitPidFlag, WaitStatus},
+    },
+    unistd::Pid,
+};
+
+use crate::{
+    events::{self, Aggregator, Record},
+    hostnet::HostNet,
+    policy::Policy,
+    reload,
+    state::{self, Paths},
+};
+
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+pub const NETLINK_DEBOUNCE: Duration = Duration::from_millis(100);
+
+// rtnetlink multicast groups (linux/rtnetlink.h, RTMGRP_*).
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+
+/// What the loop watches, besides the init.
+pub struct Watch<'a> {
+    pub signals: &'a SignalFd,
+    /// None for an unjailed command.
+    pub jail: Option<JailWatch>,
+}
+
+pub struct JailWatch {
+    pub paths: Paths,
+    pub id: String,
+    pub policy: Policy,
+    pub events: RingBuf<MapData>,
+    pub aggregator: Aggregator,
+}
+
+/// Waits for `child` (the init, or an unjailed command) and returns its exit status.
+pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
+    let netlink = match w.jail {
+        Some(_) => Some(netlink_socket()?),
+        None => None,
+    };
+    let mut next_flush = Instant::now() + FLUSH_EVERY;
+    let mut host_changed: Option<Instant> = None;
+    loop {
+        if let Some(code) = reap(child)? {
+            if let Some(j) = &mut w.jail {
+                drain(j);
+                flush(j);
+            }
+            return Ok(code);
+        }
+        let now = Instant::now();
+        let mut wake = next_flush;
+        if let Some(t) = host_changed {
+            wake = wake.min(t);
+        }
+        let timeout = wake
+            .saturating_duration_since(now)
+            .min(Duration::from_secs(1));
+        let sig_fd = w.signals.as_fd();
+        let ring_fd = w.jail.as_ref().map(|j| j.events.as_fd());
+        let nl_fd = netlink.as_ref().map(|s| {
+            // SAFETY: the socket outlives this borrow (it lives until the function returns).
+            unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }
+        });
+        let mut fds = vec![PollFd::new(sig_fd, PollFlags::POLLIN)];
+        fds.extend(ring_fd.map(|f| PollFd::new(f, PollFlags::POLLIN)));
+        fds.extend(nl_fd.map(|f| PollFd::new(f, PollFlags::POLLIN)));
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(1000);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => bail!("poll: {e}"),
+        }
+        drop(fds);
+
+        let mut reload_asked = false;
+        while let Ok(Some(info)) = w.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(sig @ (Signal::SIGTERM | Signal::SIGHUP)) => {
+                    let _ = kill(child, sig);
+                }
+                Ok(Signal::SIGUSR1) => reload_asked = true,
+                _ => {}
+            }
+        }
+        if let Some(sock) = &netlink {
+            if drain_netlink(sock) {
+                host_changed.get_or_insert(Instant::now() + NETLINK_DEBOUNCE);
+            }
+        }
+        let Some(j) = &mut w.jail else { continue };
+        drain(j);
+        let now = Instant::now();
+        if reload_asked || host_changed.is_some_and(|t| now >= t) {
+            host_changed = None;
+            refresh(j);
+        }
+        if now >= next_flush {
+            flush(j);
+            next_flush = now + FLUSH_EVERY;
+        }
+    }
+}
+
+fn reap(child: Pid) -> Result<Option<i32>> {
+    match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Ok(Some(code)),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(128 + sig as i32)),
+        Ok(_) => Ok(None),
+        Err(e) => bail!("waitpid: {e}"),
+    }
+}
+
+fn drain(j: &mut JailWatch) {
+    while let Some(item) = j.events.next() {
+        if let Some(e) = events::decode(&item) {
+            j.aggregator.add(e);
+        }
+    }
+}
+
+fn flush(j: &mut JailWatch) {
+    let policy = &j.policy;
+    let records = j.aggregator.flush(|rule| policy.describe(rule));
+    if let Err(e) = events::append(&j.paths.events_log(), &records) {
+        // Never onto the session's terminal; the counters still count.
+        let _ = e;
+    }
+}
+
+/// Re-reads the jail's conf (as its registry record names it) and the host's network, and brings
+/// the maps there. Failures are logged, and the jail keeps its current policy.
+fn refresh(j: &mut JailWatch) {
+    let result = (|| -> Result<Policy> {
+        let rec = state::list_records(&j.paths)?
+            .into_iter()
+            .flatten()
+            .find(|r| r.id == j.id)
+            .ok_or_else(|| anyhow::anyhow!("no registry record"))?;
+        let conf = reload::load_conf(std::path::Path::new(&rec.conf))?;
+        let host = HostNet::read()?;
+        let policy = reload::apply(&j.paths, &j.id, &conf, &host)?;
+        let digest = policy.digest();
+        if digest != rec.policy_digest {
+            let mut rec = rec;
+            rec.policy_digest = digest;
+            state::write_record(&j.paths, &rec)?;
+        }
+        Ok(policy)
+    })();
+    let note = match result {
+        Ok(policy) => {
+            let msg = format!("policy now {}", policy.digest());
+            j.policy = policy;
+            Record::note(&j.id, "policy-updated", 0, msg)
+        }
+        Err(e) => Record::note(
+            &j.id,
+            "reload-failed",
+            0,
+            format!("{e:#}; the jail keeps its previous policy"),
+        ),
+    };
+    let _ = events::append(&j.paths.events_log(), &[note]);
+}
+
+fn netlink_socket() -> Result<Socket> {
+    let mut s = Socket::new(NETLINK_ROUTE)?;
+    s.bind(&SocketAddr::new(
+        0,
+        RTMGRP_LINK
+            | RTMGRP_IPV4_IFADDR
+            | RTMGRP_IPV4_ROUTE
+            | RTMGRP_IPV6_IFADDR
+            | RTMGRP_IPV6_ROUTE,
+    ))?;
+    s.set_non_blocking(true)?;
+    Ok(s)
+}
+
+/// Reads every pending notification; true when there was any. The contents do not matter: the
+/// host's state is re-read whole.
+fn drain_netlink(s: &Socket) -> bool {
+    let mut any = false;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match s.recv(&mut &mut buf[..], 0) {
+            Ok(0) => return any,
+            Ok(_) => any = true,
+            // ENOBUFS: notifications were lost; the state is re-read anyway.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => any = true,
+            Err(_) => return any,
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Running jails: live reload, status, the audit trail, and host network changes, in the fake
+//! world.
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::{Duration, Instant},
+};
+
+use jail_tests::{have_root, jail::claude_jail, FakeWorld};
+
+fn write_conf(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// A jailed bash script running in the background; its stdout lines arrive on a channel.
+struct Session {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Session {
+    fn start(world: &FakeWorld, conf: &Path, script: &str) -> Session {
+        let conf = conf.display().to_string();
+        let mut child = claude_jail(
+            world,
+            &[
+                "run", "--config", &conf, "--user", "nobody", "--", "bash", "-c", script,
+            ],
+        )
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let stderr = thread::spawn(move || {
+            let mut s = String::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                s.push_str(&line);
+                s.push('\n');
+            }
+            s
+        });
+        Session {
+            child,
+            lines: rx,
+            stderr,
+        }
+    }
+
+    /// Waits (30 s at most) for a line satisfying `pred`; returns the lines seen before it too.
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                let hit = pred(&l);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+        }
+        panic!(
+            "no line '{what}' within 30 s; saw: {:?}",
+            &seen[seen.len().saturating_sub(10)..]
+        );
+    }
+
+    /// SIGTERM to the launcher (forwarded to the command), then the exit and stderr.
+    fn stop(mut self) -> (Vec<String>, String) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        let rest: Vec<String> = self.lines.iter().collect();
+        (rest, self.stderr.join().unwrap())
+    }
+}
+
+fn reload(world: &FakeWorld, conf: &Path) -> std::process::Output {
+    let conf = conf.display().to_string();
+    claude_jail(world, &["reload", "--config", &conf])
+        .unwrap()
+        .output()
+        .unwrap()
+}
+
+/// One attempt per iteration, printed as "<label> ok" or "<label> refused".
+fn probe_loop(targets: &[(&str, &str)]) -> String {
+    let mut s = String::from("while true; do ");
+    for (label, dest) in targets {
+        let (h, p) = dest.split_once(':').unwrap();
+        s.push_str(&format!(
+            "if (exec 3<>/dev/tcp/{h}/{p}) 2>/dev/null; then echo '{label} ok'; else echo '{label} refused'; fi; "
+        ));
+    }
+    s.push_str("sleep 0.05; done");
+    s
+}
+
+fn conf_path(world: &FakeWorld) -> PathBuf {
+    world.dir().join("claude-sandbox.conf")
+}
+
+#[test]
+fn reload_opens_and_closes_a_host_in_a_running_jail() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    write_conf(&conf, "# nothing allowed yet\n");
+    let s = Session::start(&world, &conf, &probe_loop(&[("lan", "10.0.0.5:80")]));
+    s.wait_for("lan refused", |l| l == "lan refused");
+
+    write_conf(&conf, "allow-ip = 10.0.0.5\n");
+    let out = reload(&world, &conf);
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reloaded 1 running jail"),
+        "reload says how many jails it updated: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    s.wait_for("lan ok", |l| l == "lan ok");
+
+    write_conf(&conf, "# allow removed\n");
+    assert!(reload(&world, &conf).status.success());
+    s.wait_for("lan refused again", |l| l == "lan refused");
+    let (_, stderr) = s.stop();
+    assert!(
+        stderr.contains("claude-jail: refused"),
+        "the launcher's exit summary counts the refusals: {stderr}"
+    );
+}
+
+#[test]
+fn reloads_under_load_never_refuse_an_allowed_host_nor_open_a_denied_one() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    let base = "allow-ip = 10.0.0.5:22/tcp\n";
+    write_conf(&conf, base);
+    let s = Session::start(
+        &world,
+        &conf,
+        &probe_loop(&[
+            ("allowed", "10.0.0.5:22"),
+            ("denied", "10.0.0.5:80"),
+            ("public", "203.0.113.10:80"),
+        ]),
+    );
+    s.wait_for("first round", |l| l.starts_with("public"));
+    for i in 0..100u32 {
+        // Shuffle other entries: allows of other hosts, a deny of an unrelated public range.
+        let mut text = String::from(base);
+        for k in 0..(i % 7) {
+            text.push_str(&format!("allow-ip = 10.9.{}.{}\n", i % 200, k + 1));
+        }
+        if i % 2 == 0 {
+            text.push_str("deny-ip = 198.18.0.0/15\n");
+        }
+        if i % 3 == 0 {
+            text.push_str("allow-ip = 172.16.0.0/24\n");
+        }
+        write_conf(&conf, &text);
+        let out = reload(&world, &conf);
+        assert!(
+            out.status.success(),
+            "reload {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (rest, _) = s.stop();
+    let count = |l: &str| rest.iter().filter(|x| *x == l).count();
+    assert!(
+        count("allowed ok") > 0 && count("denied refused") > 0,
+        "the loop ran: {rest:?}"
+    );
+    assert_eq!(
+        count("allowed refused"),
+        0,
+        "an entry allowed before and after is never refused"
+    );
+    assert_eq!(
+        count("denied ok"),
+        0,
+        "a destination denied before and after is never let through"
+    );
+    assert_eq!(
+        count("public refused"),
+        0,
+        "the public server stays reachable"
+    );
+    assert!(
+        world
+            .hits("10.0.0.5:80".parse::<std::net::SocketAddr>().unwrap())
+            .is_empty(),
+        "10.0.0.5:80 saw nothing"
+    );
+}
+
+#[test]
+fn an_invalid_file_changes_nothing() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    write_conf(&conf, "allow-ip = 10.0.0.5\n");
+    let s = Session::start(&world, &conf, &probe_loop(&[("lan", "10.0.0.5:80")]));
+    s.wait_for("lan ok", |l| l == "lan ok");
+    let status_before = claude_jail(&world, &["status", "--json"])
+        .unwrap()
+        .output()
+        .unwrap();
+
+    write_conf(&conf, "allow-ip = 10.0.0.5\nallow-ip = 10.0.0.0/8:80\n");
+    let out = reload(&world, &conf);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an invalid file makes reload fail");
+    assert!(
+        err.contains(&format!("{}:2:", conf.display())),
+        "the error names FILE:LINE: {err}"
+    );
+    let status_after = claude_jail(&world, &["status", "--json"])
+        .unwrap()
+        .output()
+        .unwrap();
+    let digest = |o: &std::process::Output| -> String {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v[0]["policy_digest"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        digest(&status_before),
+        digest(&status_after),
+        "the jail keeps its policy"
+    );
+    // Still open after the failed reload.
+    s.wait_for("lan ok after", |l| l == "lan ok");
+    s.stop();
+}
+
+#[test]
+fn a_refused_connect_is_in_the_audit_trail_and_the_counters() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    write_conf(&conf, "");
+    // The main shell itself connects (and stays alive a moment), so its pid is known.
+    let s = Session::start(
+        &world,
+        &conf,
+        "echo pid=$$; { exec 3<>/dev/tcp/10.0.0.5/22; } 2>/dev/null || echo refused; \
+         echo done; sleep 30",
+    );
+    let seen = s.wait_for("done", |l| l == "done");
+    let jail_pid: u32 = seen[0].strip_prefix("pid=").unwrap().parse().unwrap();
+    assert_eq!(seen[1], "refused", "10.0.0.5:22 is refused by default");
+
+    // status counts it while the jail runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (id, refused) = loop {
+        let out = claude_jail(&world, &["status", "--json"])
+            .unwrap()
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let refused = v[0]["counters"]["refused_by_hook"]["connect4"]
+            .as_u64()
+            .unwrap_or(0);
+        if refused >= 1 || Instant::now() > deadline {
+            break (v[0]["id"].as_str().unwrap().to_string(), refused);
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(refused, 1, "status counts one connect4 refusal");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let out = claude_jail(&world, &["events", "--json", "--jail", &id])
+            .unwrap()
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["kind"] == "refused");
+        if let Some(v) = found {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refused event for jail {id}: {text}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(event["addr"], "10.0.0.5");
+    assert_eq!(event["port"], 22);
+    assert_eq!(event["proto"], "tcp");
+    assert_eq!(event["hook"], "connect4");
+    assert_eq!(event["comm"], "bash");
+    assert_eq!(event["uid"], 65534);
+    assert_eq!(
+        event["jail_pid"], jail_pid,
+        "the event names the process, as the jail sees its pid"
+    );
+    assert!(
+        event["rule"].as_str().unwrap().contains("10.0.0.0/8"),
+        "the matching deny entry: {event}"
+    );
+    s.stop();
+}
+
+#[test]
+fn a_route_that_appears_on_the_host_is_denied_within_a_second() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    write_conf(&conf, "");
+    let s = Session::start(&world, &conf, &probe_loop(&[("public", "203.0.113.10:80")]));
+    s.wait_for("public ok", |l| l == "public ok");
+    // A "VPN" comes up: the public server's range is now routed specially on the host.
+    let ip = |args: &str| {
+        let st = world
+            .host_command("ip")
+            .unwrap()
+            .args(args.split_whitespace())
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args}");
+    };
+    ip("route add 203.0.113.0/24 via 192.168.1.1");
+    s.wait_for("public refused", |l| l == "public refused");
+    ip("route del 203.0.113.0/24 via 192.168.1.1");
+    s.wait_for("public ok again", |l| l == "public ok");
+    s.stop();
+}
+
+#[test]
+fn a_jailed_process_cannot_reload() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    write_conf(&conf, "");
+    let bin = jail_tests::jail::claude_jail_bin().unwrap();
+    let script = format!(
+        "{} reload --config {}; echo rc=$?",
+        bin.display(),
+        conf.display()
+    );
+    let out = jail_tests::jail::run_jailed(&world, &conf, &script).unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("rc=1"),
+        "reload from inside the jail fails: {text}"
+    );
+    assert!(
+        text.contains("only root can reload"),
+        "and says why: {text}"
+    );
+}
