@@ -56,7 +56,7 @@ fn demo() {
     );
     println!("\nclaude-jail demo: a jailed shell (user nobody) in a fake network");
     println!("conf: allow-ip = 10.0.0.5:22/tcp\n");
-    println!("{:<22} {:<9} {}", "destination", "result", "what it is");
+    println!("{:<22} {:<9} what it is", "destination", "result");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines.first(),
@@ -64,10 +64,8 @@ fn demo() {
         "the test domain resolves through pasta's forwarder to dnsmasq on 10.0.0.53"
     );
     println!(
-        "{:<22} {:<9} {}",
-        "public.test.example",
-        "resolved",
-        "DNS, through pasta's forwarder to a resolver on 10.0.0.53"
+        "{:<22} {:<9} DNS, through pasta's forwarder to a resolver on 10.0.0.53",
+        "public.test.example", "resolved"
     );
     for ((t, what, expect), line) in TARGETS.iter().zip(&lines[1..]) {
         let reached = line.ends_with("reached");
