@@ -274,28 +274,57 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
 
-/// The destination of the packet: address, port knowledge and protocol. `None` for a packet that
-/// is neither IPv4 nor IPv6 (the program is attached to an IP cgroup hook; such a packet passes).
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// What the backstop makes of a packet.
+enum Parsed {
+    /// Neither IPv4 nor IPv6 (the program is attached to an IP cgroup hook; such a packet
+    /// passes).
+    NotIp,
+    /// An IP packet too short for its own header: refused (fail closed).
+    Unreadable,
+    /// Destination, port knowledge and protocol.
+    Packet(Dest, Port, u8),
+}
+
+/// Parses the packet's destination.
+///
+/// The layout is chosen by the skb's protocol (the ethertype the packet leaves with, which is
+/// how the next hop parses it), never by the version nibble: a header-included raw packet may
+/// carry any nibble, and an IPv4 packet saying 6 would otherwise be judged by bytes of its
+/// payload laid out as an IPv6 destination.
+///
+/// Every read that fails (a truncated extension header, an IHL that points past the packet)
+/// leaves the port unknown, so only an allow entry for the whole address lets it through: a
+/// malformed packet never passes for lack of parsing.
 #[inline(always)]
-fn parse_packet(ctx: &SkBuffContext) -> Option<(Dest, Port, u8)> {
-    // cgroup_skb sees the packet from its network header on.
-    let first: u8 = ctx.load(0).ok()?;
-    match first >> 4 {
-        4 => {
-            let h: [u8; 20] = ctx.load(0).ok()?;
+fn parse_packet(ctx: &SkBuffContext) -> Parsed {
+    // cgroup_skb sees the packet from its network header on. `protocol` is the __be16
+    // skb->protocol widened to u32.
+    match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => {
+            let Ok(h) = ctx.load::<[u8; 20]>(0) else {
+                return Parsed::Unreadable;
+            };
             let ihl = ((h[0] & 0x0f) as usize) * 4;
             let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
             let proto = h[9];
             let dest = Dest::V4(u32::from_ne_bytes([h[16], h[17], h[18], h[19]]));
             let port = if frag_off != 0 {
                 Port::Fragment
+            } else if ihl < 20 {
+                // A header shorter than the minimum: whatever is at ihl + 2 is not a port.
+                Port::None
             } else {
                 l4_port(ctx, ihl, proto)
             };
-            Some((dest, port, proto))
+            Parsed::Packet(dest, port, proto)
         }
-        6 => {
-            let h: [u8; 40] = ctx.load(0).ok()?;
+        ETH_P_IPV6 => {
+            let Ok(h) = ctx.load::<[u8; 40]>(0) else {
+                return Parsed::Unreadable;
+            };
             let dest = Dest::V6([
                 u32::from_ne_bytes([h[24], h[25], h[26], h[27]]),
                 u32::from_ne_bytes([h[28], h[29], h[30], h[31]]),
@@ -309,31 +338,37 @@ fn parse_packet(ctx: &SkBuffContext) -> Option<(Dest, Port, u8)> {
                 // `load_bytes` (min of buffer and packet length) would be.
                 match next {
                     NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                        let e: [u8; 2] = ctx.load(off).ok()?;
+                        let Ok(e) = ctx.load::<[u8; 2]>(off) else {
+                            return Parsed::Packet(dest, Port::None, next);
+                        };
                         next = e[0];
                         off += (e[1] as usize + 1) * 8;
                     }
                     NEXTHDR_AUTH => {
-                        let e: [u8; 2] = ctx.load(off).ok()?;
+                        let Ok(e) = ctx.load::<[u8; 2]>(off) else {
+                            return Parsed::Packet(dest, Port::None, next);
+                        };
                         next = e[0];
                         off += (e[1] as usize + 2) * 4;
                     }
                     NEXTHDR_FRAGMENT => {
-                        let e: [u8; 4] = ctx.load(off).ok()?;
+                        let Ok(e) = ctx.load::<[u8; 4]>(off) else {
+                            return Parsed::Packet(dest, Port::None, next);
+                        };
                         if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
-                            return Some((dest, Port::Fragment, e[0]));
+                            return Parsed::Packet(dest, Port::Fragment, e[0]);
                         }
                         next = e[0];
                         off += 8;
                     }
-                    _ => return Some((dest, l4_port(ctx, off, next), next)),
+                    _ => return Parsed::Packet(dest, l4_port(ctx, off, next), next),
                 }
             }
             // A chain longer than we walk: judged without a port, so only an allow entry for the
             // whole address lets it through.
-            Some((dest, Port::None, next))
+            Parsed::Packet(dest, Port::None, next)
         }
-        _ => None,
+        _ => Parsed::NotIp,
     }
 }
 
@@ -351,8 +386,14 @@ fn l4_port(ctx: &SkBuffContext, off: usize, proto: u8) -> Port {
 
 #[cgroup_skb(egress)]
 pub fn skb_egress(ctx: SkBuffContext) -> i32 {
-    let Some((dest, port, proto)) = parse_packet(&ctx) else {
-        return PASS;
+    let (dest, port, proto) = match parse_packet(&ctx) {
+        Parsed::Packet(dest, port, proto) => (dest, port, proto),
+        Parsed::NotIp => return PASS,
+        Parsed::Unreadable => {
+            // No destination to judge or report: refused and counted, without an event.
+            count(Hook::SkbEgress, VERDICT_DENY);
+            return REFUSE;
+        }
     };
     match judge(dest, port, proto) {
         Ok(()) => {
