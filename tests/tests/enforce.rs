@@ -1071,6 +1071,7 @@ fn kernel_verdicts_equal_policy_decide_for_random_destinations() {
             "2001:db8:1::100".parse().unwrap(),
             "2001:db8:1::1".parse().unwrap(),
             "::1".parse().unwrap(),
+            "::".parse().unwrap(),
             "fe80::1".parse().unwrap(),
             "64:ff9b::a00:5".parse().unwrap(),
             "64:ff9b::cb00:710a".parse().unwrap(),
@@ -1094,10 +1095,13 @@ fn kernel_verdicts_equal_policy_decide_for_random_destinations() {
                     (1u32 << host_bits) - 1
                 };
                 let a = Ipv4Addr::from(base | (rng.next() as u32 & mask));
-                if rng.below(4) == 0 {
-                    a.to_ipv6_mapped().into()
-                } else {
-                    a.into()
+                // IPv4 itself, or an IPv6 form that carries it (mapped, NAT64, compatible).
+                let low = u128::from(u32::from(a));
+                match rng.below(6) {
+                    0 => a.to_ipv6_mapped().into(),
+                    1 => Ipv6Addr::from((0x64_ff9b_u128 << 96) | low).into(),
+                    2 => Ipv6Addr::from(low).into(),
+                    _ => a.into(),
                 }
             }
             _ => {
@@ -1122,34 +1126,51 @@ fn kernel_verdicts_equal_policy_decide_for_random_destinations() {
         cases.push((ip, port, proto));
     }
     let policy = jail.policy.as_ref().unwrap();
-    // One probe process per case would take minutes: the verdict of a connect is immediate
-    // (a non-blocking TCP connect, a UDP connect), so the probe judges a whole list.
-    let args: Vec<String> = std::iter::once("verdicts".to_owned())
-        .chain(cases.iter().map(|(ip, port, proto)| {
-            format!(
-                "{}:{}",
-                if *proto == PROTO_TCP { "tcp" } else { "udp" },
-                SocketAddr::new(*ip, *port)
-            )
-        }))
-        .collect();
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = jail.probe(&world, As::Nobody, &arg_refs);
-    let verdicts: Vec<&str> = out
-        .strip_prefix("ok ")
-        .unwrap_or_else(|| panic!("verdicts probe: {out}"))
-        .split(',')
-        .collect();
-    assert_eq!(verdicts.len(), cases.len(), "one verdict per case: {out}");
+    // One probe process per case would take minutes: a verdict is immediate (a non-blocking
+    // TCP connect, a UDP connect; a raw send fails at once when the backstop drops it), so one
+    // probe judges a whole list. The socket hooks as nobody, the backstop as root with raw
+    // sockets; an IPv4-mapped address is its IPv4 address on the wire (a raw IPv6 socket
+    // refuses it).
+    let list = |op: &str, raw: bool| -> Vec<String> {
+        std::iter::once(op.to_owned())
+            .chain(cases.iter().map(|(ip, port, proto)| {
+                let ip = if raw { ip.to_canonical() } else { *ip };
+                format!(
+                    "{}:{}",
+                    if *proto == PROTO_TCP { "tcp" } else { "udp" },
+                    SocketAddr::new(ip, *port)
+                )
+            }))
+            .collect()
+    };
     let mut wrong = Vec::new();
-    for ((ip, port, proto), got) in cases.iter().zip(&verdicts) {
-        let want = policy.decide(*ip, *port, *proto).allowed;
-        let refused = *got == "EPERM";
-        if refused == want {
-            wrong.push(format!(
-                "{ip} port {port} proto {proto}: kernel {got}, Policy::decide {}",
-                if want { "allow" } else { "deny" }
-            ));
+    for (op, who, what) in [
+        ("verdicts", As::Nobody, "socket hooks"),
+        ("raw-verdicts", As::Root, "packet backstop"),
+    ] {
+        let args = list(op, who == As::Root);
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = jail.probe(&world, who, &arg_refs);
+        let verdicts: Vec<&str> = out
+            .strip_prefix("ok ")
+            .unwrap_or_else(|| panic!("{op} probe: {out}"))
+            .split(',')
+            .collect();
+        assert_eq!(verdicts.len(), cases.len(), "one verdict per case: {out}");
+        let mut tally = std::collections::BTreeMap::new();
+        for v in &verdicts {
+            *tally.entry(*v).or_insert(0) += 1;
+        }
+        eprintln!("{what}: {tally:?}");
+        for ((ip, port, proto), got) in cases.iter().zip(&verdicts) {
+            let want = policy.decide(*ip, *port, *proto).allowed;
+            let refused = *got == "EPERM";
+            if refused == want {
+                wrong.push(format!(
+                    "{what}: {ip} port {port} proto {proto}: kernel {got}, Policy::decide {}",
+                    if want { "allow" } else { "deny" }
+                ));
+            }
         }
     }
     let denied = cases
@@ -1165,5 +1186,77 @@ fn kernel_verdicts_equal_policy_decide_for_random_destinations() {
         "the kernel's verdict must equal Policy::decide (seed {seed}, rerun with \
          ENFORCE_SEED={seed}):\n{}",
         wrong.join("\n")
+    );
+}
+
+#[test]
+fn malformed_raw_headers_do_not_fool_the_backstop() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let world = world(true);
+    jail.attach(&world, "allow-ip = 192.168.1.5:9999/udp\n");
+    let one92 = LAN_V4[2];
+    let capture = world.capture().expect("start a capture");
+    let before = jail.counters();
+    let cases = [
+        (
+            vec!["raw-ihl0".to_owned(), sa(one92, 9999)],
+            "an IPv4 header with IHL 0 to 192.168.1.5 whose length field reads as port 9999 \
+             must not match the 192.168.1.5:9999/udp entry",
+        ),
+        (
+            vec![
+                "raw-version".to_owned(),
+                sa(LAN_V4[0], 0),
+                PUBLIC_V6.to_string(),
+            ],
+            "an IPv4 packet to 10.0.0.5 whose version nibble says 6 must be judged as the IPv4 \
+             packet the kernel routes (denied), not as IPv6 to the allowed 2001:db8:ff::10",
+        ),
+        (
+            vec![
+                "raw-version".to_owned(),
+                sa(LAN_V6, 0),
+                PUBLIC_V4.to_string(),
+            ],
+            "an IPv6 packet to fd00::5 whose version nibble says 4 must be judged as the IPv6 \
+             packet the kernel routes (denied), not as IPv4 to the allowed 203.0.113.10",
+        ),
+        (
+            vec!["raw-v6-truncated".to_owned(), sa(LAN_V6, 0)],
+            "an IPv6 packet to fd00::5 whose extension header is missing must be judged \
+             (denied), not passed for lack of parsing",
+        ),
+    ];
+    let mut backstop_refusals = 0;
+    for (args, rule) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = jail.probe(&world, As::Root, &args);
+        // Recent kernels refuse a header-included IPv4 header shorter than 20 bytes themselves.
+        if args[0] == "raw-ihl0" && out == "err EINVAL" {
+            continue;
+        }
+        assert_eq!(out, "err EPERM", "{args:?}: {rule}");
+        backstop_refusals += 1;
+    }
+    let packets = capture.stop().expect("stop the capture");
+    // The host's own neighbour discovery and MLD (ICMPv6 to multicast) are not the jail's.
+    let leaked: Vec<_> = packets
+        .iter()
+        .filter(|p| {
+            !(p.protocol == PROTO_ICMPV6
+                && matches!(p.dst, IpAddr::V6(a) if a.segments()[0] == 0xff02))
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "no malformed packet may leave the host, saw {leaked:?}"
+    );
+    assert_eq!(
+        refused_delta(&before, &jail.counters()),
+        [("skb-egress", backstop_refusals)],
+        "the packets the kernel sent are refused by the backstop"
     );
 }

@@ -13,11 +13,23 @@
 //!   raw-syn DEST SRC      SOCK_RAW IPPROTO_TCP: a crafted SYN (SRC: the source address, for the
 //!                         checksum)
 //!   raw-udp DEST          SOCK_RAW IPPROTO_UDP: a crafted datagram (IPv4 or IPv6)
+//!   raw-ihl0 DEST         IPPROTO_RAW: a malformed IPv4 header (IHL 0, protocol UDP) whose
+//!                         total-length field holds DEST's port, where a UDP port would be
+//!                         read at offset IHL*4 + 2
+//!   raw-version DEST DECOY
+//!                         IPPROTO_RAW: a header of the other version's number (an IPv4 packet
+//!                         saying 6, an IPv6 packet saying 4) where that version would find
+//!                         DECOY (an address of the other family) as its destination
+//!   raw-v6-truncated DEST IPPROTO_RAW (IPv6): a bare IPv6 header that announces a hop-by-hop
+//!                         extension header and ends there
 //!   icmp-echo DEST        SOCK_RAW IPPROTO_ICMP: an echo request, then wait for the reply
 //!   ping DEST             SOCK_DGRAM IPPROTO_ICMP (unconnected sendto), wait for the reply
 //!   verdicts tcp:DEST|udp:DEST...
 //!                         the connect verdict for each (non-blocking TCP connect, UDP connect):
 //!                         `ok V,V,...` with V `pass` or the errno name
+//!   raw-verdicts tcp:DEST|udp:DEST...
+//!                         the packet backstop's verdict for each: one raw TCP SYN or UDP
+//!                         header per case (sendto fails with EPERM when the backstop drops it)
 //!   tamper CGROUP PINDIR MAP_ID LINK_ID
 //!                         what an unprivileged process could try against the jail: each
 //!                         attempt prints NAME=ERRNO, or NAME=SUCCEEDED
@@ -73,11 +85,28 @@ fn main() {
             raw_syn(v4(dest()), src)
         }
         "raw-udp" => raw_udp(dest()),
+        "raw-ihl0" => raw_ihl0(v4(dest())),
+        "raw-version" => {
+            let decoy: std::net::IpAddr = rest
+                .get(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| usage("raw-version needs DEST DECOY"));
+            raw_version(dest(), decoy)
+        }
+        "raw-v6-truncated" => match dest() {
+            SocketAddr::V6(d) => raw_v6_truncated(d),
+            SocketAddr::V4(_) => usage("raw-v6-truncated is IPv6 only"),
+        },
         "icmp-echo" => icmp(v4(dest()), libc::SOCK_RAW),
         "ping" => icmp(v4(dest()), libc::SOCK_DGRAM),
         "verdicts" => Ok(rest
             .iter()
             .map(|c| verdict(c))
+            .collect::<Vec<_>>()
+            .join(",")),
+        "raw-verdicts" => Ok(rest
+            .iter()
+            .map(|c| raw_verdict(c))
             .collect::<Vec<_>>()
             .join(",")),
         "tamper" => match rest {
@@ -364,6 +393,57 @@ fn raw_udp(dest: SocketAddr) -> io::Result<String> {
     Ok("sent".into())
 }
 
+/// A malformed IPv4 header (IHL 0): the kernel sends a header-included packet with IHL < 5
+/// as it is, so every field is ours, the total length included.
+fn raw_ihl0(dest: std::net::SocketAddrV4) -> io::Result<String> {
+    let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    let mut p = [0u8; 28];
+    p[0] = 0x40; // version 4, IHL 0
+    p[2..4].copy_from_slice(&dest.port().to_be_bytes()); // total length = the port
+    p[8] = 64; // TTL
+    p[9] = libc::IPPROTO_UDP as u8;
+    p[16..20].copy_from_slice(&dest.ip().octets());
+    sendto(fd.as_raw_fd(), &p, SocketAddr::new((*dest.ip()).into(), 0))?;
+    Ok("sent".into())
+}
+
+/// A header-included packet sent through one family's socket whose version nibble names the
+/// other family, laid out so that a parser trusting the nibble finds `decoy` as destination.
+fn raw_version(dest: SocketAddr, decoy: std::net::IpAddr) -> io::Result<String> {
+    let mut p = [0u8; 48];
+    match (dest, decoy) {
+        (SocketAddr::V4(d), std::net::IpAddr::V6(decoy)) => {
+            p[0] = 0x65; // "IPv6" (as IPv4: IHL 5, which the kernel requires)
+            p[8] = 64; // TTL
+            p[9] = libc::IPPROTO_UDP as u8;
+            p[16..20].copy_from_slice(&d.ip().octets()); // the IPv4 destination field
+            p[24..40].copy_from_slice(&decoy.octets()); // the IPv6 destination field
+        }
+        (SocketAddr::V6(d), std::net::IpAddr::V4(decoy)) => {
+            p[0] = 0x45; // "IPv4", IHL 5
+            p[9] = libc::IPPROTO_UDP as u8;
+            p[16..20].copy_from_slice(&decoy.octets()); // the IPv4 destination field
+            p[24..40].copy_from_slice(&d.ip().octets()); // the IPv6 destination field
+        }
+        _ => usage("raw-version: DECOY must be of the other family"),
+    }
+    let fd = socket(family(&dest), libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    sendto(fd.as_raw_fd(), &p, SocketAddr::new(dest.ip(), 0))?;
+    Ok("sent".into())
+}
+
+/// A header-included IPv6 packet that is only its fixed header, announcing a hop-by-hop header.
+fn raw_v6_truncated(dest: std::net::SocketAddrV6) -> io::Result<String> {
+    let mut p = [0u8; 40];
+    p[0] = 0x60;
+    p[6] = 0; // next header: hop-by-hop options, which are not there
+    p[7] = 64;
+    p[24..40].copy_from_slice(&dest.ip().octets());
+    let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    sendto(fd.as_raw_fd(), &p, SocketAddr::new((*dest.ip()).into(), 0))?;
+    Ok("sent".into())
+}
+
 /// An ICMP echo request, from a raw socket or a ping socket; waits for the reply.
 fn icmp(dest: std::net::SocketAddrV4, ty: libc::c_int) -> io::Result<String> {
     let fd = socket(libc::AF_INET, ty, libc::IPPROTO_ICMP)?;
@@ -413,6 +493,49 @@ fn verdict(case: &str) -> String {
     match r {
         Ok(_) => "pass".into(),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => "pass".into(),
+        Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// The packet backstop's verdict for one raw TCP or UDP header (no socket hook runs for raw
+/// sockets). The checksum is left to the kernel for IPv6 and left zero for IPv4: only the
+/// verdict matters, the receiver may drop the packet.
+fn raw_verdict(case: &str) -> String {
+    let (proto, off, dest) = match case.split_once(':') {
+        Some(("tcp", d)) => (libc::IPPROTO_TCP, 16, d),
+        Some(("udp", d)) => (libc::IPPROTO_UDP, 6, d),
+        _ => usage(&format!("bad case {case}")),
+    };
+    let dest: SocketAddr = dest
+        .parse()
+        .unwrap_or_else(|_| usage(&format!("bad DEST {dest}")));
+    let r = socket(family(&dest), libc::SOCK_RAW, proto).and_then(|fd| {
+        let mut hdr = vec![0u8; if proto == libc::IPPROTO_TCP { 20 } else { 8 }];
+        hdr[0..2].copy_from_slice(&40002u16.to_be_bytes());
+        hdr[2..4].copy_from_slice(&dest.port().to_be_bytes());
+        if proto == libc::IPPROTO_TCP {
+            hdr[12] = 5 << 4;
+            hdr[13] = 0x02; // SYN
+        } else {
+            hdr[4..6].copy_from_slice(&8u16.to_be_bytes());
+        }
+        if dest.is_ipv6() {
+            let offset: libc::c_int = off;
+            // SAFETY: setsockopt with a pointer to a live c_int and its size.
+            cvt(unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_CHECKSUM,
+                    (&offset as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            })?;
+        }
+        sendto(fd.as_raw_fd(), &hdr, SocketAddr::new(dest.ip(), 0))
+    });
+    match r {
+        Ok(_) => "pass".into(),
         Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
     }
 }
