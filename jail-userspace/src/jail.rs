@@ -9,10 +9,16 @@
 //!    meanwhile the launcher moves it into the jail cgroup, attaches pasta and the eBPF programs;
 //! 2. unshares a cgroup namespace, rooted at the jail cgroup it now sits in;
 //! 3. mounts a fresh /proc (its own PID namespace), binds the jail's resolv.conf over
-//!    /etc/resolv.conf, and lets every group use ping sockets in the jail's network namespace;
+//!    /etc/resolv.conf, covers the sockets of services that would act outside the jail
+//!    ([`crate::mask`]: /dev/null over a socket, an empty read-only tmpfs over a socket
+//!    directory), replaces every cgroup mount of the host with the jail's own cgroup2 (rooted at
+//!    the jail cgroup by the cgroup namespace), and lets every group use ping sockets in the
+//!    jail's network namespace;
 //! 4. forks the command, which drops to the target user with no capabilities (bounding,
-//!    permitted, effective, inheritable and ambient sets empty), sets no_new_privs, closes every
-//!    descriptor above 2 and execs; the last thing before execve;
+//!    permitted, effective, inheritable and ambient sets empty), sets no_new_privs, installs the
+//!    seccomp filter ([`crate::seccomp`]) before any code of the user runs (the login shell that
+//!    finds PATH included), closes every descriptor above 2 and execs; the last thing before
+//!    execve;
 //! 5. reaps children, forwards SIGTERM and SIGHUP to the command, and exits with the command's
 //!    status (128+N for signal N) — taking every process left in the PID namespace with it.
 //!
@@ -47,7 +53,11 @@ use nix::{
     },
 };
 
-use crate::{sys, user::Target};
+use crate::{
+    mask::{self, Kind, Mask},
+    seccomp, sys,
+    user::Target,
+};
 
 /// Exit status when the jail could not be built (as `podman run`).
 pub const EXIT_JAIL_FAILED: i32 = 125;
@@ -65,6 +75,8 @@ pub struct Spec {
     pub cwd: PathBuf,
     /// The jail's resolv.conf, bound over /etc/resolv.conf.
     pub resolv_conf: PathBuf,
+    /// Broker sockets to cover in the jail's mount namespace ([`mask::plan`]).
+    pub masks: Vec<Mask>,
 }
 
 /// The init, seen from the launcher.
@@ -117,12 +129,17 @@ pub fn spawn(spec: &Spec) -> Result<Init> {
 }
 
 /// Forks the command without any jail (the egress jail is turned off): same user, same dropped
-/// capabilities, same environment, host networking.
+/// capabilities, same environment, host networking, no seccomp filter.
 pub fn fork_command(spec: &Spec) -> Result<Pid> {
-    // SAFETY (fork): the launcher is single-threaded.
+    fork_exec(spec, false)
+}
+
+/// Forks the command; `jailed` installs the seccomp filter.
+fn fork_exec(spec: &Spec, jailed: bool) -> Result<Pid> {
+    // SAFETY (fork): the launcher, and the init, are single-threaded.
     match unsafe { fork() }.context("fork the command")? {
         ForkResult::Child => {
-            let code = match exec_command(spec) {
+            let code = match exec_command(spec, jailed) {
                 Ok(never) => match never {},
                 Err((code, e)) => {
                     eprintln!("claude-jail: {e:#}");
@@ -164,7 +181,7 @@ fn init_main(spec: &Spec, go: OwnedFd) -> Result<i32> {
     let sfd = SignalFd::with_flags(&watched, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
 
     // The init is single-threaded.
-    let command = fork_command(spec)?;
+    let command = fork_exec(spec, true)?;
     loop {
         let Some(info) = sfd.read_signal().context("read signalfd")? else {
             continue;
@@ -189,12 +206,202 @@ fn init_main(spec: &Spec, go: OwnedFd) -> Result<i32> {
     }
 }
 
+const NOSUID: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
 fn setup_mounts(spec: &Spec) -> Result<()> {
-    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("proc"), "/proc", Some("proc"), nosuid, None::<&str>)
+    // Read before /proc is replaced: the mounts this namespace inherited from the host.
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+    mount(Some("proc"), "/proc", Some("proc"), NOSUID, None::<&str>)
         .context("mount /proc for the jail's PID namespace")?;
     bind_ro(&spec.resolv_conf, Path::new("/etc/resolv.conf"))?;
+    for m in &spec.masks {
+        apply_mask(m).with_context(|| {
+            format!(
+                "cover {} ({}) in the jail (fix: remove it, or name it with `allow-socket`)",
+                m.path.display(),
+                m.what
+            )
+        })?;
+    }
+    for c in mask::cgroup_covers(&mountinfo) {
+        cover_cgroup(&c)
+            .with_context(|| format!("hide the host's cgroups at {}", c.at.display()))?;
+    }
     Ok(())
+}
+
+/// Covers one broker path. The path is opened without following a final symlink and its type
+/// checked, and the mount goes onto that very file (/proc/self/fd/N): a path the user swapped
+/// for a symlink since the launcher looked cannot redirect the mount. A path that is gone, or
+/// no longer what it was, has nothing left to hide.
+fn apply_mask(m: &Mask) -> Result<()> {
+    use nix::{fcntl::OFlag, sys::stat::Mode};
+    let fd = match open_path(&m.path, OFlag::O_NOFOLLOW) {
+        Ok(fd) => fd,
+        Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).context("fstat")?;
+    let fmt = st.st_mode & libc::S_IFMT;
+    let here = PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ));
+    // Every step below goes through descriptors, never through a path the user could swap for
+    // a symlink. A descriptor names the file under the new mount, so the mount itself is
+    // reached again from the parent's descriptor (a lookup crosses onto the top mount).
+    let parent = m.path.parent().context("no parent directory")?;
+    let name = m.path.file_name().context("no file name")?;
+    let parent = open_path(parent, OFlag::O_DIRECTORY)?;
+    let reopen = |flags: OFlag| -> Result<OwnedFd> {
+        let fd = nix::fcntl::openat(
+            Some(std::os::fd::AsRawFd::as_raw_fd(&parent)),
+            name,
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context("open the new mount")?;
+        // SAFETY: just opened, owned by nobody else.
+        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    };
+    let ro = |top: &OwnedFd, flags: MsFlags| {
+        let at = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(top));
+        mount(
+            None::<&str>,
+            at.as_str(),
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID | flags,
+            None::<&str>,
+        )
+        .context("make the mount read-only")
+    };
+    match m.kind {
+        Kind::Socket if fmt == libc::S_IFSOCK => {
+            mount(
+                Some("/dev/null"),
+                &here,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .context("bind /dev/null")?;
+            ro(&reopen(OFlag::O_PATH)?, MsFlags::MS_BIND)?;
+        }
+        Kind::Dir if fmt == libc::S_IFDIR => {
+            // The kept sockets are opened before the tmpfs hides them.
+            let mut kept = Vec::new();
+            for rel in &m.keep {
+                match nix::fcntl::openat(
+                    Some(std::os::fd::AsRawFd::as_raw_fd(&fd)),
+                    rel,
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    // SAFETY: just opened, owned by nobody else.
+                    Ok(k) => kept.push((rel, unsafe {
+                        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(k)
+                    })),
+                    Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(e).with_context(|| format!("open {}", rel.display())),
+                }
+            }
+            mount(
+                Some("claude-jail-mask"),
+                &here,
+                Some("tmpfs"),
+                NOSUID,
+                Some("mode=0755,size=64k"),
+            )
+            .context("mount an empty tmpfs")?;
+            let root = reopen(OFlag::O_DIRECTORY)?;
+            let root_raw = std::os::fd::AsRawFd::as_raw_fd(&root);
+            let fs = nix::sys::statfs::fstatfs(&root).context("fstatfs")?;
+            if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+                bail!("the new tmpfs is not where it was mounted");
+            }
+            for (rel, k) in &kept {
+                // select() keeps only direct children: `rel` is one file name.
+                let f = nix::fcntl::openat(
+                    Some(root_raw),
+                    *rel,
+                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .with_context(|| format!("create the mount point for {}", rel.display()))?;
+                let _ = nix::unistd::close(f);
+                let src = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(k));
+                let dst = format!("/proc/self/fd/{root_raw}/{}", rel.display());
+                mount(
+                    Some(src.as_str()),
+                    dst.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .with_context(|| format!("keep {} (allow-socket)", rel.display()))?;
+            }
+            ro(&root, MsFlags::empty())?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// An O_PATH descriptor of `p` (with `extra` flags).
+fn open_path(p: &Path, extra: nix::fcntl::OFlag) -> Result<OwnedFd> {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::open(
+        p,
+        OFlag::O_PATH | OFlag::O_CLOEXEC | extra,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(anyhow::Error::from)
+    .with_context(|| format!("open {}", p.display()))?;
+    // SAFETY: `open` just returned this descriptor and nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Hides one cgroup filesystem of the host: an empty tmpfs over it, the jail's own cgroup2 (the
+/// init sits in a cgroup namespace rooted at the jail cgroup, so that is all it shows) where a
+/// cgroup2 was, then the tmpfs read-only.
+fn cover_cgroup(c: &mask::CgroupCover) -> Result<()> {
+    let cgroup2 = |at: &Path| {
+        mount(
+            Some("cgroup2"),
+            at,
+            Some("cgroup2"),
+            NOSUID | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .with_context(|| format!("mount the jail's cgroup2 on {}", at.display()))
+    };
+    if c.cgroup2_at.iter().any(|r| r.as_os_str().is_empty()) {
+        return cgroup2(&c.at);
+    }
+    mount(
+        Some("claude-jail-cgroup"),
+        &c.at,
+        Some("tmpfs"),
+        NOSUID,
+        Some("mode=0755,size=64k"),
+    )
+    .context("mount an empty tmpfs")?;
+    for rel in &c.cgroup2_at {
+        let at = c.at.join(rel);
+        std::fs::create_dir_all(&at).with_context(|| format!("mkdir {}", at.display()))?;
+        cgroup2(&at)?;
+    }
+    mount(
+        None::<&str>,
+        &c.at,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID,
+        None::<&str>,
+    )
+    .context("make the tmpfs read-only")
 }
 
 /// Binds `src` over `dst`, read-only.
@@ -215,10 +422,14 @@ type Never = std::convert::Infallible;
 
 /// In the command's process: drop everything, find the program, exec. Returns only on failure,
 /// with the exit status to use.
-fn exec_command(spec: &Spec) -> Result<Never, (i32, anyhow::Error)> {
+fn exec_command(spec: &Spec, jailed: bool) -> Result<Never, (i32, anyhow::Error)> {
     let fail = |e: anyhow::Error| (EXIT_JAIL_FAILED, e);
     reset_signals().map_err(fail)?;
     drop_privileges(&spec.target).map_err(fail)?;
+    if jailed {
+        // Before any code of the user runs: the login shell below reads the user's rc files.
+        seccomp::install().map_err(|e| fail(anyhow::anyhow!("install the seccomp filter: {e}")))?;
+    }
 
     let mut env = spec.env.clone();
     let name = spec

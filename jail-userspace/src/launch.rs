@@ -116,6 +116,7 @@ fn launch(args: RunArgs) -> Result<i32> {
             env,
             cwd,
             resolv_conf: PathBuf::new(),
+            masks: Vec::new(),
         };
         // Recorded where `status` shows it; a host that cannot record still runs what it was
         // told to (the jail is off by the admin's choice), but says so.
@@ -207,12 +208,14 @@ fn launch(args: RunArgs) -> Result<i32> {
     fs::write(&resolv, netns::jail_resolv_conf(&host_resolv))?;
     fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
 
+    let masks = crate::mask::plan(&target, &crate::mask::kept(&conf, &env));
     let spec = jail::Spec {
         target,
         argv: command,
         env,
         cwd,
         resolv_conf: resolv,
+        masks,
     };
     let mut init = jail::spawn(&spec)?;
     built.init = Some(init.pid);

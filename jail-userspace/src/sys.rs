@@ -23,3 +23,22 @@ pub fn clone_process(flags: CloneFlags, child: impl FnMut() -> isize) -> Result<
     // above included; the parent's copy of `stack` is freed only after clone returns here.
     unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
 }
+
+/// Installs a seccomp filter on the calling thread. The caller has set no_new_privs.
+pub fn install_seccomp(filter: &[libc::sock_filter]) -> Result<(), Errno> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| Errno::EINVAL)?,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `filter`, which outlives the call; the kernel copies the program
+    // and never writes through the pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    Errno::result(r).map(drop)
+}

@@ -1,0 +1,461 @@
+//! What the jail's mount namespace hides: the sockets of services that would act outside the
+//! jail for the jailed command, and the host's cgroup mounts.
+//!
+//! A jailed process with no network still reaches anything that listens on a unix socket path it
+//! can open: a tmux or screen server runs `new-window` commands in *its* namespaces, the systemd
+//! user manager and the D-Bus session bus start units, docker and podman start containers, an X11
+//! or Wayland server takes keystrokes for other windows, an ssh ControlMaster opens channels
+//! from the host. The launcher lists those paths here ([`plan`]), as the target user sees them;
+//! the jail's init covers each one that exists: `/dev/null` bound over a socket (connect gets
+//! ECONNREFUSED), an empty read-only tmpfs over a socket directory. Paths named by
+//! `allow-socket`, and the ssh agent socket (SSH_AUTH_SOCK: git push needs it, and an agent only
+//! signs), stay reachable. Abstract unix sockets need no mask: they belong to the network
+//! namespace, and the jail has its own.
+//!
+//! What a path list cannot find (a socket elsewhere, or created after the launch) is in
+//! docs/threat-model.md.
+use std::{
+    ffi::OsString,
+    fs,
+    os::unix::fs::FileTypeExt,
+    path::{Component, Path, PathBuf},
+};
+
+use crate::{conf::Conf, user::Target};
+
+/// How a path is covered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A socket file: `/dev/null` is bound over it.
+    Socket,
+    /// A directory of sockets: an empty read-only tmpfs is mounted over it.
+    Dir,
+}
+
+/// One path to cover in the jail's mount namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mask {
+    pub path: PathBuf,
+    pub kind: Kind,
+    /// Which service it is (for messages).
+    pub what: &'static str,
+    /// Allowed sockets below a masked directory, relative to it: bound back into the empty
+    /// tmpfs at the same place.
+    pub keep: Vec<PathBuf>,
+}
+
+/// The service paths of `uid`, by name, before looking at the filesystem. `*` as the last
+/// component of a socket path is a glob over that directory.
+pub fn candidates(uid: u32) -> Vec<(PathBuf, Kind, &'static str)> {
+    let run = format!("/run/user/{uid}");
+    let mut v = vec![
+        (format!("/tmp/tmux-{uid}"), Kind::Dir, "tmux server"),
+        ("/run/screen".into(), Kind::Dir, "screen sessions"),
+        ("/tmp/screens".into(), Kind::Dir, "screen sessions"),
+        (format!("{run}/bus"), Kind::Socket, "D-Bus session bus"),
+        (format!("{run}/systemd"), Kind::Dir, "systemd user manager"),
+        ("/run/docker.sock".into(), Kind::Socket, "docker"),
+        ("/var/run/docker.sock".into(), Kind::Socket, "docker"),
+        (
+            format!("{run}/docker.sock"),
+            Kind::Socket,
+            "docker (rootless)",
+        ),
+        ("/run/podman".into(), Kind::Dir, "podman"),
+        (format!("{run}/podman"), Kind::Dir, "podman (rootless)"),
+        ("/tmp/.X11-unix".into(), Kind::Dir, "X11"),
+        (format!("{run}/wayland-*"), Kind::Socket, "Wayland"),
+    ];
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.into_iter().map(|(p, k, w)| (p.into(), k, w)).collect()
+}
+
+/// The masks for `target`, as the filesystem is now: every candidate that exists with the
+/// expected type, plus the unix sockets under `~/.ssh` (ControlMaster sockets: directly inside
+/// it, or in a subdirectory, which is then covered whole). `keep` are the paths that stay
+/// reachable (allow-socket, SSH_AUTH_SOCK). Duplicates through symlinked directories
+/// (/var/run -> /run) are merged.
+pub fn plan(target: &Target, keep: &[PathBuf]) -> Vec<Mask> {
+    let mut found = Vec::new();
+    for (path, kind, what) in candidates(target.uid) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with('*'))
+        {
+            let prefix = path.file_name().unwrap().to_string_lossy();
+            let prefix = prefix.trim_end_matches('*').to_string();
+            for (p, k) in entries(path.parent().unwrap_or(Path::new("/"))) {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                if k == Some(kind) && name.is_some_and(|n| n.starts_with(&prefix)) {
+                    found.push((p, kind, what));
+                }
+            }
+        } else if file_kind(&path) == Some(kind) {
+            found.push((path, kind, what));
+        }
+    }
+    let ssh = target.home.join(".ssh");
+    for (p, k) in entries(&ssh) {
+        match k {
+            Some(Kind::Socket) => found.push((p, Kind::Socket, "ssh ControlMaster")),
+            Some(Kind::Dir) if entries(&p).iter().any(|(_, k)| *k == Some(Kind::Socket)) => {
+                found.push((p, Kind::Dir, "ssh ControlMaster"))
+            }
+            _ => {}
+        }
+    }
+    let found = found
+        .into_iter()
+        .map(|(p, k, w)| (resolve_parent(&p), k, w))
+        .collect();
+    let keep: Vec<PathBuf> = keep.iter().map(|p| resolve_parent(&normalize(p))).collect();
+    select(found, &keep)
+}
+
+/// The paths that stay reachable: every `allow-socket` of the conf, and the ssh agent socket
+/// of the command's environment (SSH_AUTH_SOCK).
+pub fn kept(conf: &Conf, env: &[(OsString, OsString)]) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = conf.allow_sockets.iter().map(|l| l.value.clone()).collect();
+    v.extend(
+        env.iter()
+            .filter(|(k, val)| k == "SSH_AUTH_SOCK" && Path::new(val).is_absolute())
+            .map(|(_, val)| PathBuf::from(val)),
+    );
+    v
+}
+
+/// The masks from found paths and kept ones: a path that is kept is not masked; a kept socket
+/// directly inside a masked directory is bound back into it; a directory with a kept socket
+/// deeper down is not masked.
+pub fn select(found: Vec<(PathBuf, Kind, &'static str)>, keep: &[PathBuf]) -> Vec<Mask> {
+    let mut out: Vec<Mask> = Vec::new();
+    for (path, kind, what) in found {
+        if keep.contains(&path) || out.iter().any(|m| m.path == path) {
+            continue;
+        }
+        let below: Vec<PathBuf> = keep
+            .iter()
+            .filter_map(|k| k.strip_prefix(&path).ok())
+            .filter(|r| !r.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .collect();
+        // A kept socket deeper down: the directory stays (the admin asked for what is in it).
+        if kind == Kind::Dir && below.iter().any(|r| r.components().count() > 1) {
+            continue;
+        }
+        out.push(Mask {
+            path,
+            kind,
+            what,
+            keep: if kind == Kind::Dir { below } else { Vec::new() },
+        });
+    }
+    out
+}
+
+/// A socket, a directory, or something else (None), without following a final symlink.
+fn file_kind(p: &Path) -> Option<Kind> {
+    let t = fs::symlink_metadata(p).ok()?.file_type();
+    if t.is_socket() {
+        Some(Kind::Socket)
+    } else if t.is_dir() {
+        Some(Kind::Dir)
+    } else {
+        None
+    }
+}
+
+/// The entries of a directory with their kinds (nothing when it cannot be read).
+fn entries(dir: &Path) -> Vec<(PathBuf, Option<Kind>)> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = rd
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            let k = file_kind(&p);
+            (p, k)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// `p` with its directory resolved (symlinks followed) and its last component kept as is, so
+/// that /var/run/docker.sock and /run/docker.sock are one path, and a final symlink is not
+/// followed.
+fn resolve_parent(p: &Path) -> PathBuf {
+    match (p.parent(), p.file_name()) {
+        (Some(dir), Some(name)) => fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or_else(|_| p.to_path_buf()),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Lexically cleaned: no `.`, no trailing slash (`..` is kept: a path is only compared).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            c => out.push(c.as_os_str()),
+        }
+    }
+    out
+}
+
+/// One cgroup filesystem to hide, as found in mountinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupCover {
+    /// The mount point to cover: an empty tmpfs goes here (unless `cgroup2_at` is exactly it).
+    pub at: PathBuf,
+    /// Where a fresh cgroup2 (rooted at the jail's cgroup namespace) goes, relative to `at`
+    /// (empty: at `at` itself).
+    pub cgroup2_at: Vec<PathBuf>,
+}
+
+/// What to cover so that no cgroup or cgroup2 mount of the host stays visible. A cgroup mount
+/// whose parent is a tmpfs under /sys (the hybrid layout: tmpfs at /sys/fs/cgroup, v1
+/// controllers and cgroup2 at `unified` below it) is covered by covering that tmpfs; any other
+/// is covered where it is. Each cgroup2 mount point is filled again with the jail's own cgroup2.
+pub fn cgroup_covers(mountinfo: &str) -> Vec<CgroupCover> {
+    struct M {
+        id: u64,
+        parent: u64,
+        at: PathBuf,
+        fstype: String,
+    }
+    let mounts: Vec<M> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut l = left.split_whitespace();
+            let id = l.next()?.parse().ok()?;
+            let parent = l.next()?.parse().ok()?;
+            let at = PathBuf::from(unescape_octal(l.nth(2)?));
+            let fstype = right.split_whitespace().next()?.to_string();
+            Some(M {
+                id,
+                parent,
+                at,
+                fstype,
+            })
+        })
+        .collect();
+    let mut covers: Vec<CgroupCover> = Vec::new();
+    for m in mounts
+        .iter()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+    {
+        let parent = mounts.iter().find(|p| p.id == m.parent);
+        let at = match parent {
+            Some(p)
+                if p.fstype == "tmpfs" && p.at.starts_with("/sys") && m.at.starts_with(&p.at) =>
+            {
+                p.at.clone()
+            }
+            _ => m.at.clone(),
+        };
+        let i = match covers.iter().position(|c| c.at == at) {
+            Some(i) => i,
+            None => {
+                covers.push(CgroupCover {
+                    at: at.clone(),
+                    cgroup2_at: Vec::new(),
+                });
+                covers.len() - 1
+            }
+        };
+        if m.fstype == "cgroup2" {
+            let rel =
+                m.at.strip_prefix(&at)
+                    .unwrap_or(Path::new(""))
+                    .to_path_buf();
+            if !covers[i].cgroup2_at.contains(&rel) {
+                covers[i].cgroup2_at.push(rel);
+            }
+        }
+    }
+    // A cover below another (a cgroup mount stacked inside another cover) is hidden already.
+    let all: Vec<PathBuf> = covers.iter().map(|c| c.at.clone()).collect();
+    covers.retain(|c| !all.iter().any(|o| *o != c.at && c.at.starts_with(o)));
+    covers
+}
+
+fn unescape_octal(s: &str) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    OsString::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    const HYBRID: &str = "\
+23 1 0:21 / /sys rw,nosuid,nodev,noexec,relatime - sysfs sysfs rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn hybrid_layout_is_covered_at_the_tmpfs_with_cgroup2_put_back_at_unified() {
+        assert_eq!(
+            cgroup_covers(HYBRID),
+            vec![CgroupCover {
+                at: "/sys/fs/cgroup".into(),
+                cgroup2_at: vec!["unified".into()],
+            }]
+        );
+    }
+
+    #[test]
+    fn unified_layout_gets_cgroup2_in_place() {
+        let mi = "23 1 0:21 / /sys rw - sysfs sysfs rw\n\
+                  30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup_covers(mi),
+            vec![CgroupCover {
+                at: "/sys/fs/cgroup".into(),
+                cgroup2_at: vec!["".into()],
+            }]
+        );
+    }
+
+    #[test]
+    fn a_cgroup_mount_outside_sys_is_covered_where_it_is_never_its_tmpfs_parent() {
+        let mi = "23 1 0:21 / /tmp rw - tmpfs tmpfs rw\n\
+                  50 23 0:40 / /tmp/my\\040cg rw - cgroup cgroup rw,pids\n\
+                  51 1 0:41 / /mnt/v2 rw - cgroup2 cgroup2 rw\n\
+                  52 51 0:42 / /mnt/v2/again rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup_covers(mi),
+            vec![
+                CgroupCover {
+                    at: "/tmp/my cg".into(),
+                    cgroup2_at: vec![],
+                },
+                CgroupCover {
+                    at: "/mnt/v2".into(),
+                    cgroup2_at: vec!["".into()],
+                },
+            ],
+            "/tmp itself must never be covered; a cgroup2 stacked below another cover is hidden \
+             by it"
+        );
+    }
+
+    #[test]
+    fn candidates_name_the_brokers_of_the_users_uid() {
+        let c = candidates(1000);
+        let has = |p: &str, k: Kind| c.iter().any(|(q, kk, _)| q == Path::new(p) && *kk == k);
+        assert!(has("/tmp/tmux-1000", Kind::Dir));
+        assert!(has("/run/user/1000/bus", Kind::Socket));
+        assert!(has("/run/user/1000/systemd", Kind::Dir));
+        assert!(has("/run/user/1000/podman", Kind::Dir));
+        assert!(has("/var/run/docker.sock", Kind::Socket));
+        assert!(has("/tmp/.X11-unix", Kind::Dir));
+        assert!(has("/run/screen", Kind::Dir));
+        assert!(has("/run/user/1000/wayland-*", Kind::Socket));
+        assert!(!c
+            .iter()
+            .any(|(p, _, _)| p.to_string_lossy().contains("65534")));
+    }
+
+    #[test]
+    fn kept_paths_are_not_masked_and_kept_sockets_inside_a_masked_dir_are_bound_back() {
+        let found = vec![
+            (
+                "/run/user/1000/bus".into(),
+                Kind::Socket,
+                "D-Bus session bus",
+            ),
+            (
+                "/run/user/1000/podman".into(),
+                Kind::Dir,
+                "podman (rootless)",
+            ),
+            ("/tmp/tmux-1000".into(), Kind::Dir, "tmux server"),
+            ("/tmp/tmux-1000".into(), Kind::Dir, "tmux server"),
+        ];
+        let keep = vec![
+            PathBuf::from("/run/user/1000/bus"),
+            PathBuf::from("/run/user/1000/podman/podman.sock"),
+            PathBuf::from("/run/user/1000/systemd/a/b.sock"),
+        ];
+        let mut found = found;
+        found.push((
+            "/run/user/1000/systemd".into(),
+            Kind::Dir,
+            "systemd user manager",
+        ));
+        let m = select(found, &keep);
+        assert_eq!(m.len(), 2, "bus kept, duplicates merged: {m:?}");
+        assert_eq!(m[0].path, Path::new("/run/user/1000/podman"));
+        assert_eq!(m[0].keep, vec![PathBuf::from("podman.sock")]);
+        assert_eq!(m[1].path, Path::new("/tmp/tmux-1000"));
+        assert!(m[1].keep.is_empty());
+    }
+
+    #[test]
+    fn plan_finds_control_master_sockets_under_ssh_and_keeps_the_agent() {
+        let home = std::env::temp_dir().join(format!("cj-mask-{}", std::process::id()));
+        let ssh = home.join(".ssh");
+        fs::create_dir_all(ssh.join("sockets")).unwrap();
+        fs::create_dir_all(ssh.join("empty")).unwrap();
+        let _a = UnixListener::bind(ssh.join("cm-git@forge:22")).unwrap();
+        let _b = UnixListener::bind(ssh.join("sockets/x")).unwrap();
+        let _c = UnixListener::bind(ssh.join("agent.sock")).unwrap();
+        fs::write(ssh.join("config"), "").unwrap();
+        let t = Target {
+            name: "t".into(),
+            uid: 4_000_000_000,
+            gid: 1,
+            groups: vec![],
+            home: home.clone(),
+            shell: "/bin/sh".into(),
+        };
+        let m = plan(&t, &[ssh.join("./agent.sock")]);
+        let _ = fs::remove_dir_all(&home);
+        let ssh = fs::canonicalize(std::env::temp_dir())
+            .unwrap()
+            .join(home.file_name().unwrap())
+            .join(".ssh");
+        let paths: Vec<(PathBuf, Kind)> = m.iter().map(|m| (m.path.clone(), m.kind)).collect();
+        assert!(
+            paths.contains(&(ssh.join("cm-git@forge:22"), Kind::Socket)),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&(ssh.join("sockets"), Kind::Dir)),
+            "{paths:?}"
+        );
+        assert!(
+            !paths.iter().any(|(p, _)| p.ends_with("agent.sock")),
+            "SSH_AUTH_SOCK stays reachable: {paths:?}"
+        );
+        assert!(!paths
+            .iter()
+            .any(|(p, _)| p.ends_with("empty") || p.ends_with("config")));
+    }
+}
