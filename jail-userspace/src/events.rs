@@ -461,7 +461,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cj-events-test-{}", std::process::id()));
         let log = dir.join("events.jsonl");
         let rec = Record::note("j", "unjailed-launch", 1, "x".into());
-        append(&log, &[rec.clone()]).unwrap();
+        append(&log, std::slice::from_ref(&rec)).unwrap();
         let text = fs::read_to_string(&log).unwrap();
         assert_eq!(serde_json::from_str::<Record>(text.trim()).unwrap(), rec);
         // Grow past the cap: the next append rotates.
