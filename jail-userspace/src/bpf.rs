@@ -16,7 +16,6 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{self, ErrorKind},
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -37,7 +36,7 @@ use jail_common::{
     VERDICT_ALLOW, VERDICT_DENY,
 };
 
-use crate::policy::MapEntries;
+use crate::policy::{port_key4, port_key6, MapEntries};
 
 /// The object built by `cargo xtask build-ebpf`, embedded by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jail-ebpf.o"));
@@ -89,17 +88,6 @@ pub fn is_bpffs(path: &Path) -> Result<bool> {
     Ok(st.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
 
-/// Creates `dir` (and parents) as root-only directories.
-fn create_private_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("create {}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod 700 {}", dir.display()))
-}
-
 /// Loads the programs, fills the maps with `entries`, attaches all five programs to the cgroup
 /// at `cgroup_dir`, and pins maps and links in `pin_dir` (which must not exist yet). Returns the
 /// open maps. On failure nothing stays attached or pinned.
@@ -122,7 +110,7 @@ fn attach_inner(cgroup_dir: &Path, pin_dir: &Path, entries: &MapEntries) -> Resu
              CONFIG_BPF_SYSCALL and cgroup BPF; {HATCH})"
         ))
     })?;
-    create_private_dir(pin_dir)?;
+    crate::state::private_dir(pin_dir)?;
     let mut jail_maps = JailMaps::take_and_pin(&mut ebpf, pin_dir)?;
     jail_maps.apply(entries).context("fill the policy maps")?;
 
@@ -327,8 +315,8 @@ impl JailMaps {
         let mut changes = 0;
         changes += add_lpm(&mut self.allow4, &e.allow4)?;
         changes += add_lpm(&mut self.allow6, &e.allow6)?;
-        changes += add_hash(&mut self.allow4_port, &e.allow4_port, key4)?;
-        changes += add_hash(&mut self.allow6_port, &e.allow6_port, key6)?;
+        changes += add_hash(&mut self.allow4_port, &e.allow4_port, port_key4)?;
+        changes += add_hash(&mut self.allow6_port, &e.allow6_port, port_key6)?;
         changes += add_lpm(&mut self.deny4, &e.deny4)?;
         changes += add_lpm(&mut self.deny6, &e.deny6)?;
         changes += remove_lpm(&mut self.deny4, &e.deny4)?;
@@ -387,24 +375,8 @@ impl JailMaps {
     }
 }
 
-fn key4(&(addr, port, proto): &(u32, u16, u8)) -> PortKey4 {
-    PortKey4 {
-        addr,
-        port,
-        proto,
-        _pad: 0,
-    }
-}
 fn tuple4(k: &PortKey4) -> (u32, u16, u8) {
     (k.addr, k.port, k.proto)
-}
-fn key6(&(addr, port, proto): &([u32; 4], u16, u8)) -> PortKey6 {
-    PortKey6 {
-        addr,
-        port,
-        proto,
-        _pad: 0,
-    }
 }
 fn tuple6(k: &PortKey6) -> ([u32; 4], u16, u8) {
     (k.addr, k.port, k.proto)

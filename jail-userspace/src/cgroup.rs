@@ -68,7 +68,9 @@ fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
-fn unescape_octal(s: &str) -> String {
+/// A mountinfo field with its octal escapes (`\040` for a space) decoded.
+pub(crate) fn unescape_octal(s: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -84,7 +86,7 @@ fn unescape_octal(s: &str) -> String {
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    std::ffi::OsString::from_vec(out)
 }
 
 /// A cgroup directory this process created.

@@ -234,7 +234,7 @@ pub fn cgroup_covers(mountinfo: &str) -> Vec<CgroupCover> {
             let mut l = left.split_whitespace();
             let id = l.next()?.parse().ok()?;
             let parent = l.next()?.parse().ok()?;
-            let at = PathBuf::from(unescape_octal(l.nth(2)?));
+            let at = PathBuf::from(crate::cgroup::unescape_octal(l.nth(2)?));
             let fstype = right.split_whitespace().next()?.to_string();
             Some(M {
                 id,
@@ -282,26 +282,6 @@ pub fn cgroup_covers(mountinfo: &str) -> Vec<CgroupCover> {
     let all: Vec<PathBuf> = covers.iter().map(|c| c.at.clone()).collect();
     covers.retain(|c| !all.iter().any(|o| *o != c.at && c.at.starts_with(o)));
     covers
-}
-
-fn unescape_octal(s: &str) -> OsString {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    OsString::from_vec(out)
 }
 
 #[cfg(test)]

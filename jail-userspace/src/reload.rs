@@ -41,22 +41,34 @@ pub fn lock(paths: &Paths, id: &str) -> Result<JailLock> {
     Ok(JailLock(l))
 }
 
-/// Compiles `conf` against the host and brings one jail's maps (its own and pasta's) to it.
-/// Returns the jail's new policy.
-pub fn apply(paths: &Paths, id: &str, conf: &Conf, host: &HostNet) -> Result<Policy> {
+/// The jail's and pasta's policies for `conf` on this host (pasta's resolvers from the host's
+/// resolv.conf, as at launch).
+pub fn compile(conf: &Conf, host: &HostNet) -> (Policy, Policy) {
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let (jail, pasta) = launch::policies(conf, host, &netns::resolvers(&resolv));
+    launch::policies(conf, host, &netns::resolvers(&resolv))
+}
+
+/// Compiles `conf` against the host and brings one jail's maps (its own first, then pasta's) to
+/// it. Returns the jail's new policy.
+pub fn apply(paths: &Paths, id: &str, conf: &Conf, host: &HostNet) -> Result<Policy> {
+    let (jail, pasta) = compile(conf, host);
     for p in [&jail, &pasta] {
         if let Some(msg) = p.map_entries().over_capacity() {
             bail!("{msg}");
         }
     }
     let _lock = lock(paths, id)?;
-    JailMaps::open(&paths.jail_pins(id))?
-        .apply(jail.map_entries())
-        .context("update the jail's maps")?;
-    JailMaps::open(&paths.pasta_pins(id))?
-        .apply(pasta.map_entries())
+    let mut jail_maps = JailMaps::open(&paths.jail_pins(id))?;
+    let mut pasta_maps = JailMaps::open(&paths.pasta_pins(id))?;
+    // The two instances are independent: update them side by side (each keeps its own
+    // add-before-remove order), so 10,000 entries take effect in the time of one.
+    let (j, p) = std::thread::scope(|s| {
+        let p = s.spawn(|| pasta_maps.apply(pasta.map_entries()));
+        let j = jail_maps.apply(jail.map_entries());
+        (j, p.join())
+    });
+    j.context("update the jail's maps")?;
+    p.map_err(|_| anyhow::anyhow!("updating pasta's maps panicked"))?
         .context("update pasta's maps")?;
     Ok(jail)
 }

@@ -116,9 +116,10 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
         let Some(j) = &mut w.jail else { continue };
         drain(j);
         let now = Instant::now();
-        if reload_asked || host_changed.is_some_and(|t| now >= t) {
+        let host_due = host_changed.is_some_and(|t| now >= t);
+        if reload_asked || host_due {
             host_changed = None;
-            refresh(j);
+            refresh(j, host_due);
         }
         if now >= next_flush {
             flush(j);
@@ -155,7 +156,11 @@ fn flush(j: &mut JailWatch) {
 
 /// Re-reads the jail's conf (as its registry record names it) and the host's network, and brings
 /// the maps there. Failures are logged, and the jail keeps its current policy.
-fn refresh(j: &mut JailWatch) {
+///
+/// After `claude-jail reload` (which applied the maps itself, recorded the digest, then sent
+/// SIGUSR1) the compiled policy has the recorded digest: only the launcher's copy (used to name
+/// rules in events) is refreshed. A host change (`host_changed`) always re-applies.
+fn refresh(j: &mut JailWatch, host_changed: bool) {
     let result = (|| -> Result<Policy> {
         let rec = state::list_records(&j.paths)?
             .into_iter()
@@ -164,6 +169,12 @@ fn refresh(j: &mut JailWatch) {
             .ok_or_else(|| anyhow::anyhow!("no registry record"))?;
         let conf = reload::load_conf(std::path::Path::new(&rec.conf))?;
         let host = HostNet::read()?;
+        if !host_changed {
+            let (compiled, _) = reload::compile(&conf, &host);
+            if compiled.digest() == rec.policy_digest {
+                return Ok(compiled);
+            }
+        }
         let policy = reload::apply(&j.paths, &j.id, &conf, &host)?;
         let digest = policy.digest();
         if digest != rec.policy_digest {

@@ -5,7 +5,8 @@
 //! - `build`: build-ebpf, then the `claude-jail` binary that embeds the object;
 //! - `test`: setup, build, `cargo fmt --check`, clippy, then every test (unit and integration) run
 //!   as root inside `unshare --net --mount`, so that no test packet can reach the real network;
-//! - `demo`: setup, build, then a jailed probe in a throwaway fake network.
+//! - `demo`: setup, build, then a jailed probe in a throwaway fake network;
+//! - `bench`: the performance goals, measured side by side in a fake network (release build).
 use std::{
     env,
     ffi::OsStr,
@@ -39,6 +40,9 @@ enum Task {
     },
     /// Set up, build, and run a jailed probe in a throwaway fake network.
     Demo,
+    /// Benchmarks (release build, in a fake network): the packet backstop's cost on bulk TCP,
+    /// and reloading 10,000 allow entries; printed as ratios measured side by side.
+    Bench,
 }
 
 fn main() -> Result<()> {
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => test(&root, &args),
         Task::Demo => demo(&root),
+        Task::Bench => bench(&root),
     }
 }
 
@@ -156,6 +161,38 @@ fn demo(root: &Path) -> Result<()> {
         .args(["test", "-p", "jail-tests", "--offline", "--test", "demo"])
         .args(["--", "--nocapture"])
         .env("CLAUDE_JAIL_BIN", root.join("target/debug/claude-jail"))
+        .env("CLAUDE_JAIL_PASTA", tools_bin(root).join("pasta"));
+    run(&mut cmd)
+}
+
+fn bench(root: &Path) -> Result<()> {
+    setup(root)?;
+    build_ebpf(root)?;
+    run(cargo(root).args(["build", "--release", "-p", "jail-userspace"]))?;
+    run(cargo(root).args([
+        "test",
+        "--release",
+        "-p",
+        "jail-tests",
+        "--test",
+        "bench",
+        "--no-run",
+    ]))?;
+    let mut cmd = Command::new("unshare");
+    cmd.current_dir(root)
+        .args(["--net", "--mount", "--"])
+        .arg(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "jail-tests",
+            "--offline",
+            "--test",
+            "bench",
+        ])
+        .args(["--", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env("CLAUDE_JAIL_BIN", root.join("target/release/claude-jail"))
         .env("CLAUDE_JAIL_PASTA", tools_bin(root).join("pasta"));
     run(&mut cmd)
 }
