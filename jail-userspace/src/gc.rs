@@ -51,12 +51,30 @@ pub fn collect(paths: &Paths, verbose: bool) -> Report {
         }
     }
     for id in ids.into_iter().filter(|id| !live.contains(id)) {
+        // Read again now: a launch registers before it creates anything, so a record written
+        // since the list above was read belongs to a launch still being built.
+        let recorded = match fs::read(paths.record(&id)) {
+            Ok(b) => match serde_json::from_slice::<state::JailRecord>(&b) {
+                Ok(rec) if state::pid_alive(rec.launcher_pid) => continue,
+                _ => true,
+            },
+            Err(_) => false,
+        };
         let jail = Cgroup::existing(&paths.jail_cgroup(&id));
         if jail.path().exists() && jail.populated().unwrap_or(true) {
             report.populated.push(id);
             continue;
         }
-        match remove(paths, &id) {
+        // Without a record, the cgroups are not this registry's to take: every launch registers
+        // before it creates them and unregisters only after removing them, so they belong to a
+        // launcher with another /run (another mount namespace), maybe still building its jail.
+        // Its pins and run directory, if any, are in this registry's own directories: removed.
+        let r = if recorded {
+            remove(paths, &id)
+        } else {
+            remove_private(paths, &id)
+        };
+        match r {
             Ok(()) => report.removed.push(id),
             Err(e) if verbose => eprintln!("claude-jail: warning: gc {id}: {e:#}"),
             Err(_) => {}
@@ -75,16 +93,23 @@ fn remove(paths: &Paths, id: &str) -> Result<()> {
     if pasta_cg.path().exists() {
         pasta_cg.kill_all(Duration::from_secs(5))?;
     }
+    remove_private(paths, id)?;
+    Cgroup::existing(&paths.cgroup_root.join(id)).remove()?;
+    state::remove_record(paths, id)
+}
+
+/// Removes what a jail has under this registry's own directories: namespace file, pins, run
+/// directory.
+fn remove_private(paths: &Paths, id: &str) -> Result<()> {
     let run = paths.jail_run(id);
     netns::unbind_netns(&run.join("netns"))?;
     bpf::unpin(&paths.jail_pins(id))?;
     bpf::unpin(&paths.pasta_pins(id))?;
     remove_dir(&paths.pins.join(id))?;
-    Cgroup::existing(&paths.cgroup_root.join(id)).remove()?;
     if run.exists() {
         fs::remove_dir_all(&run)?;
     }
-    state::remove_record(paths, id)
+    Ok(())
 }
 
 fn remove_dir(p: &Path) -> Result<()> {

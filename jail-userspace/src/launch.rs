@@ -178,6 +178,10 @@ fn launch(args: RunArgs) -> Result<i32> {
     let mut built = Built::default();
     built.paths = Some(paths.clone());
     built.id = id.clone();
+    // Registered before anything of the jail exists: a concurrent launcher's gc then sees this
+    // launch as live and never takes its cgroups or pins while they are being built.
+    state::write_record(&paths, &record)?;
+    built.record = true;
     let run_dir = paths.jail_run(&id);
     state::private_dir(&run_dir)?;
     built.run_dir = Some(run_dir.clone());
@@ -400,8 +404,11 @@ impl Drop for Built {
                 warn("unpin", e);
             }
         }
+        // A cgroup that cannot be removed keeps the record, so that a later gc finds it.
+        let mut keep_record = false;
         for cg in self.cgroups.drain(..).rev() {
             if let Err(e) = cg.remove() {
+                keep_record = true;
                 warn("remove cgroup", e.into());
             }
         }
@@ -409,7 +416,7 @@ impl Drop for Built {
             // The per-jail parents: <cgroup>/claude-jail/<id>, <bpffs>/claude-jail/<id>.
             let _ = fs::remove_dir(paths.cgroup_root.join(&self.id));
             let _ = fs::remove_dir(paths.pins.join(&self.id));
-            if self.record {
+            if self.record && !keep_record {
                 if let Err(e) = state::remove_record(paths, &self.id) {
                     warn("remove the registry record", e);
                 }
