@@ -40,7 +40,11 @@ pub fn locate(env: Option<&std::ffi::OsStr>) -> Result<PathBuf> {
         if is_executable(&p) {
             return Ok(p);
         }
-        bail!("{ENV_PASTA}={}: not an executable file", p.display());
+        bail!(
+            "{ENV_PASTA}={}: not an executable file (fix: point {ENV_PASTA} at pasta, or unset \
+             it and install the passt package)",
+            p.display()
+        );
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
