@@ -49,3 +49,123 @@ pub fn run_jailed(world: &FakeWorld, conf: &Path, script: &str) -> Result<Output
     .output()?;
     Ok(out)
 }
+
+/// Writes a root-owned, 0644 conf file in the world's directory (the launcher refuses anything
+/// else) and returns its path.
+pub fn write_conf(world: &FakeWorld, name: &str, text: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = world.dir().join(name);
+    std::fs::write(&p, text)?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
+    Ok(p)
+}
+
+/// `claude-jail ARGS...` as [`claude_jail`] does, but inside a further private mount namespace of
+/// the world's host in which `setup` (a sh script) ran first, e.g. to hide /dev/net/tun. The
+/// binary is `$0`-free: the script runs as `sh -c 'SETUP && exec "$@"' sh claude-jail ARGS...`.
+pub fn claude_jail_after(world: &FakeWorld, setup: &str, args: &[&str]) -> Result<Command> {
+    let mut cmd = world.host_command("unshare")?;
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(format!("{setup}\nexec \"$@\""))
+        .arg("sh")
+        .arg(claude_jail_bin()?)
+        .args(args)
+        .env("CLAUDE_JAIL_PASTA", locate_pasta()?)
+        .env_remove("CLAUDE_SANDBOX_EGRESS_JAIL")
+        .env_remove("CLAUDE_SANDBOX_CONF")
+        .stdin(Stdio::null());
+    Ok(cmd)
+}
+
+/// A shell snippet that prints the jail's id: the jail's /etc/resolv.conf is bound from
+/// /run/claude-jail/<id>/resolv.conf, and its mountinfo line names that source.
+pub const PRINT_JAIL_ID: &str =
+    "awk '$5 == \"/etc/resolv.conf\" { split($4, p, \"/\"); print \"jail-id \" p[2] }' /proc/self/mountinfo";
+
+/// The jail ids printed by [`PRINT_JAIL_ID`] in `stdout`.
+pub fn jail_ids(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("jail-id "))
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.len() == 12 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
+}
+
+/// The root directory of the world's host mount namespace, as seen from the test process.
+pub fn host_root(world: &FakeWorld) -> PathBuf {
+    world
+        .host_mntns_path()
+        .parent()
+        .and_then(Path::parent)
+        .expect("/proc/PID/ns/mnt")
+        .join("root")
+}
+
+/// Everything of the given jails still present: run directories, registry records, pins,
+/// cgroups, mounts in the world's host mount namespace, processes naming the jail (pasta).
+/// Also anything at all under the world's /run/claude-jail and bpffs besides the empty
+/// registry. Empty when the launches cleaned up after themselves.
+pub fn leftovers(world: &FakeWorld, ids: &[String]) -> Vec<String> {
+    let mut left = Vec::new();
+    let root = host_root(world);
+    let run = root.join("run/claude-jail");
+    if let Ok(entries) = std::fs::read_dir(&run) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != "jails" {
+                left.push(format!("run directory entry {}", e.path().display()));
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(run.join("jails")) {
+        for e in entries.flatten() {
+            left.push(format!("registry record {}", e.path().display()));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(root.join("sys/fs/bpf/claude-jail")) {
+        for e in entries.flatten() {
+            left.push(format!("pins {}", e.path().display()));
+        }
+    }
+    let cg = claude_jail::cgroup::cgroup2_mount()
+        .map(|m| m.join(claude_jail::cgroup::PARENT))
+        .ok();
+    let mountinfo = std::fs::read_to_string(
+        world
+            .host_mntns_path()
+            .parent()
+            .and_then(Path::parent)
+            .expect("/proc/PID/ns/mnt")
+            .join("mountinfo"),
+    )
+    .unwrap_or_default();
+    let procs: Vec<(String, String)> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .filter_map(|e| {
+                    let c = std::fs::read(e.path().join("cmdline")).ok()?;
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        String::from_utf8_lossy(&c).replace('\0', " "),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in ids {
+        if let Some(cg) = &cg {
+            if cg.join(id).exists() {
+                left.push(format!("cgroup {}", cg.join(id).display()));
+            }
+        }
+        for l in mountinfo.lines().filter(|l| l.contains(id.as_str())) {
+            left.push(format!("mount {l}"));
+        }
+        for (pid, cmd) in procs.iter().filter(|(_, c)| c.contains(id.as_str())) {
+            left.push(format!("process {pid}: {cmd}"));
+        }
+    }
+    left
+}

@@ -1,0 +1,440 @@
+//! `claude-jail run`'s life cycle in the fake world: exit statuses and signals propagate, what the
+//! command leaves running dies with it, nothing is left behind after many launches, an
+//! interactive shell works through tmux, and half-closed TCP exchanges through the jail are
+//! byte-exact.
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use jail_tests::{
+    have_root,
+    jail::{claude_jail, claude_jail_bin, jail_ids, leftovers, write_conf, PRINT_JAIL_ID},
+    pasta::locate_pasta,
+    FakeWorld,
+};
+
+fn conf(world: &FakeWorld) -> PathBuf {
+    write_conf(world, "claude-sandbox.conf", "").unwrap()
+}
+
+fn run(world: &FakeWorld, conf: &std::path::Path, argv: &[&str]) -> std::process::Output {
+    let c = conf.display().to_string();
+    let mut args = vec!["run", "--config", &c, "--user", "nobody", "--"];
+    args.extend_from_slice(argv);
+    claude_jail(world, &args).unwrap().output().unwrap()
+}
+
+#[test]
+fn exit_statuses_propagate() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf(&world);
+    for (argv, code, rule) in [
+        (&["true"][..], 0, "success is 0"),
+        (&["sh", "-c", "exit 3"][..], 3, "the command's exit status"),
+        (
+            &["sh", "-c", "exit 255"][..],
+            255,
+            "the command's exit status (255)",
+        ),
+        (
+            &["sh", "-c", "kill -TERM $$"][..],
+            128 + 15,
+            "128+N when signal N ended it (TERM)",
+        ),
+        (
+            &["sh", "-c", "kill -KILL $$"][..],
+            128 + 9,
+            "128+N when signal N ended it (KILL)",
+        ),
+        (
+            &["sh", "-c", "kill -SEGV $$"][..],
+            128 + 11,
+            "128+N when signal N ended it (SEGV)",
+        ),
+        (
+            &["cj-no-such-command"][..],
+            127,
+            "127 when the command is not found",
+        ),
+        (
+            &["/nonexistent/cmd"][..],
+            127,
+            "127 when the command path does not exist",
+        ),
+        (
+            &["/etc/passwd"][..],
+            126,
+            "126 when the command cannot be executed",
+        ),
+    ] {
+        let out = run(&world, &conf, argv);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{rule}: {argv:?} gave {:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        leftovers(&world, &[]).is_empty(),
+        "{:?}",
+        leftovers(&world, &[])
+    );
+}
+
+/// Starts `script` jailed with piped stdout and waits for its `ready` line.
+fn start_ready(
+    world: &FakeWorld,
+    conf: &std::path::Path,
+    script: &str,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
+    let c = conf.display().to_string();
+    let mut child = claude_jail(
+        world,
+        &[
+            "run", "--config", &c, "--user", "nobody", "--", "bash", "-c", script,
+        ],
+    )
+    .unwrap()
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut l = String::new();
+        if out.read_line(&mut l).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&l);
+        if l.trim() == "ready" {
+            break;
+        }
+    }
+    assert!(seen.contains("ready"), "the jailed command started: {seen}");
+    (child, out, seen)
+}
+
+#[test]
+fn sigterm_and_sighup_reach_the_command_and_leftovers_die() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf(&world);
+    for (sig, name) in [(libc::SIGTERM, "TERM"), (libc::SIGHUP, "HUP")] {
+        let marker = format!("cjmark-{}-{name}", std::process::id());
+        // The command leaves a daemon behind (its own session, its own process group), then
+        // waits for the signal.
+        let script = format!(
+            "{PRINT_JAIL_ID}; setsid bash -c 'exec -a {marker} sleep 1000' </dev/null >/dev/null 2>&1 & \
+             trap 'echo got-{name}; exit 42' {name}; echo ready; while :; do sleep 0.1; done"
+        );
+        let (mut child, mut out, mut seen) = start_ready(&world, &conf, &script);
+        // The daemon is running, in the host's view too.
+        let daemon_running = || {
+            fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).starts_with(&marker))
+                    .unwrap_or(false)
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !daemon_running() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(daemon_running(), "the command's daemon started");
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        out.read_to_string(&mut seen).unwrap();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            seen.contains(&format!("got-{name}")),
+            "SIG{name} sent to the launcher is forwarded to the command: {seen}\n{err}"
+        );
+        assert_eq!(
+            status.code(),
+            Some(42),
+            "the launcher exits with the command's status after SIG{name}: {err}"
+        );
+        assert!(
+            !daemon_running(),
+            "whatever the command left running in the jail is killed when it exits"
+        );
+        let ids = jail_ids(&seen);
+        assert_eq!(ids.len(), 1);
+        let left = leftovers(&world, &ids);
+        assert!(left.is_empty(), "nothing is left behind: {left:?}");
+    }
+
+    // SIGINT sent to the launcher alone (not to the terminal's process group) does not end it:
+    // Ctrl-C is the command's business.
+    let (mut child, mut out, mut seen) = start_ready(
+        &world,
+        &conf,
+        "trap 'echo got-TERM; exit 7' TERM; echo ready; while :; do sleep 0.1; done",
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGINT to the launcher alone does not stop the jail"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    out.read_to_string(&mut seen).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(7), "{seen}");
+}
+
+#[test]
+fn two_hundred_launches_leave_nothing_behind() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf(&world);
+    let mut ids = Vec::new();
+    let started = Instant::now();
+    for i in 0..200 {
+        let out = run(&world, &conf, &["sh", "-c", PRINT_JAIL_ID]);
+        assert!(
+            out.status.success(),
+            "launch {i} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = jail_ids(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(got.len(), 1, "launch {i} printed its jail id");
+        ids.extend(got);
+    }
+    eprintln!("200 launches in {:?}", started.elapsed());
+    let mut uniq = ids.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), 200, "every launch has its own jail");
+    let left = leftovers(&world, &ids);
+    assert!(
+        left.is_empty(),
+        "200 launches in a row leave nothing behind (run dirs, records, pins, cgroups, mounts, \
+         pasta): {} left, first: {:?}",
+        left.len(),
+        left.iter().take(10).collect::<Vec<_>>()
+    );
+}
+
+/// The exchanges: request sizes from `min` bytes up, spread over `span` bytes.
+fn half_close_script(min: u32, span: u32) -> String {
+    format!(
+        r#"
+gen() {{ awk -v n="$1" -v s="$2" 'BEGIN {{ srand(s); while (n > 0) {{ printf "%c", 32 + int(rand() * 95); n--; if (n % 997 == 0) printf "\n"; }} }}'; }}
+for i in $(seq 1 50); do
+  n=$(( {min} + (i * 7919) % {span} + i ))
+  data=$(gen $n $i; echo .)
+  back=$(printf %s "$data" | socat -t5 - TCP:203.0.113.10:7 2>&1; echo .)
+  back=${{back%.}}
+  if [ "$data" = "$back" ]; then echo "X $i ok"; else echo "X $i BAD sent ${{#data}} got ${{#back}}"; fi
+done
+"#
+    )
+}
+
+fn half_close_exchanges(min: u32, span: u32) {
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf(&world);
+    let out = run(
+        &world,
+        &conf,
+        &["bash", "-c", &half_close_script(min, span)],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "run: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("X ")).collect();
+    assert_eq!(lines.len(), 50, "50 exchanges ran: {stdout}");
+    let bad: Vec<&&str> = lines.iter().filter(|l| !l.ends_with(" ok")).collect();
+    assert!(
+        bad.is_empty(),
+        "every half-closed request/reply through the jail is byte-exact: {bad:?}"
+    );
+}
+
+/// Requests of 1 to 65 KB (several segments and window updates each). Each request is a
+/// deterministic pseudo-random text (awk, seeded by the exchange number); socat sends it,
+/// half-closes and reads to EOF; the public server's port 7 echoes what it read once it saw EOF.
+#[test]
+fn fifty_half_closed_exchanges_through_the_jail_are_byte_exact() {
+    if !have_root() {
+        return;
+    }
+    half_close_exchanges(1000, 64000);
+}
+
+/// Requests of 100 to 250 KB: through the jail, 1 to 4 replies in 50 come back truncated
+/// (e.g. 115192 of 142704 bytes), never with the jail off (same script, host networking).
+#[test]
+#[ignore = "known defect: large half-closed replies through pasta 2025-05-03 are sometimes truncated"]
+fn fifty_large_half_closed_exchanges_through_the_jail_are_byte_exact() {
+    if !have_root() {
+        return;
+    }
+    half_close_exchanges(100_000, 150_000);
+}
+
+/// A tmux server on a private socket in the world's host namespaces, killed on drop.
+struct Tmux {
+    world_cmd: Box<dyn Fn() -> Command>,
+    sock: PathBuf,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> String {
+        let out = (self.world_cmd)()
+            .arg("-S")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn keys(&self, keys: &[&str]) {
+        let mut a = vec!["send-keys", "-t", "cj"];
+        a.extend_from_slice(keys);
+        self.cmd(&a);
+    }
+    fn pane(&self) -> String {
+        self.cmd(&["capture-pane", "-p", "-t", "cj"])
+    }
+    /// Waits until the pane shows `what` (in a line after the last `mark` when given).
+    fn wait_for(&self, what: &str, rule: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let p = self.pane();
+            if p.contains(what) {
+                return p;
+            }
+            if Instant::now() > deadline {
+                panic!("{rule}: the pane never showed {what:?}:\n{p}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = (self.world_cmd)()
+            .arg("-S")
+            .arg(&self.sock)
+            .arg("kill-server")
+            .output();
+    }
+}
+
+#[test]
+fn interactive_shell_through_tmux_has_the_terminal_and_job_control() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf(&world);
+    let sock = world.dir().join("tmux.sock");
+    let host = world.host_netns_path().to_path_buf();
+    let mnt = world.host_mntns_path();
+    let tmux = Tmux {
+        world_cmd: Box::new(move || {
+            let mut c = jail_tests::netns::command_in("tmux", &host, Some(&mnt)).unwrap();
+            c.env_remove("TMUX").stdin(Stdio::null());
+            c
+        }),
+        sock,
+    };
+    let launch = format!(
+        "env CLAUDE_JAIL_PASTA={} PS1='cj$ ' {} run --config {} --user nobody -- bash --norc -i; \
+         echo launcher-exit=$?; sleep 100",
+        locate_pasta().unwrap().display(),
+        claude_jail_bin().unwrap().display(),
+        conf.display()
+    );
+    tmux.cmd(&[
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-s",
+        "cj",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &launch,
+    ]);
+    tmux.wait_for("$", "an interactive bash starts in the jail");
+    tmux.keys(&["export PS1='cj$ '; echo tty=$(tty) uid=$(id -u)", "Enter"]);
+    let p = tmux.wait_for("uid=65534", "the jailed shell runs as nobody");
+    assert!(
+        p.contains("tty=/dev/pts/"),
+        "the command gets the terminal: {p}"
+    );
+    // Job control: a foreground job stopped with Ctrl-Z, listed, resumed with fg, then Ctrl-C.
+    tmux.keys(&["clear", "Enter"]);
+    tmux.keys(&["sleep 100", "Enter"]);
+    thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["C-z"]);
+    tmux.wait_for("Stopped", "Ctrl-Z stops the foreground job");
+    tmux.keys(&["jobs", "Enter"]);
+    tmux.wait_for("sleep 100", "jobs lists the stopped job");
+    tmux.keys(&["fg", "Enter"]);
+    thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["echo after-ctrl-c=$?", "Enter"]);
+    let p = tmux.wait_for("after-ctrl-c=", "Ctrl-C ends the foreground job");
+    assert!(
+        p.contains("after-ctrl-c=130"),
+        "Ctrl-C reaches the command (the job died of SIGINT), not the launcher: {p}"
+    );
+    // Window resize reaches the jailed terminal.
+    tmux.cmd(&["resize-window", "-t", "cj", "-x", "100", "-y", "30"]);
+    thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["clear; echo size=$(stty size)", "Enter"]);
+    let p = tmux.wait_for("size=", "stty size answers");
+    assert!(
+        p.contains("size=30 100"),
+        "the window size follows resize-window: {p}"
+    );
+    // A full-screen program and Ctrl-C at the prompt leave the shell alive.
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["exit 5", "Enter"]);
+    let p = tmux.wait_for("launcher-exit=", "the launcher exits with the shell");
+    assert!(
+        p.contains("launcher-exit=5"),
+        "the launcher's status is the shell's: {p}"
+    );
+    assert!(
+        !p.contains("claude-jail: warning"),
+        "the launcher writes nothing over the terminal: {p}"
+    );
+}
