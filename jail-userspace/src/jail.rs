@@ -77,6 +77,10 @@ pub struct Spec {
     pub resolv_conf: PathBuf,
     /// Broker sockets to cover in the jail's mount namespace ([`mask::plan`]).
     pub masks: Vec<Mask>,
+    /// (copy, original): programs with file capabilities, bound over by copies without them.
+    /// With an empty bounding set the kernel refuses to execute a file whose capabilities it
+    /// cannot grant ("insufficient to execute correctly"); ping needs none here (ping sockets).
+    pub uncapped: Vec<(PathBuf, PathBuf)>,
 }
 
 /// The init, seen from the launcher.
@@ -217,6 +221,9 @@ fn setup_mounts(spec: &Spec) -> Result<()> {
     mount(Some("proc"), "/proc", Some("proc"), NOSUID, None::<&str>)
         .context("mount /proc for the jail's PID namespace")?;
     bind_ro(&spec.resolv_conf, Path::new("/etc/resolv.conf"))?;
+    for (copy, original) in &spec.uncapped {
+        bind_ro(copy, original)?;
+    }
     for m in &spec.masks {
         apply_mask(m).with_context(|| {
             format!(
@@ -402,6 +409,27 @@ fn cover_cgroup(c: &mask::CgroupCover) -> Result<()> {
         None::<&str>,
     )
     .context("make the tmpfs read-only")
+}
+
+/// Programs that carry file capabilities but need none in the jail.
+const UNCAPPED: [&str; 2] = ["/usr/bin/ping", "/bin/ping"];
+
+/// Copies each of [`UNCAPPED`] that exists into `dir` (a copy has no `security.capability`
+/// attribute) and returns the (copy, original) pairs to bind in the jail.
+pub fn uncapped_copies(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut out: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for p in UNCAPPED {
+        let Ok(real) = std::fs::canonicalize(p) else {
+            continue;
+        };
+        if out.iter().any(|(_, o)| *o == real) {
+            continue;
+        }
+        let copy = dir.join(real.file_name().unwrap_or_default());
+        std::fs::copy(&real, &copy).with_context(|| format!("copy {}", real.display()))?;
+        out.push((copy, real));
+    }
+    Ok(out)
 }
 
 /// Binds `src` over `dst`, read-only.

@@ -103,6 +103,7 @@ fn launch(args: RunArgs) -> Result<i32> {
         switch_source: switch.source.clone(),
         policy_digest: String::new(),
         pasta_pid: 0,
+        own_addrs: Vec::new(),
     };
 
     if !switch.enabled {
@@ -117,6 +118,7 @@ fn launch(args: RunArgs) -> Result<i32> {
             cwd,
             resolv_conf: PathBuf::new(),
             masks: Vec::new(),
+            uncapped: Vec::new(),
         };
         // Recorded where `status` shows it; a host that cannot record still runs what it was
         // told to (the jail is off by the admin's choice), but says so.
@@ -168,7 +170,9 @@ fn launch(args: RunArgs) -> Result<i32> {
 
     let host = HostNet::read().context("read the host's addresses and routes")?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let (jail_policy, pasta_policy) = policies(&conf, &host, &netns::resolvers(&host_resolv));
+    // The jail's own addresses are known once pasta has configured its namespace (below); until
+    // then the jail runs nothing.
+    let (jail_policy, pasta_policy) = policies(&conf, &host, &netns::resolvers(&host_resolv), &[]);
     if let Some(msg) = jail_policy.map_entries().over_capacity() {
         bail!("{msg}");
     }
@@ -220,6 +224,7 @@ fn launch(args: RunArgs) -> Result<i32> {
         cwd,
         resolv_conf: resolv,
         masks,
+        uncapped: jail::uncapped_copies(&run_dir)?,
     };
     let mut init = jail::spawn(&spec)?;
     built.init = Some(init.pid);
@@ -260,6 +265,18 @@ fn launch(args: RunArgs) -> Result<i32> {
     record.pasta_pid = pasta.pid;
     built.pasta = Some(pasta);
 
+    // Now that the namespace has its addresses: the policies that know them.
+    record.own_addrs = netns::own_addresses(init.pid.as_raw() as u32)?;
+    let (jail_policy, pasta_policy) = policies(
+        &conf,
+        &host,
+        &netns::resolvers(&host_resolv),
+        &record.own_addrs,
+    );
+    jail_maps.apply(jail_policy.map_entries())?;
+    bpf::JailMaps::open(&paths.pasta_pins(&id))?.apply(pasta_policy.map_entries())?;
+    record.policy_digest = jail_policy.digest();
+
     state::write_record(&paths, &record)?;
     built.record = true;
 
@@ -291,35 +308,57 @@ fn launch(args: RunArgs) -> Result<i32> {
 }
 
 /// The jail's policy and pasta's.
+///
+/// The jail's adds pasta's DNS forwarder (port 53 only) and the jail's own addresses (`own`):
+/// pasta copies the host's address into the jail's namespace, where it is local, so traffic to
+/// it never leaves the jail (a published connection's replies go there). pasta's adds the
+/// host's resolvers (port 53 only) and, for each `publish-port`, that port on the jail's own
+/// addresses: pasta carries a published connection in by connecting, inside the jail's
+/// namespace, to the jail's address.
 pub fn policies(
     conf: &conf::Conf,
     host: &HostNet,
     resolvers: &[std::net::IpAddr],
+    own: &[std::net::IpAddr],
 ) -> (Policy, Policy) {
-    let port53 = |ip: std::net::IpAddr, proto| AllowEntry {
+    let port = |ip: std::net::IpAddr, port, proto| AllowEntry {
         net: IpNet::from(ip),
         port: Some(PortSpec {
-            port: 53,
+            port,
             proto: Some(proto),
         }),
     };
     let fwd = std::net::IpAddr::V4(pasta::DNS_FORWARDER);
-    let jail = Policy::build(conf, host).with_extra_allow([
+    let both = [Proto::Udp, Proto::Tcp];
+    let own_allows = own.iter().map(|&a| {
         (
-            port53(fwd, Proto::Udp),
-            Source::Builtin("pasta's DNS forwarder"),
-        ),
-        (
-            port53(fwd, Proto::Tcp),
-            Source::Builtin("pasta's DNS forwarder"),
-        ),
-    ]);
-    let pasta = Policy::build(conf, host).with_extra_allow(resolvers.iter().flat_map(|&r| {
-        [
-            (port53(r, Proto::Udp), Source::Resolver),
-            (port53(r, Proto::Tcp), Source::Resolver),
-        ]
-    }));
+            AllowEntry {
+                net: IpNet::from(a),
+                port: None,
+            },
+            Source::Builtin("the jail's own address, local in its namespace"),
+        )
+    });
+    let jail = Policy::build(conf, host).with_extra_allow(
+        both.map(|p| (port(fwd, 53, p), Source::Builtin("pasta's DNS forwarder")))
+            .into_iter()
+            .chain(own_allows),
+    );
+    let resolver_allows = resolvers
+        .iter()
+        .flat_map(|&r| both.map(|p| (port(r, 53, p), Source::Resolver)));
+    let published = conf.publish_ports.iter().flat_map(|l| {
+        let protos: Vec<Proto> = l.value.proto.map_or(both.to_vec(), |p| vec![p]);
+        own.iter().flat_map(move |&a| {
+            protos.clone().into_iter().map(move |p| {
+                (
+                    port(a, l.value.port, p),
+                    Source::Builtin("publish-port, into the jail"),
+                )
+            })
+        })
+    });
+    let pasta = Policy::build(conf, host).with_extra_allow(resolver_allows.chain(published));
     (jail, pasta)
 }
 

@@ -37,6 +37,21 @@ pub fn unbind_netns(file: &Path) -> Result<()> {
     }
 }
 
+/// The addresses the jail's network namespace has (pasta copied them from the host), read from
+/// a thread that joins the namespace of `pid`.
+pub fn own_addresses(pid: u32) -> Result<Vec<IpAddr>> {
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net")).context("open the jail's netns")?;
+    std::thread::spawn(move || -> Result<Vec<IpAddr>> {
+        // setns on this thread only: network namespaces are per thread.
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("join the jail's netns")?;
+        let net = crate::hostnet::HostNet::read()?;
+        Ok(net.addrs.iter().map(|(a, _)| a.addr()).collect())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("reading the jail's addresses panicked"))?
+}
+
 /// The nameservers of a resolv.conf text.
 pub fn resolvers(resolv_conf: &str) -> Vec<IpAddr> {
     resolv_conf

@@ -43,15 +43,16 @@ pub fn lock(paths: &Paths, id: &str) -> Result<JailLock> {
 
 /// The jail's and pasta's policies for `conf` on this host (pasta's resolvers from the host's
 /// resolv.conf, as at launch).
-pub fn compile(conf: &Conf, host: &HostNet) -> (Policy, Policy) {
+pub fn compile(conf: &Conf, host: &HostNet, rec: &JailRecord) -> (Policy, Policy) {
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    launch::policies(conf, host, &netns::resolvers(&resolv))
+    launch::policies(conf, host, &netns::resolvers(&resolv), &rec.own_addrs)
 }
 
 /// Compiles `conf` against the host and brings one jail's maps (its own first, then pasta's) to
 /// it. Returns the jail's new policy.
-pub fn apply(paths: &Paths, id: &str, conf: &Conf, host: &HostNet) -> Result<Policy> {
-    let (jail, pasta) = compile(conf, host);
+pub fn apply(paths: &Paths, rec: &JailRecord, conf: &Conf, host: &HostNet) -> Result<Policy> {
+    let id = &rec.id;
+    let (jail, pasta) = compile(conf, host, rec);
     for p in [&jail, &pasta] {
         if let Some(msg) = p.map_entries().over_capacity() {
             bail!("{msg}");
@@ -122,7 +123,7 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
 }
 
 fn apply_to_record(paths: &Paths, mut rec: JailRecord, conf: &Conf, host: &HostNet) -> Result<()> {
-    let policy = apply(paths, &rec.id, conf, host).with_context(|| format!("jail {}", rec.id))?;
+    let policy = apply(paths, &rec, conf, host).with_context(|| format!("jail {}", rec.id))?;
     rec.conf = conf.path.display().to_string();
     rec.policy_digest = policy.digest();
     state::write_record(paths, &rec)?;

@@ -132,6 +132,10 @@ pub struct JailRecord {
     pub switch_source: String,
     pub policy_digest: String,
     pub pasta_pid: u32,
+    /// The jail's own addresses (pasta's copy of the host's), allowed to the jail: they are local
+    /// in its namespace.
+    #[serde(default)]
+    pub own_addrs: Vec<std::net::IpAddr>,
 }
 
 /// Writes a record atomically (temp file + rename), root-only.
@@ -237,6 +241,7 @@ mod tests {
             switch_source: "default".into(),
             policy_digest: "abc".into(),
             pasta_pid: 4,
+            own_addrs: vec!["192.168.1.100".parse().unwrap()],
         };
         write_record(&paths, &rec).unwrap();
         let list = list_records(&paths).unwrap();

@@ -170,12 +170,12 @@ fn refresh(j: &mut JailWatch, host_changed: bool) {
         let conf = reload::load_conf(std::path::Path::new(&rec.conf))?;
         let host = HostNet::read()?;
         if !host_changed {
-            let (compiled, _) = reload::compile(&conf, &host);
+            let (compiled, _) = reload::compile(&conf, &host, &rec);
             if compiled.digest() == rec.policy_digest {
                 return Ok(compiled);
             }
         }
-        let policy = reload::apply(&j.paths, &j.id, &conf, &host)?;
+        let policy = reload::apply(&j.paths, &rec, &conf, &host)?;
         let digest = policy.digest();
         if digest != rec.policy_digest {
             let mut rec = rec;

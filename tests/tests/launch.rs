@@ -121,6 +121,9 @@ fn jailed_shell_reaches_the_internet_and_dns_but_nothing_internal() {
         GATEWAY_V4.into(),
         GATEWAY_V6.into(),
     ];
+    // The two pasta copied into the jail's namespace are the jail's own there (local: nothing
+    // leaves); the others are refused by the programs.
+    let copied: [IpAddr; 2] = [HOST_V4.into(), HOST_V6.into()];
     let mut script = String::from(PROBE_FN);
     for ip in public {
         for port in [22, 80, 5064] {
@@ -200,14 +203,27 @@ fn jailed_shell_reaches_the_internet_and_dns_but_nothing_internal() {
         "every LAN host in each denied range (and 169.254.169.254)",
     );
     let mut refused = Vec::new();
-    for &ip in &host_addrs {
+    for &ip in host_addrs.iter().filter(|ip| !copied.contains(ip)) {
         refused.extend([key(true, ip, 8080), key(false, ip, 8080)]);
     }
     assert_refused(
         &r,
         &refused,
-        "the host's own addresses and the gateway (the host's loopback through pasta)",
+        "the host's other addresses and the gateway (the host's loopback through pasta)",
     );
+    for &ip in &copied {
+        for k in [key(true, ip, 8080), key(false, ip, 8080)] {
+            assert!(
+                !r[&k].contains("hello from"),
+                "the host's address copied into the jail is the jail's own: {k:?} must not reach the host, got {:?}",
+                r[&k]
+            );
+        }
+        assert!(
+            world.hits(std::net::SocketAddr::new(ip, 8080)).is_empty(),
+            "the host's service on {ip}:8080 saw nothing"
+        );
+    }
     assert_refused(
         &r,
         &[
@@ -545,10 +561,12 @@ fn host_port_opens_one_port_of_the_hosts_loopback() {
         !r[&k("127.0.0.1", "8081")].contains("hello from"),
         "the neighbouring port of the host's loopback stays unreachable: {stdout}"
     );
-    assert_refused(
-        &r,
-        &[k("192.168.1.100", "8080")],
-        "the host's own address stays refused",
+    assert!(
+        !r[&k("192.168.1.100", "8080")].contains("hello from")
+            && world
+                .hits(std::net::SocketAddr::from(([192, 168, 1, 100], 8080)))
+                .is_empty(),
+        "the host's own address (copied into the jail, local there) never reaches the host: {stdout}"
     );
     assert!(
         world
@@ -558,10 +576,10 @@ fn host_port_opens_one_port_of_the_hosts_loopback() {
     );
 }
 
-/// Fails: the host's connection to 127.0.0.1:8910 is accepted by pasta and closed with no data,
-/// although the jail's server answers on its own 127.0.0.1:8910 (and on 0.0.0.0).
+/// pasta carries a published connection into the jail by connecting, inside the jail's namespace,
+/// to the jail's own address (a copy of the host's): pasta's policy allows exactly that port
+/// there, and the jail's policy its own, local, address (launch::policies).
 #[test]
-#[ignore = "known defect: publish-port forwards accept on the host but never reach the jail's listener"]
 fn host_port_and_publish_port_open_one_port_in_one_direction() {
     if !have_root() {
         return;
@@ -608,9 +626,14 @@ fn host_port_and_publish_port_open_one_port_in_one_direction() {
     // From the host's loopback: the published port reaches the jail, its neighbour does not.
     let from_host = |port: u16| -> String {
         let o = world
-            .host_command("socat")
+            .host_command("timeout")
             .unwrap()
-            .args(["-d", "-d", "-T3", "-", &format!("TCP4:127.0.0.1:{port}")])
+            .args([
+                "5",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; head -n 1 <&3"),
+            ])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
@@ -958,23 +981,34 @@ fn each_fail_closed_case_exits_125_without_running_the_command() {
 }
 
 /// /usr/bin/ping carries file capabilities (cap_net_raw+ep). With the command's bounding set
-/// empty, execve refuses a binary whose file-effective capabilities cannot be granted (EPERM),
-/// so `ping` itself fails in the jail even though ICMP echo through pasta works (the capability-
-/// less copy in the test above). Fix (jail.rs, masks): bind a capability-less copy of ping over
-/// /usr/bin/ping (and /bin/ping) in the jail's mount namespace; ping_group_range already lets
-/// every group use ICMP datagram sockets.
+/// empty, execve refuses a binary whose file capabilities it cannot grant (EPERM); the jail binds
+/// a capability-less copy over /usr/bin/ping, which uses an ICMP datagram socket
+/// (ping_group_range lets every group in the jail's namespace) and pasta relays it.
 #[test]
-#[ignore = "known defect: ping (file capabilities) cannot be executed with an empty bounding set"]
 fn ping_itself_runs_in_the_jail() {
     if !have_root() {
         return;
     }
     let world = FakeWorld::builder().build().unwrap();
     let conf = write_conf(&world, "claude-sandbox.conf", "").unwrap();
-    let out = run_jailed(&world, &conf, "ping -n -c1 -W3 203.0.113.10").unwrap();
+    // pasta relays pings with ICMP datagram sockets on the host, which the host must allow
+    // (systemd hosts do; a new namespace does not).
+    let st = world
+        .host_command("sysctl")
+        .unwrap()
+        .args(["-qw", "net.ipv4.ping_group_range=0 2147483647"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "set ping_group_range in the world's host");
+    let out = run_jailed(
+        &world,
+        &conf,
+        "ping -n -c1 -W3 203.0.113.10 && ! ping -n -c1 -W2 10.0.0.5",
+    )
+    .unwrap();
     let (o, e) = text(&out);
     assert!(
         out.status.success(),
-        "ping works in the jail for allowed destinations: {o}\n{e}"
+        "ping works in the jail for allowed destinations and gets nothing from denied ones: {o}\n{e}"
     );
 }
