@@ -391,3 +391,97 @@ fn a_jailed_process_cannot_reload() {
         "and says why: {text}"
     );
 }
+
+#[test]
+fn a_port_scan_neither_floods_the_log_nor_the_terminal() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    write_conf(&conf, "");
+    // 10,000 refused connects from one long-lived shell (no subshell per attempt).
+    let out = jail_tests::jail::run_jailed(
+        &world,
+        &conf,
+        "for p in $(seq 1 10000); do { exec 3<>/dev/tcp/10.0.0.5/$p; } 2>/dev/null; done; echo scanned",
+    )
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("scanned"),
+        "the scan ran: {stdout} {stderr}"
+    );
+    // The terminal gets one summary line from the launcher, nothing per attempt.
+    let summary: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("claude-jail:"))
+        .collect();
+    assert_eq!(summary.len(), 1, "one line for the whole scan: {stderr}");
+    assert!(
+        summary[0].contains("refused 10000 connection attempts"),
+        "{stderr}"
+    );
+    let id = summary[0].rsplit(' ').next().unwrap().to_string();
+
+    let out = claude_jail(&world, &["events", "--json", "--jail", &id])
+        .unwrap()
+        .output()
+        .unwrap();
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let written: u64 = records.iter().map(|r| r["count"].as_u64().unwrap()).sum();
+    let refused_lines = records.iter().filter(|r| r["kind"] == "refused").count();
+    assert_eq!(
+        written, 10_000,
+        "every attempt is accounted for, one by one or in a suppressed count"
+    );
+    assert!(
+        refused_lines <= 2_000,
+        "the log is capped: {refused_lines} refused records for 10,000 attempts"
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "suppressed"),
+        "what was left out is counted"
+    );
+}
+
+#[test]
+fn events_follow_streams_new_refusals() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    write_conf(&conf, "");
+    let mut follow = claude_jail(&world, &["events", "--follow", "--json"])
+        .unwrap()
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = follow.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let s = Session::start(
+        &world,
+        &conf,
+        "{ exec 3<>/dev/tcp/172.16.0.5/5064; } 2>/dev/null || echo refused; sleep 30",
+    );
+    s.wait_for("refused", |l| l == "refused");
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("--follow prints the new refusal as it is logged");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["addr"], "172.16.0.5");
+    assert_eq!(v["port"], 5064);
+    let _ = follow.kill();
+    let _ = follow.wait();
+    s.stop();
+}
