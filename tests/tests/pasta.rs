@@ -15,9 +15,10 @@ use jail_tests::{have_root, FakeWorld, Netns};
 const CONNECTIONS: usize = 50;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Request `i`: 1-8 KiB of bytes that differ from one connection to the next.
+/// Request `i`: 1-250 KiB of bytes that differ from one connection to the next (trixie's pasta
+/// truncated replies of 100 KB and more; bookworm's corrupted even small ones).
 fn request(i: usize) -> Vec<u8> {
-    let len = 1024 + (i * 7 * 1024 / CONNECTIONS) + i;
+    let len = 1024 + (i * 249 * 1024 / CONNECTIONS) + i;
     let mut x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(12_345);
     (0..len)
         .map(|_| {
