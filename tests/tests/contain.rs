@@ -345,7 +345,16 @@ fn terminal_input_injection_is_refused() {
 /// nobody, and the conf allowing one socket. `$1`: claude-jail.
 const BROKERS: &str = r#"
 set -u
-J=$1
+# /run and /tmp are covered below; the binaries under test may live there (a checkout in /tmp):
+# copy them to a tmpfs of this mount namespace first.
+mount -t tmpfs -o mode=0755 cjt-bin /mnt || exit 1
+cp "$1" /mnt/claude-jail || exit 1
+P=$(readlink -f "$CLAUDE_JAIL_PASTA")
+cp "$P" /mnt/passt || exit 1
+[ -e "$P.avx2" ] && { cp "$P.avx2" /mnt/passt.avx2; ln -s passt.avx2 /mnt/pasta.avx2; }
+ln -s passt /mnt/pasta
+export CLAUDE_JAIL_PASTA=/mnt/pasta
+J=/mnt/claude-jail
 mount -t tmpfs -o mode=0755 cjt-run /run || exit 1
 mount -t tmpfs -o mode=1777 cjt-tmp /tmp || exit 1
 mkdir -m 0700 /run/claude-jail && mkdir -m 0755 /run/user /run/lock /run/podman /run/screen || exit 1

@@ -120,7 +120,31 @@ fn cargo(root: &Path) -> Command {
     cmd
 }
 
+/// The integration tests run programs from target/ as `nobody` inside jails: every directory
+/// above the checkout must let others through.
+fn check_traversable(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in root.ancestors() {
+        let mode = std::fs::metadata(dir)
+            .with_context(|| format!("stat {}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            bail!(
+                "{} (mode {:o}) does not let other users through, but the tests run programs \
+                 from {}/target as `nobody`: clone the repository where others can traverse \
+                 (e.g. under /work, /srv or /tmp)",
+                dir.display(),
+                mode & 0o7777,
+                root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn test(root: &Path, extra: &[String]) -> Result<()> {
+    check_traversable(root)?;
     setup(root)?;
     build_ebpf(root)?;
     run(cargo(root).args(["fmt", "--all", "--", "--check"]))
