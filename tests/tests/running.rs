@@ -485,3 +485,87 @@ fn events_follow_streams_new_refusals() {
     let _ = follow.wait();
     s.stop();
 }
+
+#[test]
+fn sigusr1_reloads_one_jail_and_egress_jail_0_leaves_running_jails_jailed() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    write_conf(&conf, "");
+    let s = Session::start(&world, &conf, &probe_loop(&[("lan", "10.0.0.5:80")]));
+    s.wait_for("lan refused", |l| l == "lan refused");
+    write_conf(&conf, "allow-ip = 10.0.0.5/32\n");
+    let launcher = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    nix::sys::signal::kill(launcher, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    s.wait_for("lan ok after SIGUSR1", |l| l == "lan ok");
+
+    // Turning the jail off in the file does not open the running jail.
+    write_conf(&conf, "egress-jail = 0\n");
+    let out = reload(&world, &conf);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("applies to the next launch"),
+        "reload says egress-jail = 0 waits for the next launch: {said}"
+    );
+    s.wait_for("lan refused under the new file's policy", |l| {
+        l == "lan refused"
+    });
+    s.stop();
+}
+
+#[test]
+fn a_killed_launcher_leaves_a_stale_entry_that_gc_removes() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    write_conf(&conf, "");
+    let s = Session::start(&world, &conf, "echo started; sleep 600");
+    s.wait_for("started", |l| l == "started");
+    let launcher = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    nix::sys::signal::kill(launcher, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = s.stop();
+
+    let status = || {
+        let out = claude_jail(&world, &["status", "--json"])
+            .unwrap()
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // The init dies with its launcher (PR_SET_PDEATHSIG), and the jail cgroup empties.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = status();
+        if v[0]["state"] == "stale" || Instant::now() > deadline {
+            break v;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        v[0]["state"], "stale",
+        "status shows the entry as stale: {v}"
+    );
+    let id = v[0]["id"].as_str().unwrap().to_string();
+
+    let out = claude_jail(&world, &["gc"]).unwrap().output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("removed stale jail {id}")),
+        "gc says what it removed: {said}"
+    );
+    assert_eq!(
+        status(),
+        serde_json::json!([]),
+        "nothing is left in the registry"
+    );
+    let left = jail_tests::jail::leftovers(&world, &[id]);
+    assert!(
+        left.is_empty(),
+        "gc removed pins, cgroups, pasta and the run directory: {left:?}"
+    );
+}
