@@ -448,3 +448,30 @@ fn remove_ok_if_gone(r: Result<(), aya::maps::MapError>) -> Result<()> {
         Err(e) => Err(e).context("remove a map entry"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection};
+
+    /// The object `cargo xtask build-ebpf` built, as embedded: one section per program, with the
+    /// names the kernel attach types need.
+    #[test]
+    fn the_embedded_object_has_the_five_program_sections() {
+        let elf =
+            object::File::parse(super::OBJECT).expect("the embedded eBPF object is an ELF file");
+        let names: Vec<&str> = elf.sections().filter_map(|s| s.name().ok()).collect();
+        for section in [
+            "cgroup/connect4",
+            "cgroup/sendmsg4",
+            "cgroup/connect6",
+            "cgroup/sendmsg6",
+            "cgroup_skb/egress",
+        ] {
+            assert!(
+                names.contains(&section),
+                "section {section} missing: {names:?}"
+            );
+        }
+        assert!(names.contains(&"license"), "the license section: {names:?}");
+    }
+}
