@@ -488,9 +488,15 @@ fn exec_command(spec: &Spec, jailed: bool) -> Result<Never, (i32, anyhow::Error)
             }
         }
     };
-    if chdir(&spec.cwd).is_err() {
-        chdir(&spec.target.home)
-            .map_err(|e| fail(anyhow::anyhow!("chdir {}: {e}", spec.target.home.display())))?;
+    // The caller's directory, else the user's home (the user may not enter root's cwd), else /
+    // (a system account's home such as /nonexistent), saying so.
+    if chdir(&spec.cwd).is_err() && chdir(&spec.target.home).is_err() {
+        eprintln!(
+            "claude-jail: cannot enter {} or {}: starting in /",
+            spec.cwd.display(),
+            spec.target.home.display()
+        );
+        chdir("/").map_err(|e| fail(anyhow::anyhow!("chdir /: {e}")))?;
     }
     let argv: Vec<CString> = spec.argv.iter().map(|a| cstring(a)).collect();
     let envp: Vec<CString> = env

@@ -428,6 +428,8 @@ fn brokers_outside_the_jail_are_masked() {
         .env_remove("CLAUDE_SANDBOX_CONF")
         .env_remove("TMUX")
         .env_remove("TMUX_TMPDIR")
+        // The checkout may be under /tmp, which the script covers.
+        .current_dir("/")
         .stdin(Stdio::null())
         .output()
         .unwrap();
