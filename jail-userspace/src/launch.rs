@@ -120,32 +120,33 @@ fn launch(args: RunArgs) -> Result<i32> {
             masks: Vec::new(),
             uncapped: Vec::new(),
         };
-        // Recorded where `status` shows it; a host that cannot record still runs what it was
-        // told to (the jail is off by the admin's choice), but says so.
+        // Recorded where `status` and `events` show it; a host that cannot record still runs
+        // what it was told to (the jail is off by the admin's choice), but says so.
         let paths = Paths::system().ok();
         if let Some(p) = &paths {
-            if let Err(e) = state::write_record(p, &record) {
+            let note = events::Record::note(
+                &record.id,
+                "unjailed-launch",
+                1,
+                format!(
+                    "egress jail off ({}): {} ran {} with host networking",
+                    switch.source,
+                    record.user,
+                    record.command.join(" ")
+                ),
+            );
+            if let Err(e) = state::write_record(p, &record)
+                .and_then(|()| events::append(&p.events_log(), &[note]))
+            {
                 eprintln!("claude-jail: warning: cannot record the unjailed launch: {e:#}");
             }
         }
-        if let Some(p) = &paths {
-            let _ = events::append(
-                &p.events_log(),
-                &[events::Record::note(
-                    &record.id,
-                    "unjailed-launch",
-                    1,
-                    format!(
-                        "egress jail off ({}): {} ran {} with host networking",
-                        switch.source,
-                        record.user,
-                        record.command.join(" ")
-                    ),
-                )],
-            );
-        }
         let signals = block_signals()?;
         let child = jail::fork_command(&spec)?;
+        record.command_pid = child.as_raw() as u32;
+        if let Some(p) = &paths {
+            let _ = state::write_record(p, &record);
+        }
         let code = supervise::run(
             child,
             &mut supervise::Watch {
@@ -291,6 +292,7 @@ fn launch(args: RunArgs) -> Result<i32> {
                 .take_events()
                 .context("the jail's event ring buffer")?,
             aggregator: events::Aggregator::new(&id),
+            init_awaiting_command: Some(init.pid),
         }),
     };
     init.go()?;

@@ -56,6 +56,8 @@ pub struct JailWatch {
     pub policy: Policy,
     pub events: RingBuf<MapData>,
     pub aggregator: Aggregator,
+    /// The init's pid, until the command's pid (its child) is in the registry record.
+    pub init_awaiting_command: Option<Pid>,
 }
 
 /// Waits for `child` (the init, or an unjailed command) and returns its exit status.
@@ -115,6 +117,7 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
         }
         let Some(j) = &mut w.jail else { continue };
         drain(j);
+        record_command_pid(j);
         let now = Instant::now();
         let host_due = host_changed.is_some_and(|t| now >= t);
         if reload_asked || host_due {
@@ -135,6 +138,36 @@ fn reap(child: Pid) -> Result<Option<i32>> {
         Ok(_) => Ok(None),
         Err(e) => bail!("waitpid: {e}"),
     }
+}
+
+/// Puts the command's pid (in the host's PID namespace: the init's only child) in the record, for
+/// `status`, once the init has started it.
+fn record_command_pid(j: &mut JailWatch) {
+    let Some(init) = j.init_awaiting_command else {
+        return;
+    };
+    let children =
+        std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap_or_default();
+    let Some(pid) = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return;
+    };
+    j.init_awaiting_command = None;
+    let update = || -> Result<()> {
+        if let Some(mut rec) = state::list_records(&j.paths)?
+            .into_iter()
+            .flatten()
+            .find(|r| r.id == j.id)
+        {
+            rec.command_pid = pid;
+            state::write_record(&j.paths, &rec)?;
+        }
+        Ok(())
+    };
+    let _ = update();
 }
 
 fn drain(j: &mut JailWatch) {

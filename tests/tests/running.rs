@@ -294,7 +294,14 @@ fn a_refused_connect_is_in_the_audit_trail_and_the_counters() {
         let refused = v[0]["counters"]["refused_by_hook"]["connect4"]
             .as_u64()
             .unwrap_or(0);
-        if refused >= 1 || Instant::now() > deadline {
+        if (refused >= 1 && v[0]["command_pid"].as_u64().unwrap_or(0) != 0)
+            || Instant::now() > deadline
+        {
+            assert_ne!(
+                v[0]["command_pid"], 0,
+                "status names the command's pid: {v}"
+            );
+            assert_ne!(v[0]["launcher_pid"], 0, "and the launcher's: {v}");
             break (v[0]["id"].as_str().unwrap().to_string(), refused);
         }
         thread::sleep(Duration::from_millis(100));
