@@ -453,7 +453,7 @@ mod tests {
     #[test]
     fn time_is_rendered_in_utc() {
         assert_eq!(format_time(0.0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_time(1_795_748_400.25), "2026-11-27T00:20:00.250Z");
+        assert_eq!(format_time(1_795_748_400.25), "2026-11-27T03:00:00.250Z");
     }
 
     #[test]
