@@ -159,6 +159,8 @@ fn fork_exec(spec: &Spec, jailed: bool) -> Result<Pid> {
 fn init_main(spec: &Spec, go: OwnedFd) -> Result<i32> {
     // If the launcher dies, so does the jail (and with pid 1, everything in it).
     prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+    sys::close_all_but(std::os::fd::AsRawFd::as_raw_fd(&go))
+        .context("close the launcher's descriptors")?;
     mount(
         None::<&str>,
         "/",

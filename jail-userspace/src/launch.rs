@@ -43,6 +43,7 @@ use crate::{
     jail::{self, EXIT_JAIL_FAILED},
     netns, pasta,
     policy::{Policy, Source},
+    reload,
     state::{self, JailRecord, Paths},
     supervise, user,
 };
@@ -183,13 +184,16 @@ fn launch(args: RunArgs) -> Result<i32> {
     let mut built = Built::default();
     built.paths = Some(paths.clone());
     built.id = id.clone();
+    let run_dir = paths.jail_run(&id);
+    state::private_dir(&run_dir)?;
+    built.run_dir = Some(run_dir.clone());
+    // Held until the jail is complete: a `reload` that finds the record waits for it, and so
+    // applies its policy after this launch's, never to maps that do not exist yet.
+    let build_lock = reload::lock(&paths, &id)?;
     // Registered before anything of the jail exists: a concurrent launcher's gc then sees this
     // launch as live and never takes its cgroups or pins while they are being built.
     state::write_record(&paths, &record)?;
     built.record = true;
-    let run_dir = paths.jail_run(&id);
-    state::private_dir(&run_dir)?;
-    built.run_dir = Some(run_dir.clone());
 
     let jail_cg = cgroup::Cgroup::create(&paths.jail_cgroup(&id)).map_err(|e| {
         anyhow!("{e} (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
@@ -295,6 +299,7 @@ fn launch(args: RunArgs) -> Result<i32> {
             init_awaiting_command: Some(init.pid),
         }),
     };
+    drop(build_lock);
     init.go()?;
     let code = supervise::run(init.pid, &mut watch)?;
     built.init = None;

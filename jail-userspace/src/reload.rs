@@ -103,7 +103,8 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
             continue;
         }
         match apply_to_record(&paths, rec, &conf, &host) {
-            Ok(()) => updated += 1,
+            Ok(true) => updated += 1,
+            Ok(false) => {}
             Err(e) => {
                 failed += 1;
                 eprintln!("claude-jail: error: reload: {e:#}");
@@ -122,7 +123,21 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
     })
 }
 
-fn apply_to_record(paths: &Paths, mut rec: JailRecord, conf: &Conf, host: &HostNet) -> Result<()> {
+fn apply_to_record(paths: &Paths, rec: JailRecord, conf: &Conf, host: &HostNet) -> Result<bool> {
+    // A jail still being built holds its lock: wait for it, then take the record as it is now
+    // (the launch may also have failed and removed it).
+    if !paths.jail_run(&rec.id).exists() {
+        return Ok(false);
+    }
+    let lock = lock(paths, &rec.id)?;
+    let Some(mut rec) = state::list_records(paths)?
+        .into_iter()
+        .flatten()
+        .find(|r| r.id == rec.id)
+    else {
+        return Ok(false);
+    };
+    drop(lock);
     let policy = apply(paths, &rec, conf, host).with_context(|| format!("jail {}", rec.id))?;
     rec.conf = conf.path.display().to_string();
     rec.policy_digest = policy.digest();
@@ -132,5 +147,5 @@ fn apply_to_record(paths: &Paths, mut rec: JailRecord, conf: &Conf, host: &HostN
         nix::unistd::Pid::from_raw(rec.launcher_pid as i32),
         nix::sys::signal::Signal::SIGUSR1,
     );
-    Ok(())
+    Ok(true)
 }

@@ -11,6 +11,18 @@ pub fn close_from(first: u32) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
+/// Closes every descriptor above 2 except `keep`. The jail's init uses it first thing: the
+/// launcher's descriptors (bpf maps, the jail's build lock, host sockets) must not live on in it.
+pub fn close_all_but(keep: std::os::fd::RawFd) -> Result<(), Errno> {
+    let keep = u32::try_from(keep).map_err(|_| Errno::EBADF)?;
+    if keep > 3 {
+        // SAFETY: as in close_from; `keep` itself stays open.
+        Errno::result(unsafe { libc::close_range(3, keep - 1, 0) })?;
+    }
+    // SAFETY: as above.
+    Errno::result(unsafe { libc::close_range(keep + 1, u32::MAX, 0) }).map(drop)
+}
+
 /// Starts `child` in a new process with `flags` (new namespaces), fork-like: the child gets a copy
 /// of this process's memory, runs `child` on its own stack and exits with its return value.
 ///

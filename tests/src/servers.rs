@@ -49,17 +49,36 @@ pub enum Listener {
     Udp(UdpSocket),
 }
 
+/// Binds, retrying for up to 2 s while the address is not available yet (an IPv6 address the
+/// kernel still holds as tentative just after it was added).
+fn bind_retrying<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match bind() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Listener {
     /// Binds a TCP listener on `addr` in the calling thread's network namespace.
     pub fn tcp(addr: SocketAddr, behaviour: Behaviour) -> Result<Listener> {
-        let l = TcpListener::bind(addr).with_context(|| format!("bind tcp {addr}"))?;
+        let l = bind_retrying(|| TcpListener::bind(addr))
+            .with_context(|| format!("bind tcp {addr}"))?;
         l.set_nonblocking(true)?;
         Ok(Listener::Tcp(l, behaviour))
     }
 
     /// Binds a UDP responder on `addr` in the calling thread's network namespace.
     pub fn udp(addr: SocketAddr) -> Result<Listener> {
-        let s = UdpSocket::bind(addr).with_context(|| format!("bind udp {addr}"))?;
+        let s =
+            bind_retrying(|| UdpSocket::bind(addr)).with_context(|| format!("bind udp {addr}"))?;
         s.set_nonblocking(true)?;
         Ok(Listener::Udp(s))
     }

@@ -322,8 +322,8 @@ impl FakeWorld {
             ));
             inet_cmds.push_str(&format!(
                 "addr add {GATEWAY_V6}/64 dev {INET_UPLINK} nodad\n\
-                 addr add {PUBLIC_V6}/128 dev lo\n\
-                 addr add {LAN_V6}/128 dev lo\n"
+                 addr add {PUBLIC_V6}/128 dev lo nodad\n\
+                 addr add {LAN_V6}/128 dev lo nodad\n"
             ));
         }
         // The host side first: it creates the veth pair and moves one end into inet.

@@ -211,7 +211,13 @@ fn bench_reload_ten_thousand_allow_entries() {
                 .output()
                 .unwrap();
             out.push(t.elapsed().as_secs_f64() * 1e3);
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success()
+                    && String::from_utf8_lossy(&o.stdout).contains("reloaded 1 running jail"),
+                "the reload updated the running jail: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
     }
     let _ = nix::sys::signal::kill(
