@@ -455,7 +455,15 @@ type Never = std::convert::Infallible;
 fn exec_command(spec: &Spec, jailed: bool) -> Result<Never, (i32, anyhow::Error)> {
     let fail = |e: anyhow::Error| (EXIT_JAIL_FAILED, e);
     reset_signals().map_err(fail)?;
-    drop_privileges(&spec.target).map_err(fail)?;
+    if jailed || nix::unistd::geteuid().is_root() {
+        drop_privileges(&spec.target).map_err(fail)?;
+    } else if nix::unistd::getuid().as_raw() != spec.target.uid {
+        return Err(fail(anyhow::anyhow!(
+            "cannot run as {} without root",
+            spec.target.name
+        )));
+    }
+    // else: the jail is off and the caller is the unprivileged target itself: nothing to drop.
     if jailed {
         // Before any code of the user runs: the login shell below reads the user's rc files.
         seccomp::install().map_err(|e| fail(anyhow::anyhow!("install the seccomp filter: {e}")))?;
