@@ -116,7 +116,9 @@ const ECHO_MAX: u64 = 16 << 20;
 impl Servers {
     /// Starts serving `listeners` from one polling thread.
     pub fn start(listeners: Vec<Listener>) -> Result<Servers> {
-        let (wake_r, wake_w) = nix::unistd::pipe().context("pipe")?;
+        // Close-on-exec: the world's child processes (and claude-jail under test) must not hold
+        // the servers' wake-up pipe.
+        let (wake_r, wake_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
         let hits = Arc::new(Mutex::new(Vec::new()));
         let conns = Arc::new(Mutex::new(Conns::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -198,7 +200,8 @@ fn serve(
             })
             .collect();
         fds.push(PollFd::new(wake.as_fd(), PollFlags::POLLIN));
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
+        // A bounded wait, so that `stop` is seen even if the wake-up byte were lost.
+        if poll(&mut fds, PollTimeout::from(200u16)).is_err() {
             continue; // EINTR
         }
         let ready: Vec<bool> = fds

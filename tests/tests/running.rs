@@ -24,7 +24,7 @@ fn write_conf(path: &Path, text: &str) {
 struct Session {
     child: Child,
     lines: Receiver<String>,
-    stderr: thread::JoinHandle<String>,
+    stderr: Option<thread::JoinHandle<String>>,
 }
 
 impl Session {
@@ -62,7 +62,7 @@ impl Session {
         Session {
             child,
             lines: rx,
-            stderr,
+            stderr: Some(stderr),
         }
     }
 
@@ -87,11 +87,35 @@ impl Session {
 
     /// SIGTERM to the launcher (forwarded to the command), then the exit and stderr.
     fn stop(mut self) -> (Vec<String>, String) {
+        self.terminate();
+        let rest: Vec<String> = self.lines.iter().collect();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        (rest, stderr)
+    }
+
+    fn terminate(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-        let rest: Vec<String> = self.lines.iter().collect();
-        (rest, self.stderr.join().unwrap())
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A test that panics still ends its jail (the launcher cleans up on SIGTERM).
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
 
