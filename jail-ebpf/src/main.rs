@@ -77,18 +77,26 @@ enum Port {
     None,
 }
 
+impl Port {
+    /// The port a port-specific allow entry is looked up under: the real port, the marker 0 for
+    /// a non-first fragment, none when there is no port (port 0 included: it is never allowed).
+    #[inline(always)]
+    fn map_key(self) -> Option<u16> {
+        match self {
+            Port::Known(0) | Port::None => None,
+            Port::Known(p) => Some(p),
+            Port::Fragment => Some(0),
+        }
+    }
+}
+
 /// Refused: the deny entry that matched.
 type Verdict = Result<(), RuleId>;
 
 /// The IPv4 verdict (see the module doc for the rule).
 #[inline(always)]
 fn judge4(addr: u32, port: Port, proto: u8) -> Verdict {
-    let port_key = match port {
-        Port::Known(0) | Port::None => None,
-        Port::Known(p) => Some(p),
-        Port::Fragment => Some(0),
-    };
-    if let Some(port) = port_key {
+    if let Some(port) = port.map_key() {
         let key = PortKey4 {
             addr,
             port,
@@ -121,12 +129,7 @@ fn judge6(addr: [u32; 4], port: Port, proto: u8) -> Verdict {
     if carries_v4 {
         return judge4(w3, port, proto);
     }
-    let port_key = match port {
-        Port::Known(0) | Port::None => None,
-        Port::Known(p) => Some(p),
-        Port::Fragment => Some(0),
-    };
-    if let Some(port) = port_key {
+    if let Some(port) = port.map_key() {
         let key = PortKey6 {
             addr,
             port,
