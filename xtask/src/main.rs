@@ -150,8 +150,14 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     run(cargo(root).args(["fmt", "--all", "--", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
     // The eBPF crate is a workspace of its own; the host's rustfmt formats it all the same.
-    run(cargo(root).args(["fmt", "--manifest-path", "jail-ebpf/Cargo.toml", "--", "--check"]))
-        .context("formatting differs: run `cargo fmt --manifest-path jail-ebpf/Cargo.toml`")?;
+    run(cargo(root).args([
+        "fmt",
+        "--manifest-path",
+        "jail-ebpf/Cargo.toml",
+        "--",
+        "--check",
+    ]))
+    .context("formatting differs: run `cargo fmt --manifest-path jail-ebpf/Cargo.toml`")?;
     run(cargo(root).args([
         "clippy",
         "--workspace",
