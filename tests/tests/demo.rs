@@ -16,7 +16,11 @@ const TARGETS: [(&str, &str, bool); 10] = [
     ("192.168.1.5:80", "LAN host in 192.168/16", false),
     ("100.64.0.5:80", "CGNAT / Tailscale range", false),
     ("169.254.169.254:80", "cloud metadata service", false),
-    ("192.168.1.100:8080", "the host's own LAN address", false),
+    (
+        "192.168.1.100:8080",
+        "the host's LAN address (the jail holds a copy of it; the host's service is not reached)",
+        false,
+    ),
     (
         "192.168.1.1:8080",
         "the gateway (pasta maps it to the host's loopback unless told not to)",
