@@ -297,6 +297,7 @@ fn launch(args: RunArgs) -> Result<i32> {
                 .context("the jail's event ring buffer")?,
             aggregator: events::Aggregator::new(&id),
             init_awaiting_command: Some(init.pid),
+            log_error: None,
         }),
     };
     drop(build_lock);
@@ -304,7 +305,11 @@ fn launch(args: RunArgs) -> Result<i32> {
     let code = supervise::run(init.pid, &mut watch)?;
     built.init = None;
     let refused = jail_maps.counters().map(|c| c.total_refused()).unwrap_or(0);
+    let log_error = watch.jail.as_mut().and_then(|j| j.log_error.take());
     drop(built);
+    if let Some(e) = log_error {
+        eprintln!("claude-jail: warning: some refusals could not be written to the event log: {e}");
+    }
     if refused > 0 {
         eprintln!(
             "claude-jail: refused {refused} connection attempt{}; claude-jail events --jail {id}",

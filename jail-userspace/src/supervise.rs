@@ -58,6 +58,9 @@ pub struct JailWatch {
     pub aggregator: Aggregator,
     /// The init's pid, until the command's pid (its child) is in the registry record.
     pub init_awaiting_command: Option<Pid>,
+    /// The first failure to write the event log, reported once the command has exited (the
+    /// session's terminal is the command's until then).
+    pub log_error: Option<String>,
 }
 
 /// Waits for `child` (the init, or an unjailed command) and returns its exit status.
@@ -182,8 +185,8 @@ fn flush(j: &mut JailWatch) {
     let policy = &j.policy;
     let records = j.aggregator.flush(|rule| policy.describe(rule));
     if let Err(e) = events::append(&j.paths.events_log(), &records) {
-        // Never onto the session's terminal; the counters still count.
-        let _ = e;
+        // Not onto the session's terminal now; the counters still count.
+        j.log_error.get_or_insert_with(|| format!("{e:#}"));
     }
 }
 
