@@ -71,6 +71,18 @@ fn proto(tcp: bool, ip: IpAddr) -> &'static str {
     }
 }
 
+/// pasta relays the jail's pings with ICMP datagram sockets on the host, which the host must
+/// allow (systemd hosts do: ping_group_range 0 2147483647; a new namespace does not).
+fn allow_host_pings(world: &FakeWorld) {
+    let st = world
+        .host_command("sysctl")
+        .unwrap()
+        .args(["-qw", "net.ipv4.ping_group_range=0 2147483647"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "set ping_group_range in the world's host");
+}
+
 /// Asserts each probe was refused by the jail's eBPF programs (EPERM at the socket call).
 fn assert_refused(
     r: &BTreeMap<(String, String, String), String>,
@@ -101,15 +113,7 @@ fn jailed_shell_reaches_the_internet_and_dns_but_nothing_internal() {
     }
     let world = FakeWorld::builder().ipv6(true).build().unwrap();
     let conf = write_conf(&world, "claude-sandbox.conf", "# defaults\n").unwrap();
-    // pasta relays the jail's pings with ICMP datagram sockets on the host, which the host must
-    // allow (systemd hosts do: ping_group_range 0 2147483647; a new namespace does not).
-    let st = world
-        .host_command("sysctl")
-        .unwrap()
-        .args(["-qw", "net.ipv4.ping_group_range=0 2147483647"])
-        .status()
-        .unwrap();
-    assert!(st.success(), "set ping_group_range in the world's host");
+    allow_host_pings(&world);
     let public: [IpAddr; 2] = [PUBLIC_V4.into(), PUBLIC_V6.into()];
     let mut internal: Vec<IpAddr> = LAN_V4.iter().map(|&a| a.into()).collect();
     internal.push(LAN_V6.into());
@@ -991,15 +995,7 @@ fn ping_itself_runs_in_the_jail() {
     }
     let world = FakeWorld::builder().build().unwrap();
     let conf = write_conf(&world, "claude-sandbox.conf", "").unwrap();
-    // pasta relays pings with ICMP datagram sockets on the host, which the host must allow
-    // (systemd hosts do; a new namespace does not).
-    let st = world
-        .host_command("sysctl")
-        .unwrap()
-        .args(["-qw", "net.ipv4.ping_group_range=0 2147483647"])
-        .status()
-        .unwrap();
-    assert!(st.success(), "set ping_group_range in the world's host");
+    allow_host_pings(&world);
     let out = run_jailed(
         &world,
         &conf,
