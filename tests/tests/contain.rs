@@ -345,6 +345,9 @@ fn terminal_input_injection_is_refused() {
 /// nobody, and the conf allowing one socket. `$1`: claude-jail.
 const BROKERS: &str = r#"
 set -u
+# tmux runs a session's command with $SHELL, or else the user's login shell, which for nobody is
+# nologin: the session would end at once and take the server with it.
+export SHELL=/bin/sh
 # /run and /tmp are covered below; the binaries under test may live there (a checkout in /tmp):
 # copy them to a tmpfs of this mount namespace first.
 mount -t tmpfs -o mode=0755 cjt-bin /mnt || exit 1
