@@ -233,7 +233,7 @@ pub fn append(log: &Path, records: &[Record]) -> Result<()> {
     }
     let mut text = String::new();
     for r in records {
-        text.push_str(&serde_json::to_string(r)?);
+        text.push_str(&json_line(r)?);
         text.push('\n');
     }
     // One write per batch, O_APPEND: concurrent launchers never interleave within a line.
@@ -273,8 +273,8 @@ pub fn render(r: &Record) -> String {
     match r.kind.as_str() {
         "refused" => format!(
             "{time} jail={} refused {} {} pid={}{} uid={} comm={} hook={} rule={}{}",
-            r.jail,
-            r.proto.as_deref().unwrap_or("?"),
+            escape(&r.jail),
+            escape(r.proto.as_deref().unwrap_or("?")),
             match (r.addr, r.port) {
                 (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
                 (Some(a), Some(p)) => format!("{a}:{p}"),
@@ -287,7 +287,7 @@ pub fn render(r: &Record) -> String {
                 .unwrap_or_default(),
             r.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
             escape(r.comm.as_deref().unwrap_or("-")),
-            r.hook.as_deref().unwrap_or("-"),
+            escape(r.hook.as_deref().unwrap_or("-")),
             escape(r.rule.as_deref().unwrap_or("-")),
             if r.count > 1 {
                 format!(" x{}", r.count)
@@ -297,8 +297,8 @@ pub fn render(r: &Record) -> String {
         ),
         _ => format!(
             "{time} jail={} {} count={} {}",
-            r.jail,
-            r.kind,
+            escape(&r.jail),
+            escape(&r.kind),
             r.count,
             escape(r.detail.as_deref().unwrap_or(""))
         ),
@@ -328,9 +328,125 @@ fn format_time(t: f64) -> String {
     )
 }
 
+/// A record as one line of JSON. serde_json escapes C0 controls but writes DEL and the C1
+/// controls (U+0080-U+009F: U+009B is CSI, an escape sequence in one character) as they are;
+/// they are escaped here as `\u00XX`, so that neither the log file nor `events --json` can drive
+/// a terminal with an attacker-chosen command name or line. Outside strings serde_json writes
+/// ASCII only, so the replacement keeps the line valid JSON.
+pub fn json_line(r: &Record) -> serde_json::Result<String> {
+    let raw = serde_json::to_string(r)?;
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if ('\u{7f}'..='\u{9f}').contains(&c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Follows a log that is appended to and rotated: hands out each complete line once, from the
+/// first byte of the file it opened, across a rotation (the path names another file: the old
+/// one is read to its end, then the new one from its start) and a truncation in place (same
+/// file, smaller than what was read: read again from the start).
+struct Tail {
+    path: PathBuf,
+    /// The file being read, its (device, inode), and how far it has been read.
+    file: Option<(File, (u64, u64))>,
+    pos: u64,
+    /// The start of a line whose end has not been written yet.
+    partial: Vec<u8>,
+}
+
+fn file_id(m: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+impl Tail {
+    fn new(path: &Path) -> Tail {
+        let mut t = Tail {
+            path: path.to_path_buf(),
+            file: None,
+            pos: 0,
+            partial: Vec::new(),
+        };
+        t.reopen();
+        t
+    }
+
+    /// The (device, inode) of the file being read.
+    fn id(&self) -> Option<(u64, u64)> {
+        self.file.as_ref().map(|(_, id)| *id)
+    }
+
+    /// Starts over on whatever file the path names now (none: nothing yet).
+    fn reopen(&mut self) {
+        self.file = File::open(&self.path).ok().and_then(|f| {
+            let id = file_id(&f.metadata().ok()?);
+            Some((f, id))
+        });
+        self.pos = 0;
+        self.partial.clear();
+    }
+
+    /// Reads the current file from `pos` to its end, handing out complete lines.
+    fn drain(&mut self, line: &mut dyn FnMut(&str)) -> std::io::Result<()> {
+        let Some((f, _)) = self.file.as_mut() else {
+            return Ok(());
+        };
+        f.seek(SeekFrom::Start(self.pos))?;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = std::io::Read::read(f, &mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.pos += n as u64;
+            let mut chunk = &buf[..n];
+            while let Some(i) = chunk.iter().position(|&b| b == b'\n') {
+                self.partial.extend_from_slice(&chunk[..i]);
+                line(String::from_utf8_lossy(&self.partial).trim_end());
+                self.partial.clear();
+                chunk = &chunk[i + 1..];
+            }
+            self.partial.extend_from_slice(chunk);
+        }
+    }
+
+    /// Hands out the lines written since the last call.
+    fn poll(&mut self, line: &mut dyn FnMut(&str)) -> std::io::Result<()> {
+        if self.file.is_none() {
+            self.reopen();
+        }
+        self.drain(line)?;
+        match fs::metadata(&self.path) {
+            Ok(m) if Some(file_id(&m)) == self.id() => {
+                if m.len() < self.pos {
+                    // Truncated in place: what is there now was never read.
+                    self.pos = 0;
+                    self.partial.clear();
+                    self.drain(line)?;
+                }
+            }
+            Ok(_) => {
+                // Rotated: the path names a new file. A writer that opened the old one before
+                // the rename may still have added to it: read it to the end, then switch.
+                self.drain(line)?;
+                self.reopen();
+                self.drain(line)?;
+            }
+            // Renamed away, the new file not created yet: keep reading the old one.
+            Err(_) => {}
+        }
+        Ok(())
+    }
+}
+
 /// `claude-jail events [--follow] [--json] [--jail ID]`.
 pub fn command(log: &Path, follow: bool, json: bool, jail: Option<&str>) -> Result<()> {
-    let print = |line: &str| {
+    let mut print = |line: &str| {
         let Ok(r) = serde_json::from_str::<Record>(line) else {
             return;
         };
@@ -338,51 +454,33 @@ pub fn command(log: &Path, follow: bool, json: bool, jail: Option<&str>) -> Resu
             return;
         }
         if json {
-            // Re-serialised: JSON escapes control characters.
-            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            // Re-serialised, control characters (C0 and C1) escaped.
+            println!("{}", json_line(&r).unwrap_or_default());
         } else {
             println!("{}", render(&r));
         }
     };
-    for path in [rotated(log), log.to_path_buf()] {
-        if let Ok(f) = File::open(&path) {
-            for line in BufReader::new(f).lines() {
-                print(&line?);
+    // The current log is opened first and then read from its first byte by the same handle that
+    // --follow keeps: nothing appended in between is missed. The rotated log is read before it,
+    // unless it is that very file (rotated in between: the handle reads it, then moves on).
+    let mut tail = Tail::new(log);
+    let old = rotated(log);
+    let same = fs::metadata(&old).ok().map(|m| file_id(&m)) == tail.id() && tail.id().is_some();
+    if !same {
+        if let Ok(f) = File::open(&old) {
+            for line in BufReader::new(f).split(b'\n') {
+                print(String::from_utf8_lossy(&line?).trim_end());
             }
         }
     }
+    tail.poll(&mut print)?;
+    std::io::stdout().flush()?;
     if !follow {
         return Ok(());
     }
-    let mut pos = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-    let mut partial = String::new();
     loop {
         thread::sleep(Duration::from_millis(200));
-        let len = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-        if len < pos {
-            pos = 0; // rotated
-        }
-        if len == pos {
-            continue;
-        }
-        let mut f = File::open(log)?;
-        f.seek(SeekFrom::Start(pos))?;
-        let mut reader = BufReader::new(f);
-        loop {
-            let mut line = String::new();
-            let n = reader.read_line(&mut line)?;
-            if n == 0 {
-                break;
-            }
-            pos += n as u64;
-            if line.ends_with('\n') {
-                partial.push_str(&line);
-                print(partial.trim_end());
-                partial.clear();
-            } else {
-                partial.push_str(&line);
-            }
-        }
+        tail.poll(&mut print)?;
         std::io::stdout().flush()?;
     }
 }
@@ -448,6 +546,120 @@ mod tests {
     #[test]
     fn control_characters_are_escaped() {
         assert_eq!(escape("a\x1b[2Jb\n\\"), "a\\u{1b}[2Jb\\u{a}\\\\");
+    }
+
+    fn refused(comm: &str) -> Record {
+        let mut a = Aggregator::new("j");
+        a.add(event(1234, 22));
+        let mut r = a.flush(|_| "deny 10.0.0.0/8 (default)".into()).remove(0);
+        r.comm = Some(comm.into());
+        r
+    }
+
+    #[test]
+    fn c1_controls_are_escaped_in_text_and_json() {
+        // U+009B is CSI: one character that starts an escape sequence on many terminals.
+        let r = refused("x\u{9b}2J\u{1b}[31m\u{7f}\u{85}y");
+        let text = render(&r);
+        assert!(
+            text.contains("comm=x\\u{9b}2J\\u{1b}[31m\\u{7f}\\u{85}y"),
+            "{text}"
+        );
+        assert!(!text.chars().any(|c| c.is_control()), "{text:?}");
+        let json = json_line(&r).unwrap();
+        assert!(
+            json.contains(r#""comm":"x\u009b2J\u001b[31m\u007f\u0085y""#),
+            "{json}"
+        );
+        assert!(!json.chars().any(|c| c.is_control()), "{json:?}");
+        assert_eq!(
+            serde_json::from_str::<Record>(&json).unwrap(),
+            r,
+            "still valid JSON, same record"
+        );
+        // Other non-ASCII text is kept as it is.
+        assert!(json_line(&refused("caf\u{e9}"))
+            .unwrap()
+            .contains("caf\u{e9}"));
+    }
+
+    #[test]
+    fn the_log_file_escapes_c1_controls_too() {
+        let dir = std::env::temp_dir().join(format!("cj-events-c1-{}", std::process::id()));
+        let log = dir.join("events.jsonl");
+        append(&log, &[refused("a\u{9b}b")]).unwrap();
+        let text = fs::read_to_string(&log).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            text.contains("a\\u009bb") && !text.contains('\u{9b}'),
+            "{text:?}"
+        );
+    }
+
+    fn lines_of(t: &mut Tail) -> Vec<String> {
+        let mut v = Vec::new();
+        t.poll(&mut |l| v.push(l.to_string())).unwrap();
+        v
+    }
+
+    fn push(path: &Path, text: &str) {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn tail_misses_nothing_written_after_it_opened() {
+        let dir = std::env::temp_dir().join(format!("cj-events-tail-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("events.jsonl");
+        push(&log, "one\ntwo\n");
+        let mut t = Tail::new(&log);
+        // Appended after the file was opened, before it was first read (the window between the
+        // initial dump and --follow in the old code).
+        push(&log, "three\n");
+        assert_eq!(lines_of(&mut t), ["one", "two", "three"]);
+        assert!(lines_of(&mut t).is_empty(), "nothing twice");
+        // A line is handed out only once complete.
+        push(&log, "fo");
+        assert!(lines_of(&mut t).is_empty());
+        push(&log, "ur\n");
+        assert_eq!(lines_of(&mut t), ["four"]);
+
+        // Rotation to a new file that is already bigger than what was read: the old code,
+        // comparing sizes only, missed it. The tail of the old file is read first.
+        push(&log, "five\n");
+        fs::rename(&log, rotated(&log)).unwrap();
+        push(&log, &"x".repeat(100));
+        push(&log, "\nsix\n");
+        assert_eq!(lines_of(&mut t), ["five", &"x".repeat(100), "six"]);
+
+        // Renamed away, the new file not there yet: nothing, and no error.
+        fs::rename(&log, rotated(&log)).unwrap();
+        assert!(lines_of(&mut t).is_empty());
+        push(&log, "seven\n");
+        assert_eq!(lines_of(&mut t), ["seven"]);
+
+        // Truncated in place.
+        fs::write(&log, "").unwrap();
+        push(&log, "8\n");
+        assert_eq!(lines_of(&mut t), ["8"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tail_of_a_missing_log_starts_when_it_appears() {
+        let dir = std::env::temp_dir().join(format!("cj-events-tail2-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("events.jsonl");
+        let mut t = Tail::new(&log);
+        assert!(lines_of(&mut t).is_empty());
+        push(&log, "first\n");
+        assert_eq!(lines_of(&mut t), ["first"]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
