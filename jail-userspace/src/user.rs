@@ -106,16 +106,12 @@ const PASS_EXACT: [&str; 6] = [
     "TZ",
 ];
 const PASS_PREFIX: [&str; 3] = ["LC_", "ANTHROPIC_", "CLAUDE_"];
-const PROXY_VARS: [&str; 8] = [
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "all_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "ALL_PROXY",
-];
+
+/// The `*_proxy` variables (http_proxy, ftp_proxy, socks_proxy, no_proxy, ...), in either of the
+/// two spellings tools read: a name ending in `_proxy` or `_PROXY`.
+pub fn is_proxy_var(name: &str) -> bool {
+    name.len() > "_proxy".len() && (name.ends_with("_proxy") || name.ends_with("_PROXY"))
+}
 
 /// PATH when the caller's environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -141,7 +137,7 @@ pub fn environment(
             continue;
         }
         let pass = PASS_EXACT.contains(&name)
-            || PROXY_VARS.contains(&name)
+            || is_proxy_var(name)
             || PASS_PREFIX.iter().any(|p| name.starts_with(p));
         if pass && !v.as_bytes().contains(&0) {
             env.push((k, v));
@@ -221,6 +217,44 @@ mod tests {
             1,
             "HOME appears once"
         );
+    }
+
+    #[test]
+    fn every_proxy_variable_passes_in_both_spellings() {
+        let pass = [
+            "http_proxy",
+            "HTTPS_PROXY",
+            "ftp_proxy",
+            "FTP_PROXY",
+            "socks_proxy",
+            "rsync_proxy",
+            "grpc_proxy",
+            "all_proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "NO_PROXY",
+        ];
+        let drop = [
+            "_proxy",
+            "PROXY",
+            "proxy",
+            "Http_Proxy",
+            "GIT_PROXY_COMMAND",
+            "proxy_x",
+        ];
+        let caller = pass
+            .iter()
+            .chain(drop.iter())
+            .map(|k| (OsString::from(k), OsString::from("http://10.9.9.9:3128")));
+        let env = environment(&alice(), caller);
+        for k in pass {
+            assert!(is_proxy_var(k), "{k}");
+            assert!(get(&env, k).is_some(), "{k} passes through");
+        }
+        for k in drop {
+            assert!(!is_proxy_var(k), "{k}");
+            assert!(get(&env, k).is_none(), "{k} must not reach the jail");
+        }
     }
 
     #[test]
