@@ -574,13 +574,14 @@ impl Policy {
     }
 
     /// Things the author may not have meant: an allow entry that covers a whole default deny
-    /// range, or that opens the proxy named by `http_proxy`/`https_proxy`/`ALL_PROXY` (any
-    /// case): an allowed proxy is a pivot to everything behind it. `env_proxies` is
-    /// `(variable, value)`.
+    /// range, or that opens the proxy named by a `*_proxy` variable (`http_proxy`, `HTTPS_PROXY`,
+    /// `ALL_PROXY`, `ftp_proxy`, ...: the ones passed to the command): an allowed proxy is a
+    /// pivot to everything behind it. `env_proxies` is `(variable, value)`.
     ///
     /// Proxy host names are not resolved (only IP literals and `localhost` are judged): the
     /// check must be deterministic and offline, and the answer the host's resolver gives now
-    /// need not be the one the agent gets later.
+    /// need not be the one the agent gets later. [`Policy::proxy_notes`] says which were not
+    /// checked.
     pub fn warnings(&self, env_proxies: &[(String, String)]) -> Vec<String> {
         let mut out = Vec::new();
         for rule in &self.rules {
@@ -626,6 +627,27 @@ impl Policy {
             }
         }
         out
+    }
+
+    /// The proxies of `env_proxies` that [`Policy::warnings`] could not check: those named by a
+    /// host name rather than an IP literal (no name is resolved here). The value itself is not
+    /// repeated: it may hold credentials.
+    pub fn proxy_notes(&self, env_proxies: &[(String, String)]) -> Vec<String> {
+        env_proxies
+            .iter()
+            .filter_map(|(var, value)| {
+                let (host, _) = proxy_host_port(value)?;
+                if host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok() {
+                    return None;
+                }
+                Some(format!(
+                    "the proxy host {host:?} of {var} was not checked against the allow \
+                     entries: it is not an IP literal, and claude-jail resolves no names (if \
+                     it resolves to an allowed address, the proxy is a pivot to everything \
+                     behind it)"
+                ))
+            })
+            .collect()
     }
 }
 
@@ -1161,6 +1183,20 @@ mod tests {
             ("HTTPS_PROXY", "http://127.0.0.1:8080"),
         ]));
         assert_eq!(w.len(), 4, "{w:#?}");
+        let notes = p.proxy_notes(&env(&[
+            ("http_proxy", "proxy.corp.example:3128"),
+            ("HTTP_PROXY", "http://localhost:3128"),
+            ("ftp_proxy", "http://[fd00::5]:21"),
+        ]));
+        assert_eq!(
+            notes,
+            vec![
+                "the proxy host \"proxy.corp.example\" of http_proxy was not checked against \
+                 the allow entries: it is not an IP literal, and claude-jail resolves no names \
+                 (if it resolves to an allowed address, the proxy is a pivot to everything \
+                 behind it)"
+            ]
+        );
         assert!(
             w[1].starts_with(&format!(
                 "allow 172.23.0.5/32 (conf {CONF}:2) allows the proxy https_proxy="

@@ -10,24 +10,15 @@ use crate::{
     conf::{self, Conf, JailSwitch, Trust},
     hostnet::HostNet,
     policy::Policy,
+    user,
 };
-
-/// The proxy variables whose host the warnings check, in both spellings curl accepts.
-const PROXY_VARS: [&str; 6] = [
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-];
 
 pub fn run(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     let path = conf::conf_path(config, std::env::var_os(conf::ENV_CONF).as_deref());
     let conf = conf::load(&path, Trust::Any)?;
     let switch = conf::jail_enabled(&conf, std::env::var_os(conf::ENV_EGRESS_JAIL).as_deref())?;
     let host = HostNet::read().context("reading the host's addresses and routes")?;
-    let proxies = proxy_env(|v| std::env::var_os(v));
+    let proxies = proxy_env(std::env::vars_os());
     let report = Report::new(&conf, &switch, &host, &proxies);
     if json {
         println!("{:#}", report.json());
@@ -37,16 +28,25 @@ pub fn run(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     for w in &report.warnings {
         eprintln!("claude-jail: warning: {w}");
     }
+    for n in &report.notes {
+        eprintln!("claude-jail: note: {n}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// `(variable, value)` for each proxy variable set (non-UTF-8 values cannot name a host).
-fn proxy_env(get: impl Fn(&str) -> Option<OsString>) -> Vec<(String, String)> {
-    PROXY_VARS
-        .iter()
-        .filter_map(|v| Some((v.to_string(), get(v)?.into_string().ok()?)))
-        .filter(|(_, val)| !val.is_empty())
-        .collect()
+/// `(variable, value)` for each proxy variable set, sorted by name: the `*_proxy` variables that
+/// reach the command ([`user::is_proxy_var`]) except `no_proxy`, which names hosts *not* to
+/// proxy. Non-UTF-8 values cannot name a host.
+fn proxy_env(env: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = env
+        .into_iter()
+        .filter_map(|(k, val)| Some((k.into_string().ok()?, val.into_string().ok()?)))
+        .filter(|(k, val)| {
+            user::is_proxy_var(k) && !k.eq_ignore_ascii_case("no_proxy") && !val.is_empty()
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// Everything `policy` prints, computed once for both formats.
@@ -56,6 +56,8 @@ struct Report<'a> {
     host: &'a HostNet,
     policy: Policy,
     warnings: Vec<String>,
+    /// Proxies that could not be checked (named by host name).
+    notes: Vec<String>,
 }
 
 impl<'a> Report<'a> {
@@ -67,6 +69,7 @@ impl<'a> Report<'a> {
     ) -> Report<'a> {
         let policy = Policy::build(conf, host);
         let mut warnings = policy.warnings(proxies);
+        let notes = policy.proxy_notes(proxies);
         if let Some(w) = policy.map_entries().over_capacity() {
             warnings.push(format!("the policy does not fit the maps: {w}"));
         }
@@ -76,6 +79,7 @@ impl<'a> Report<'a> {
             host,
             policy,
             warnings,
+            notes,
         }
     }
 
@@ -180,6 +184,7 @@ impl<'a> Report<'a> {
                 .map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
             "digest": self.policy.digest(),
             "warnings": self.warnings,
+            "notes": self.notes,
         })
     }
 }
@@ -269,20 +274,60 @@ mod tests {
     }
 
     #[test]
-    fn proxy_env_reads_both_spellings_and_skips_empty() {
-        let got = proxy_env(|v| match v {
-            "http_proxy" => Some("http://10.0.0.1:3128".into()),
-            "ALL_PROXY" => Some("".into()),
-            "HTTPS_PROXY" => Some(OsStr::new("socks5://[fd00::1]").to_os_string()),
-            _ => None,
-        });
+    fn proxy_env_reads_every_proxy_variable_and_skips_empty_and_no_proxy() {
+        let env = [
+            ("http_proxy", "http://10.0.0.1:3128"),
+            ("ALL_PROXY", ""),
+            ("HTTPS_PROXY", "socks5://[fd00::1]"),
+            ("ftp_proxy", "http://10.0.0.2:21"),
+            ("socks_proxy", "socks5://10.0.0.3"),
+            ("no_proxy", "10.0.0.9"),
+            ("NO_PROXY", "10.0.0.9"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsStr::new(v).to_os_string()));
+        let got = proxy_env(env);
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
         assert_eq!(
             got,
             vec![
-                ("http_proxy".to_string(), "http://10.0.0.1:3128".to_string()),
-                ("HTTPS_PROXY".into(), "socks5://[fd00::1]".into())
+                s("HTTPS_PROXY", "socks5://[fd00::1]"),
+                s("ftp_proxy", "http://10.0.0.2:21"),
+                s("http_proxy", "http://10.0.0.1:3128"),
+                s("socks_proxy", "socks5://10.0.0.3"),
             ]
         );
+    }
+
+    #[test]
+    fn a_proxy_named_by_host_name_is_noted_as_not_checked() {
+        let c = conf::parse(Path::new("/c"), b"allow-ip = 10.0.0.2\n").unwrap();
+        let sw = conf::jail_enabled(&c, None).unwrap();
+        let h = HostNet::default();
+        let proxies = vec![
+            ("ftp_proxy".to_string(), "http://10.0.0.2:21".to_string()),
+            (
+                "https_proxy".to_string(),
+                "http://u:secret@proxy.corp.example:3128".to_string(),
+            ),
+        ];
+        let r = Report::new(&c, &sw, &h, &proxies);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].contains("allows the proxy ftp_proxy="),
+            "ftp_proxy is checked like the others: {:?}",
+            r.warnings
+        );
+        assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+        assert!(
+            r.notes[0].contains("\"proxy.corp.example\"")
+                && r.notes[0].contains("https_proxy")
+                && r.notes[0].contains("not an IP literal")
+                && !r.notes[0].contains("secret"),
+            "{}",
+            r.notes[0]
+        );
+        assert_eq!(r.json()["notes"][0], r.notes[0]);
     }
 
     #[test]
