@@ -87,6 +87,10 @@ pub struct Spec {
 pub struct Init {
     pub pid: Pid,
     go: Option<File>,
+    /// The read end of the report pipe: a set-up step that fails inside the jail (in the init, or
+    /// in the command's process before execve) writes why; EOF with nothing written means the
+    /// command's process reached execve.
+    report: Option<File>,
 }
 
 impl Init {
@@ -95,6 +99,36 @@ impl Init {
         let mut go = self.go.take().context("go sent twice")?;
         go.write_all(b"g").context("signal the jail's init")
     }
+
+    /// After [`Init::go`]: waits until the command's process has finished the jail's set-up and
+    /// reached execve, or returns the failure of the step that stopped it (nothing of the
+    /// command ran then). Whether execve itself succeeded is the command's exit status (126/127).
+    pub fn started(&mut self) -> Result<()> {
+        let mut report = self.report.take().context("started asked twice")?;
+        let mut msg = String::new();
+        report
+            .read_to_string(&mut msg)
+            .context("read the jail's set-up report")?;
+        if msg.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "setting up the jail inside its namespaces failed, nothing was run: {} (fix: the step \
+             named here needs a kernel with PID, mount, cgroup and IPC namespaces and seccomp, \
+             and a mount table it can cover; its message says which)",
+            msg.trim_end()
+        )
+    }
+}
+
+/// Writes a set-up failure to the launcher's report pipe; stderr if there is none.
+fn report_failure(report: Option<&File>, e: &anyhow::Error) {
+    match report {
+        Some(mut f) => {
+            let _ = write!(f, "{e:#}");
+        }
+        None => eprintln!("claude-jail: {e:#}"),
+    }
 }
 
 /// Clones the init into new PID, network, mount and IPC namespaces. It waits for [`Init::go`];
@@ -102,19 +136,21 @@ impl Init {
 /// The caller must be single-threaded.
 pub fn spawn(spec: &Spec) -> Result<Init> {
     let (go_r, go_w) = pipe().context("pipe")?;
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     let flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWIPC;
     let mut go_r = Some(go_r);
-    let go_w_raw = std::os::fd::AsRawFd::as_raw_fd(&go_w);
+    let mut report_w = Some(File::from(report_w));
     let pid = sys::clone_process(flags, || {
-        // The child's copy of the write end must go, or it would never see EOF.
-        let _ = nix::unistd::close(go_w_raw);
-        let code = match init_main(spec, go_r.take().expect("runs once")) {
+        // The child's copies of the launcher's ends (go_w, report_r) go with every other
+        // descriptor of the launcher, first thing in init_main.
+        let mut report = report_w.take();
+        let code = match init_main(spec, go_r.take().expect("runs once"), &mut report) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("claude-jail: jail init: {e:#}");
+                report_failure(report.as_ref(), &e.context("jail init"));
                 EXIT_JAIL_FAILED
             }
         };
@@ -126,25 +162,33 @@ pub fn spawn(spec: &Spec) -> Result<Init> {
              namespaces)"
         )
     })?;
+    // The launcher's copy of the write end must go, or it would never see EOF.
+    drop(report_w);
     Ok(Init {
         pid,
         go: Some(File::from(go_w)),
+        report: Some(File::from(report_r)),
     })
 }
 
 /// Forks the command without any jail (the egress jail is turned off): same user, same dropped
 /// capabilities, same environment, host networking, no seccomp filter.
 pub fn fork_command(spec: &Spec) -> Result<Pid> {
-    fork_exec(spec, false)
+    fork_exec(spec, false, None)
 }
 
-/// Forks the command; `jailed` installs the seccomp filter.
-fn fork_exec(spec: &Spec, jailed: bool) -> Result<Pid> {
+/// Forks the command; `jailed` installs the seccomp filter. A set-up failure (exit 125) goes to
+/// `report` when given.
+fn fork_exec(spec: &Spec, jailed: bool, report: Option<&File>) -> Result<Pid> {
     // SAFETY (fork): the launcher, and the init, are single-threaded.
     match unsafe { fork() }.context("fork the command")? {
         ForkResult::Child => {
             let code = match exec_command(spec, jailed) {
                 Ok(never) => match never {},
+                Err((code, e)) if code == EXIT_JAIL_FAILED => {
+                    report_failure(report, &e);
+                    code
+                }
                 Err((code, e)) => {
                     eprintln!("claude-jail: {e:#}");
                     code
@@ -156,11 +200,15 @@ fn fork_exec(spec: &Spec, jailed: bool) -> Result<Pid> {
     }
 }
 
-fn init_main(spec: &Spec, go: OwnedFd) -> Result<i32> {
+/// `report`: the write end of the launcher's report pipe; closed once the command is forked (the
+/// command's process holds its own copy until execve).
+fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32> {
+    use std::os::fd::AsRawFd;
     // If the launcher dies, so does the jail (and with pid 1, everything in it).
     prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
-    sys::close_all_but(std::os::fd::AsRawFd::as_raw_fd(&go))
-        .context("close the launcher's descriptors")?;
+    let mut keep = vec![go.as_raw_fd()];
+    keep.extend(report.as_ref().map(|f| f.as_raw_fd()));
+    sys::close_all_but(&keep).context("close the launcher's descriptors")?;
     mount(
         None::<&str>,
         "/",
@@ -187,7 +235,8 @@ fn init_main(spec: &Spec, go: OwnedFd) -> Result<i32> {
     let sfd = SignalFd::with_flags(&watched, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
 
     // The init is single-threaded.
-    let command = fork_exec(spec, true)?;
+    let command = fork_exec(spec, true, report.as_ref())?;
+    drop(report.take());
     loop {
         let Some(info) = sfd.read_signal().context("read signalfd")? else {
             continue;

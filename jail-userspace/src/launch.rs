@@ -71,9 +71,23 @@ pub fn run(args: RunArgs) -> ExitCode {
 }
 
 fn launch(args: RunArgs) -> Result<i32> {
+    // Blocked from the start, and so in the jail's init from its birth: a Ctrl-C or SIGTERM while
+    // the jail is being built is read (below) before the command would start, and a SIGTERM
+    // forwarded to the init is queued for it, never discarded.
+    let signals = block_signals()?;
     let conf_path = conf::conf_path(args.config, std::env::var_os(conf::ENV_CONF).as_deref());
-    let conf = conf::load(&conf_path, Trust::Strict)?;
-    let switch = conf::jail_enabled(&conf, std::env::var_os(conf::ENV_EGRESS_JAIL).as_deref())?;
+    let env_switch = std::env::var_os(conf::ENV_EGRESS_JAIL);
+    let conf = match conf::load(&conf_path, Trust::Strict) {
+        Ok(c) => c,
+        // The escape hatch works even when the conf is what is broken: the jail is off, and the
+        // conf's only other use is the jail.
+        Err(e) if env_switch.as_deref() == Some(std::ffi::OsStr::new("0")) => {
+            eprintln!("claude-jail: warning: {e} (not used: {}=0)", conf::ENV_EGRESS_JAIL);
+            conf::Conf::empty(&conf_path)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let switch = conf::jail_enabled(&conf, env_switch.as_deref())?;
     let target = user::resolve(
         args.user.as_deref(),
         std::env::var_os("SUDO_UID").as_deref(),
@@ -142,7 +156,6 @@ fn launch(args: RunArgs) -> Result<i32> {
                 eprintln!("claude-jail: warning: cannot record the unjailed launch: {e:#}");
             }
         }
-        let signals = block_signals()?;
         let child = jail::fork_command(&spec)?;
         record.command_pid = child.as_raw() as u32;
         if let Some(p) = &paths {
@@ -221,6 +234,7 @@ fn launch(args: RunArgs) -> Result<i32> {
     fs::write(&resolv, netns::jail_resolv_conf(&host_resolv))?;
     fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
 
+    crate::mask::precreate(&target).context("create the user's tmux socket directory")?;
     let masks = crate::mask::plan(&target, &crate::mask::kept(&conf, &env));
     let spec = jail::Spec {
         target,
@@ -285,13 +299,17 @@ fn launch(args: RunArgs) -> Result<i32> {
     state::write_record(&paths, &record)?;
     built.record = true;
 
-    let signals = block_signals()?;
     let mut watch = supervise::Watch {
         signals: &signals,
         jail: Some(supervise::JailWatch {
             paths: paths.clone(),
             id: id.clone(),
+            conf,
             policy: jail_policy,
+            netlink: Some(
+                supervise::netlink_socket()
+                    .context("subscribe to the host's address and route changes (rtnetlink)")?,
+            ),
             events: jail_maps
                 .take_events()
                 .context("the jail's event ring buffer")?,
@@ -301,7 +319,12 @@ fn launch(args: RunArgs) -> Result<i32> {
         }),
     };
     drop(build_lock);
+    if let Some(sig) = stop_asked(&signals)? {
+        eprintln!("claude-jail: {sig} while the jail was being built: nothing was run");
+        return Ok(128 + sig as i32);
+    }
     init.go()?;
+    init.started()?;
     let code = supervise::run(init.pid, &mut watch)?;
     built.init = None;
     let refused = jail_maps.counters().map(|c| c.total_refused()).unwrap_or(0);
@@ -411,6 +434,27 @@ fn block_signals() -> Result<SignalFd> {
     }
     set.thread_block().context("block signals")?;
     SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("signalfd")
+}
+
+/// Reads the signals that arrived while the jail was being built: the first of SIGINT, SIGTERM,
+/// SIGHUP or SIGQUIT means stop before the command starts. A SIGUSR1 (reload) is raised again, for
+/// the supervisor; SIGCHLD needs nothing (the supervisor polls its child).
+fn stop_asked(signals: &SignalFd) -> Result<Option<Signal>> {
+    let mut stop = None;
+    let mut reload = false;
+    while let Some(info) = signals.read_signal().context("read signalfd")? {
+        match Signal::try_from(info.ssi_signo as i32) {
+            Ok(s @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT)) => {
+                stop.get_or_insert(s);
+            }
+            Ok(Signal::SIGUSR1) => reload = true,
+            _ => {}
+        }
+    }
+    if reload {
+        nix::sys::signal::raise(Signal::SIGUSR1).context("raise SIGUSR1")?;
+    }
+    Ok(stop)
 }
 
 /// Everything a launch created, undone in reverse order on drop, on every exit path.

@@ -70,6 +70,23 @@ pub fn candidates(uid: u32) -> Vec<(PathBuf, Kind, &'static str)> {
     v.into_iter().map(|(p, k, w)| (p.into(), k, w)).collect()
 }
 
+/// Creates the user's tmux socket directory (/tmp/tmux-UID, 0700, the user's, as tmux itself
+/// would) when it does not exist yet, so that the jail covers it from the start: otherwise a tmux
+/// server the user starts *after* the launch would be reachable from the jail. An existing path
+/// is left as it is (and masked when it is a directory).
+pub fn precreate(target: &Target) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = PathBuf::from(format!("/tmp/tmux-{}", target.uid));
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {
+            std::os::unix::fs::chown(&dir, Some(target.uid), Some(target.gid))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The masks for `target`, as the filesystem is now: every candidate that exists with the
 /// expected type, plus the unix sockets under `~/.ssh` (ControlMaster sockets: directly inside
 /// it, or in a subdirectory, which is then covered whole). `keep` are the paths that stay

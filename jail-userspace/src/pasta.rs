@@ -33,28 +33,44 @@ pub const DNS_FORWARDER: Ipv4Addr = Ipv4Addr::new(240, 0, 0, 53);
 /// set-up builds one).
 pub const ENV_PASTA: &str = "CLAUDE_JAIL_PASTA";
 
-/// The pasta binary: $CLAUDE_JAIL_PASTA, else `pasta` on PATH.
+/// The pasta binary: $CLAUDE_JAIL_PASTA, else `pasta` on PATH; returned with symlinks resolved.
+///
+/// pasta runs as root in the host's namespaces, so it gets the same trust check as the conf:
+/// the file and its directories owned by root and writable by nobody else (else an agent that
+/// writes `export CLAUDE_JAIL_PASTA=~/x` into the user's shell profile would get root at the next
+/// `sudo claude-jail run`). pasta re-executes itself as `<path>.avx2` when the CPU has AVX2, so
+/// that file, when present, is checked too.
 pub fn locate(env: Option<&std::ffi::OsStr>) -> Result<PathBuf> {
-    if let Some(p) = env.filter(|p| !p.is_empty()) {
+    let found = if let Some(p) = env.filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        if is_executable(&p) {
-            return Ok(p);
+        if !is_executable(&p) {
+            bail!(
+                "{ENV_PASTA}={}: not an executable file (fix: point {ENV_PASTA} at pasta, or \
+                 unset it and install the passt package)",
+                p.display()
+            );
         }
-        bail!(
-            "{ENV_PASTA}={}: not an executable file (fix: point {ENV_PASTA} at pasta, or unset \
-             it and install the passt package)",
-            p.display()
-        );
+        p
+    } else {
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        std::env::split_paths(&path)
+            .map(|d| d.join("pasta"))
+            .find(|p| is_executable(p))
+            .context(
+                "pasta not found on PATH (fix: install the passt package, or set \
+                 CLAUDE_JAIL_PASTA)",
+            )?
+    };
+    let real = crate::conf::check_trusted(&found)
+        .map_err(|e| anyhow::anyhow!("{e} (pasta runs as root)"))?;
+    let avx2 = PathBuf::from(format!("{}.avx2", real.display()));
+    if avx2.exists() {
+        crate::conf::check_trusted(&avx2)
+            .map_err(|e| anyhow::anyhow!("{e} (pasta runs it as root on AVX2 CPUs)"))?;
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join("pasta"))
-        .find(|p| is_executable(p))
-        .context(
-            "pasta not found on PATH (fix: install the passt package, or set CLAUDE_JAIL_PASTA)",
-        )
+    Ok(real)
 }
-
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     fs::metadata(p)
@@ -131,7 +147,9 @@ pub struct Pasta {
 pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Pasta> {
     let procs = cgroup_procs.to_path_buf();
     let mut cmd = Command::new(binary);
-    cmd.args(args(c))
+    // passt picks its mode from argv[0]; `binary` is the resolved file, usually named passt.
+    cmd.arg0("pasta")
+        .args(args(c))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -145,7 +163,10 @@ pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Past
     if !out.status.success() {
         let log = fs::read_to_string(c.log_file).unwrap_or_default();
         bail!(
-            "pasta failed ({}): {}{}",
+            "pasta ({}) failed ({}): {}{}\n(fix: a pasta that knows every option above, such as \
+             the one scripts/setup builds into .tools/bin, named by {ENV_PASTA}; bookworm's \
+             passt package is too old)",
+            binary.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim(),
             if log.is_empty() {

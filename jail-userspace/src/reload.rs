@@ -49,7 +49,7 @@ pub fn compile(conf: &Conf, host: &HostNet, rec: &JailRecord) -> (Policy, Policy
 }
 
 /// Compiles `conf` against the host and brings one jail's maps (its own first, then pasta's) to
-/// it. Returns the jail's new policy.
+/// it. Returns the jail's new policy. The caller holds the jail's lock ([`with_record`]).
 pub fn apply(paths: &Paths, rec: &JailRecord, conf: &Conf, host: &HostNet) -> Result<Policy> {
     let id = &rec.id;
     let (jail, pasta) = compile(conf, host, rec);
@@ -58,7 +58,6 @@ pub fn apply(paths: &Paths, rec: &JailRecord, conf: &Conf, host: &HostNet) -> Re
             bail!("{msg}");
         }
     }
-    let _lock = lock(paths, id)?;
     let mut jail_maps = JailMaps::open(&paths.jail_pins(id))?;
     let mut pasta_maps = JailMaps::open(&paths.pasta_pins(id))?;
     // The two instances are independent: update them side by side (each keeps its own
@@ -72,6 +71,36 @@ pub fn apply(paths: &Paths, rec: &JailRecord, conf: &Conf, host: &HostNet) -> Re
     p.map_err(|_| anyhow::anyhow!("updating pasta's maps panicked"))?
         .context("update pasta's maps")?;
     Ok(jail)
+}
+
+/// Reads jail `id`'s registry record, lets `f` change it (and the jail's maps), and writes it
+/// back, all under the jail's lock: the reload command, the launcher's own refreshes and its
+/// bookkeeping never interleave, so none of them writes back a record another has changed since
+/// it read it. `Ok(None)` when the jail is gone (or going).
+pub fn with_record<T>(
+    paths: &Paths,
+    id: &str,
+    f: impl FnOnce(&mut JailRecord) -> Result<T>,
+) -> Result<Option<T>> {
+    if !paths.jail_run(id).exists() {
+        return Ok(None);
+    }
+    let _lock = match lock(paths, id) {
+        Ok(l) => l,
+        // The run directory went away between the check and the open: the jail ended.
+        Err(_) if !paths.jail_run(id).exists() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(mut rec) = state::list_records(paths)?
+        .into_iter()
+        .flatten()
+        .find(|r| r.id == id)
+    else {
+        return Ok(None);
+    };
+    let out = f(&mut rec)?;
+    state::write_record(paths, &rec)?;
+    Ok(Some(out))
 }
 
 /// Reads a jail's conf as `run` does (root-owned, refused when invalid).
@@ -124,27 +153,29 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
 }
 
 fn apply_to_record(paths: &Paths, rec: JailRecord, conf: &Conf, host: &HostNet) -> Result<bool> {
-    // A jail still being built holds its lock: wait for it, then take the record as it is now
-    // (the launch may also have failed and removed it).
-    if !paths.jail_run(&rec.id).exists() {
-        return Ok(false);
+    // A jail still being built holds its lock: `with_record` waits for it, then takes the record
+    // as it is now (the launch may also have failed and removed it).
+    let id = rec.id.clone();
+    let launcher = rec.launcher_pid;
+    let done = with_record(paths, &id, |rec| {
+        let policy = apply(paths, rec, conf, host)?;
+        rec.conf = conf.path.display().to_string();
+        rec.policy_digest = policy.digest();
+        Ok(())
+    });
+    match done {
+        Ok(Some(())) => {}
+        Ok(None) => return Ok(false),
+        // A jail that ended while it was being reloaded (its pins and run directory go with it)
+        // needs nothing.
+        Err(_) if !state::pid_alive(launcher) || !paths.jail_run(&id).exists() => {
+            return Ok(false)
+        }
+        Err(e) => return Err(e.context(format!("jail {id}"))),
     }
-    let lock = lock(paths, &rec.id)?;
-    let Some(mut rec) = state::list_records(paths)?
-        .into_iter()
-        .flatten()
-        .find(|r| r.id == rec.id)
-    else {
-        return Ok(false);
-    };
-    drop(lock);
-    let policy = apply(paths, &rec, conf, host).with_context(|| format!("jail {}", rec.id))?;
-    rec.conf = conf.path.display().to_string();
-    rec.policy_digest = policy.digest();
-    state::write_record(paths, &rec)?;
-    // The launcher re-reads its record and refreshes its own copy (rule names for events).
+    // The launcher refreshes its own copy (rule names for events, the conf it follows).
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(rec.launcher_pid as i32),
+        nix::unistd::Pid::from_raw(launcher as i32),
         nix::sys::signal::Signal::SIGUSR1,
     );
     Ok(true)

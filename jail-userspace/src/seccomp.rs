@@ -4,8 +4,9 @@
 //! - `ioctl(fd, TIOCSTI | TIOCLINUX, ...)`: push characters into a terminal's input queue (or
 //!   paste a console selection), i.e. type commands into the user's shell outside the jail;
 //! - `socket(AF_VSOCK, ...)`: vsock ignores network namespaces (a VM guest talks to its host);
-//! - `socket(AF_PACKET, ...)`: a second guard behind "no CAP_NET_RAW" (a nested user namespace
-//!   has it over its own network namespace);
+//! - `socket(AF_PACKET, ...)`, and `socket(AF_INET, SOCK_PACKET, ...)` which the kernel turns into
+//!   one: a second guard behind "no CAP_NET_RAW" (a nested user namespace has it over its own
+//!   network namespace);
 //! - `io_uring_setup`: IORING_OP_SOCKET creates sockets without the socket system call, so this
 //!   filter would not see them.
 //!
@@ -37,6 +38,7 @@ const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
 const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+const AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
 
 const fn stmt(code: u16, k: u32) -> sock_filter {
     sock_filter {
@@ -58,17 +60,24 @@ const KILL: u32 = libc::SECCOMP_RET_KILL_PROCESS;
 
 // Instruction indices of the jump targets.
 const SOCKET: usize = 9;
-const IOCTL: usize = 13;
-const DENY: usize = 17;
-const NOSYS: usize = 18;
+const INET_TYPE: usize = 14;
+const IOCTL: usize = 18;
+const DENY: usize = 22;
+const NOSYS: usize = 23;
 
 /// The offset of a jump at `from` to `target` (BPF counts from the next instruction).
 const fn to(from: usize, target: usize) -> u8 {
     (target - from - 1) as u8
 }
 
+/// socket(2)'s type argument: the type is in the low bits, SOCK_NONBLOCK and SOCK_CLOEXEC above.
+const SOCK_TYPE_MASK: u32 = 0xf;
+/// The obsolete SOCK_PACKET type: the kernel turns socket(AF_INET, SOCK_PACKET, ...) into a packet
+/// socket (net/socket.c, __sock_create), so it is refused like AF_PACKET.
+const SOCK_PACKET: u32 = 10;
+
 /// The filter program.
-pub const FILTER: [sock_filter; 19] = [
+pub const FILTER: [sock_filter; 24] = [
     /* 0 */ stmt(LD_W_ABS, OFF_ARCH),
     /* 1 */ jump(JEQ_K, AUDIT_ARCH_X86_64, to(1, 3), 0),
     /* 2 */ stmt(RET_K, KILL),
@@ -81,13 +90,18 @@ pub const FILTER: [sock_filter; 19] = [
     /* 9 SOCKET: the domain */ stmt(LD_W_ABS, off_arg_low(0)),
     /* 10 */ jump(JEQ_K, libc::AF_VSOCK as u32, to(10, DENY), 0),
     /* 11 */ jump(JEQ_K, libc::AF_PACKET as u32, to(11, DENY), 0),
-    /* 12 */ stmt(RET_K, ALLOW),
-    /* 13 IOCTL: the request */ stmt(LD_W_ABS, off_arg_low(1)),
-    /* 14 */ jump(JEQ_K, libc::TIOCSTI as u32, to(14, DENY), 0),
-    /* 15 */ jump(JEQ_K, libc::TIOCLINUX as u32, to(15, DENY), 0),
-    /* 16 */ stmt(RET_K, ALLOW),
-    /* 17 DENY */ stmt(RET_K, EPERM),
-    /* 18 NOSYS */ stmt(RET_K, ENOSYS),
+    /* 12 */ jump(JEQ_K, libc::AF_INET as u32, to(12, INET_TYPE), 0),
+    /* 13 */ stmt(RET_K, ALLOW),
+    /* 14 INET_TYPE: the type */ stmt(LD_W_ABS, off_arg_low(1)),
+    /* 15 */ stmt(AND_K, SOCK_TYPE_MASK),
+    /* 16 */ jump(JEQ_K, SOCK_PACKET, to(16, DENY), 0),
+    /* 17 */ stmt(RET_K, ALLOW),
+    /* 18 IOCTL: the request */ stmt(LD_W_ABS, off_arg_low(1)),
+    /* 19 */ jump(JEQ_K, libc::TIOCSTI as u32, to(19, DENY), 0),
+    /* 20 */ jump(JEQ_K, libc::TIOCLINUX as u32, to(20, DENY), 0),
+    /* 21 */ stmt(RET_K, ALLOW),
+    /* 22 DENY */ stmt(RET_K, EPERM),
+    /* 23 NOSYS */ stmt(RET_K, ENOSYS),
 ];
 
 /// Installs [`FILTER`] on the calling thread (inherited by its children, kept across execve).
@@ -120,6 +134,7 @@ mod tests {
                 }
                 JEQ_K => pc += if acc == ins.k { ins.jt } else { ins.jf } as usize,
                 JGE_K => pc += if acc >= ins.k { ins.jt } else { ins.jf } as usize,
+                AND_K => acc &= ins.k,
                 RET_K => return ins.k,
                 c => panic!("unexpected opcode {c:#x} at {}", pc - 1),
             }
@@ -163,6 +178,21 @@ mod tests {
             libc::AF_NETLINK,
         ] {
             assert_eq!(x86(libc::SYS_socket, [af as u64, 1, 0, 0, 0, 0]), ALLOW);
+        }
+        // The obsolete AF_INET + SOCK_PACKET is a packet socket too; other AF_INET types are not.
+        let inet = libc::AF_INET as u64;
+        let packet = SOCK_PACKET as u64;
+        let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
+        assert_eq!(x86(libc::SYS_socket, [inet, packet, 0, 0, 0, 0]), EPERM);
+        assert_eq!(
+            x86(libc::SYS_socket, [inet, HIGH | flags | packet, 0, 0, 0, 0]),
+            EPERM
+        );
+        for ty in [libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_RAW] {
+            let ty = ty as u64 | flags;
+            assert_eq!(x86(libc::SYS_socket, [inet, ty, 0, 0, 0, 0]), ALLOW);
+            let inet6 = libc::AF_INET6 as u64;
+            assert_eq!(x86(libc::SYS_socket, [inet6, ty, 0, 0, 0, 0]), ALLOW);
         }
         assert_eq!(x86(libc::SYS_io_uring_setup, [8, 0, 0, 0, 0, 0]), EPERM);
         let newuser_net = (libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as u64;
@@ -217,6 +247,10 @@ mod tests {
                         let p = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
                         if p >= 0 || *libc::__errno_location() != libc::EPERM {
                             return 12;
+                        }
+                        let sp = libc::socket(libc::AF_INET, SOCK_PACKET as i32, 0x0300);
+                        if sp >= 0 || *libc::__errno_location() != libc::EPERM {
+                            return 15;
                         }
                         let c: u8 = b'x';
                         let r = libc::ioctl(0, libc::TIOCSTI, &c as *const u8);

@@ -9,6 +9,7 @@
 //!   [`NETLINK_DEBOUNCE`], well inside the one second the issue allows).
 use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -26,11 +27,12 @@ use nix::{
 };
 
 use crate::{
+    conf::Conf,
     events::{self, Aggregator, Record},
     hostnet::HostNet,
     policy::Policy,
     reload,
-    state::{self, Paths},
+    state::Paths,
 };
 
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -53,7 +55,15 @@ pub struct Watch<'a> {
 pub struct JailWatch {
     pub paths: Paths,
     pub id: String,
+    /// The conf the jail's maps were last built from. A change of the host's network is applied
+    /// with it: re-reading the file then could pick up a half-written or missing file.
+    pub conf: Conf,
+    /// The jail's policy as last applied (its digest is the record's, unless a `reload` changed
+    /// the maps since: then the conf is read again).
     pub policy: Policy,
+    /// rtnetlink, subscribed before the command starts (so that a failure to subscribe is a
+    /// failure to build the jail, not a command killed after it started).
+    pub netlink: Option<Socket>,
     pub events: RingBuf<MapData>,
     pub aggregator: Aggregator,
     /// The init's pid, until the command's pid (its child) is in the registry record.
@@ -65,10 +75,7 @@ pub struct JailWatch {
 
 /// Waits for `child` (the init, or an unjailed command) and returns its exit status.
 pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
-    let netlink = match w.jail {
-        Some(_) => Some(netlink_socket()?),
-        None => None,
-    };
+    let netlink = w.jail.as_mut().and_then(|j| j.netlink.take());
     let mut next_flush = Instant::now() + FLUSH_EVERY;
     let mut host_changed: Option<Instant> = None;
     loop {
@@ -125,7 +132,7 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
         let host_due = host_changed.is_some_and(|t| now >= t);
         if reload_asked || host_due {
             host_changed = None;
-            refresh(j, host_due);
+            refresh(j, reload_asked, host_due);
         }
         if now >= next_flush {
             flush(j);
@@ -159,18 +166,10 @@ fn record_command_pid(j: &mut JailWatch) {
         return;
     };
     j.init_awaiting_command = None;
-    let update = || -> Result<()> {
-        if let Some(mut rec) = state::list_records(&j.paths)?
-            .into_iter()
-            .flatten()
-            .find(|r| r.id == j.id)
-        {
-            rec.command_pid = pid;
-            state::write_record(&j.paths, &rec)?;
-        }
+    let _ = reload::with_record(&j.paths, &j.id, |rec| {
+        rec.command_pid = pid;
         Ok(())
-    };
-    let _ = update();
+    });
 }
 
 fn drain(j: &mut JailWatch) {
@@ -190,42 +189,43 @@ fn flush(j: &mut JailWatch) {
     }
 }
 
-/// Re-reads the jail's conf (as its registry record names it) and the host's network, and brings
-/// the maps there. Failures are logged, and the jail keeps its current policy.
+/// Brings the jail's maps to its conf and the host's current network, under the jail's lock.
+/// Failures are logged, and the jail keeps its current policy.
 ///
-/// After `claude-jail reload` (which applied the maps itself, recorded the digest, then sent
-/// SIGUSR1) the compiled policy has the recorded digest: only the launcher's copy (used to name
-/// rules in events) is refreshed. A host change (`host_changed`) always re-applies.
-fn refresh(j: &mut JailWatch, host_changed: bool) {
-    let result = (|| -> Result<Policy> {
-        let rec = state::list_records(&j.paths)?
-            .into_iter()
-            .flatten()
-            .find(|r| r.id == j.id)
-            .ok_or_else(|| anyhow::anyhow!("no registry record"))?;
-        let conf = reload::load_conf(std::path::Path::new(&rec.conf))?;
+/// - SIGUSR1 (`reread`): the conf is read again from the file the registry record names.
+///   After `claude-jail reload` (which applied the maps itself, recorded the digest, then sent
+///   SIGUSR1) the compiled policy has the recorded digest, and only the launcher's copies (the
+///   conf, and the policy that names rules in events) are refreshed.
+/// - A host change: the launcher's conf is applied against the new host, unless the record shows
+///   that a `reload` has changed the maps since (another digest or another file): then the file
+///   is read again, as the reload did.
+fn refresh(j: &mut JailWatch, reread: bool, host_changed: bool) {
+    let result = reload::with_record(&j.paths, &j.id, |rec| {
+        let changed_by_reload = rec.policy_digest != j.policy.digest()
+            || Path::new(&rec.conf) != j.conf.path.as_path();
+        let conf = if reread || changed_by_reload {
+            reload::load_conf(Path::new(&rec.conf))?
+        } else {
+            j.conf.clone()
+        };
         let host = HostNet::read()?;
-        if !host_changed {
-            let (compiled, _) = reload::compile(&conf, &host, &rec);
-            if compiled.digest() == rec.policy_digest {
-                return Ok(compiled);
-            }
-        }
-        let policy = reload::apply(&j.paths, &rec, &conf, &host)?;
-        let digest = policy.digest();
-        if digest != rec.policy_digest {
-            let mut rec = rec;
-            rec.policy_digest = digest;
-            state::write_record(&j.paths, &rec)?;
-        }
-        Ok(policy)
-    })();
+        let (compiled, _) = reload::compile(&conf, &host, rec);
+        let policy = if !host_changed && compiled.digest() == rec.policy_digest {
+            compiled
+        } else {
+            reload::apply(&j.paths, rec, &conf, &host)?
+        };
+        rec.policy_digest = policy.digest();
+        Ok((conf, policy))
+    });
     let note = match result {
-        Ok(policy) => {
+        Ok(Some((conf, policy))) => {
             let msg = format!("policy now {}", policy.digest());
+            j.conf = conf;
             j.policy = policy;
             Record::note(&j.id, "policy-updated", 0, msg)
         }
+        Ok(None) => return,
         Err(e) => Record::note(
             &j.id,
             "reload-failed",
@@ -236,7 +236,8 @@ fn refresh(j: &mut JailWatch, host_changed: bool) {
     let _ = events::append(&j.paths.events_log(), &[note]);
 }
 
-fn netlink_socket() -> Result<Socket> {
+/// An rtnetlink socket subscribed to the host's address and route changes.
+pub fn netlink_socket() -> Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
     s.bind(&SocketAddr::new(
         0,

@@ -11,16 +11,26 @@ pub fn close_from(first: u32) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
-/// Closes every descriptor above 2 except `keep`. The jail's init uses it first thing: the
-/// launcher's descriptors (bpf maps, the jail's build lock, host sockets) must not live on in it.
-pub fn close_all_but(keep: std::os::fd::RawFd) -> Result<(), Errno> {
-    let keep = u32::try_from(keep).map_err(|_| Errno::EBADF)?;
-    if keep > 3 {
-        // SAFETY: as in close_from; `keep` itself stays open.
-        Errno::result(unsafe { libc::close_range(3, keep - 1, 0) })?;
+/// Closes every descriptor above 2 except those in `keep`. The jail's init uses it first thing:
+/// the launcher's descriptors (bpf maps, the jail's build lock, host sockets) must not live on in
+/// it.
+pub fn close_all_but(keep: &[std::os::fd::RawFd]) -> Result<(), Errno> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .map(|&fd| u32::try_from(fd).map_err(|_| Errno::EBADF))
+        .collect::<Result<_, _>>()?;
+    keep.sort_unstable();
+    let mut first = 3u32;
+    for k in keep.into_iter().filter(|&k| k >= 3) {
+        if k > first {
+            // SAFETY: close_range only closes descriptors; the kept ones stay open, and the
+            // caller (the freshly cloned init) uses no other.
+            Errno::result(unsafe { libc::close_range(first, k - 1, 0) })?;
+        }
+        first = k + 1;
     }
     // SAFETY: as above.
-    Errno::result(unsafe { libc::close_range(keep + 1, u32::MAX, 0) }).map(drop)
+    Errno::result(unsafe { libc::close_range(first, u32::MAX, 0) }).map(drop)
 }
 
 /// Starts `child` in a new process with `flags` (new namespaces), fork-like: the child gets a copy

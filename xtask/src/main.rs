@@ -75,6 +75,48 @@ fn tools_bin(root: &Path) -> PathBuf {
         .join("bin")
 }
 
+/// The pasta the tests and the demo use: the one scripts/setup built. claude-jail runs pasta as
+/// root only from a file that root owns in directories only root can write (as it does for its
+/// conf); when the checkout is not such a place (a clone under a user's home), the binaries are
+/// copied to /run/claude-jail-tools, which is.
+fn pasta_for_tests(root: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let built = tools_bin(root).join("pasta");
+    let real = std::fs::canonicalize(&built)
+        .with_context(|| format!("{}: run `cargo xtask setup`", built.display()))?;
+    let trusted = |p: &Path| -> bool {
+        let Ok(m) = std::fs::metadata(p) else {
+            return false;
+        };
+        let mode = m.permissions().mode();
+        m.uid() == 0 && (mode & 0o022 == 0 || (m.is_dir() && mode & 0o1000 != 0))
+    };
+    let avx2 = PathBuf::from(format!("{}.avx2", real.display()));
+    if real.ancestors().all(trusted) && (!avx2.exists() || trusted(&avx2)) {
+        return Ok(built);
+    }
+    let dir = Path::new("/run/claude-jail-tools");
+    std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for (from, to) in [(&real, "passt"), (&avx2, "passt.avx2")] {
+        if from.exists() {
+            let dest = dir.join(to);
+            std::fs::copy(from, &dest)
+                .with_context(|| format!("copy {} to {}", from.display(), dest.display()))?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    let link = dir.join("pasta");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("passt", &link)?;
+    eprintln!(
+        "xtask: {} is not in directories only root can write; using a copy in {}",
+        real.display(),
+        dir.display()
+    );
+    Ok(link)
+}
+
 fn setup(root: &Path) -> Result<()> {
     run(Command::new("bash").arg(root.join("scripts/setup")))
 }
@@ -175,7 +217,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .arg(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["test", "--workspace", "--offline"])
         .env("CLAUDE_JAIL_BIN", root.join("target/debug/claude-jail"))
-        .env("CLAUDE_JAIL_PASTA", tools_bin(root).join("pasta"));
+        .env("CLAUDE_JAIL_PASTA", pasta_for_tests(root)?);
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
@@ -194,7 +236,7 @@ fn demo(root: &Path) -> Result<()> {
         .args(["test", "-p", "jail-tests", "--offline", "--test", "demo"])
         .args(["--", "--nocapture"])
         .env("CLAUDE_JAIL_BIN", root.join("target/debug/claude-jail"))
-        .env("CLAUDE_JAIL_PASTA", tools_bin(root).join("pasta"));
+        .env("CLAUDE_JAIL_PASTA", pasta_for_tests(root)?);
     run(&mut cmd)
 }
 
@@ -226,7 +268,7 @@ fn bench(root: &Path) -> Result<()> {
         ])
         .args(["--", "--ignored", "--nocapture", "--test-threads", "1"])
         .env("CLAUDE_JAIL_BIN", root.join("target/release/claude-jail"))
-        .env("CLAUDE_JAIL_PASTA", tools_bin(root).join("pasta"));
+        .env("CLAUDE_JAIL_PASTA", pasta_for_tests(root)?);
     run(&mut cmd)
 }
 
