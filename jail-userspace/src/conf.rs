@@ -474,13 +474,24 @@ pub fn parse_deny(v: &str) -> Result<IpNet, String> {
         ));
     }
     let net = parse_net(v)?;
-    let inside_loopback = match net {
-        IpNet::V4(n) => n.prefix_len() >= 8 && n.addr().octets()[0] == 127,
-        IpNet::V6(n) => n.prefix_len() == 128 && n.addr() == Ipv6Addr::LOCALHOST,
+    // IPv4-mapped, IPv4-compatible and NAT64 forms are judged as the IPv4 address they carry.
+    let embedded = crate::policy::embedded_ipv4(net);
+    let as_v4 = match net {
+        IpNet::V4(n) => Some(n),
+        IpNet::V6(_) => embedded,
     };
+    let inside_loopback = as_v4.is_some_and(|n| n.prefix_len() >= 8 && n.addr().octets()[0] == 127)
+        || matches!(net, IpNet::V6(n) if n.prefix_len() == 128 && n.addr() == Ipv6Addr::LOCALHOST);
     if inside_loopback {
         return Err(format!(
             "deny-ip {net} is loopback, the jail's own namespace, which always stays allowed"
+        ));
+    }
+    if let Some(n) = embedded.filter(|n| n.prefix_len() < 8) {
+        return Err(format!(
+            "deny-ip {net} carries IPv4 addresses and is judged as IPv4 {n}: it would deny \
+             every IPv4 destination in {n}, not only this IPv6 form. Write `deny-ip = {n}` if \
+             that is what you mean; an IPv4-carrying IPv6 form is accepted from /104 (IPv4 /8)"
         ));
     }
     Ok(net)

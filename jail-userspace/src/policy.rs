@@ -317,12 +317,37 @@ fn map_forms(net: IpNet) -> (Vec<Ipv4Net>, Option<Ipv6Net>) {
     }
 }
 
+/// The IPv4 prefix that an IPv4-carrying IPv6 prefix (/96 or longer inside `::ffff:0:0/96`,
+/// `::/96` or `64:ff9b::/96`) is judged as; `None` for an IPv4 prefix, any other IPv6 prefix, and
+/// `::` and `::1` (judged as IPv6). For a `::/96` prefix that contains `::` and `::1`, the IPv4
+/// prefix as if they were not cut out.
+pub fn embedded_ipv4(net: IpNet) -> Option<Ipv4Net> {
+    let IpNet::V6(n6) = net else { return None };
+    let p = n6.prefix_len();
+    let a = u128::from(n6.network());
+    let low = a as u32;
+    if p < 96 || !matches!(a >> 32, MAPPED_HI | COMPAT_HI | NAT64_HI) {
+        return None;
+    }
+    if a >> 32 == COMPAT_HI && p == 128 && low <= 1 {
+        return None;
+    }
+    Ipv4Net::new(Ipv4Addr::from(low), p - 96).ok()
+}
+
+/// Host-derived deny entries shorter than this in their IPv4 form are not compiled: a NAT64 route
+/// `64:ff9b::/96` would otherwise deny the whole IPv4 internet (as the default-route pieces of
+/// IPv4 routes, which [`crate::hostnet`] leaves out by the same length).
+pub const MIN_HOST_DENY_V4_LEN: u8 = 8;
+
 /// The compiled policy. `rules[id]` is the rule that [`RuleId`] `id` names.
 #[derive(Clone, Debug)]
 pub struct Policy {
     rules: Vec<Rule>,
     /// Kept for the proxy warning: a `host-port` may open a proxy on the host's loopback.
     host_ports: Vec<(Located<PortSpec>, Source)>,
+    /// Host-derived deny entries left out, with their IPv4 form (see [`MIN_HOST_DENY_V4_LEN`]).
+    skipped: Vec<(IpNet, Ipv4Net, Source)>,
     entries: MapEntries,
 }
 
@@ -359,17 +384,29 @@ impl Policy {
         for d in &conf.deny {
             push(Action::Deny, d.value, None, conf_src(d.line));
         }
-        for (net, ifname) in &host.addrs {
-            let ifname = ifname.clone();
-            push(Action::Deny, *net, None, Source::HostAddress { ifname });
-        }
-        for (net, ifname) in &host.subnets {
-            let ifname = ifname.clone();
-            push(Action::Deny, *net, None, Source::HostSubnet { ifname });
-        }
-        for (net, dev) in &host.routes {
-            let dev = dev.clone();
-            push(Action::Deny, *net, None, Source::HostRoute { dev });
+        let host_denies = host
+            .addrs
+            .iter()
+            .map(|(net, ifname)| {
+                let ifname = ifname.clone();
+                (*net, Source::HostAddress { ifname })
+            })
+            .chain(host.subnets.iter().map(|(net, ifname)| {
+                let ifname = ifname.clone();
+                (*net, Source::HostSubnet { ifname })
+            }))
+            .chain(host.routes.iter().map(|(net, dev)| {
+                let dev = dev.clone();
+                (*net, Source::HostRoute { dev })
+            }));
+        let mut skipped = Vec::new();
+        for (net, source) in host_denies {
+            match embedded_ipv4(net) {
+                Some(v4) if v4.prefix_len() < MIN_HOST_DENY_V4_LEN => {
+                    skipped.push((net, v4, source))
+                }
+                _ => push(Action::Deny, net, None, source),
+            }
         }
         let host_ports = conf
             .host_ports
@@ -379,6 +416,7 @@ impl Policy {
         let mut p = Policy {
             rules,
             host_ports,
+            skipped,
             entries: MapEntries::default(),
         };
         p.entries = p.compile();
@@ -404,6 +442,21 @@ impl Policy {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Host-derived deny entries that were left out because their IPv4 form is shorter than
+    /// [`MIN_HOST_DENY_V4_LEN`], one sentence each.
+    pub fn skipped_host_denies(&self) -> Vec<String> {
+        self.skipped
+            .iter()
+            .map(|(net, v4, source)| {
+                format!(
+                    "{net} ({source}) is not denied: it carries IPv4 addresses and is judged \
+                     as IPv4 {v4}, shorter than /{MIN_HOST_DENY_V4_LEN} (denying it would cut the \
+                     jail off much of the IPv4 internet)"
+                )
+            })
+            .collect()
     }
 
     pub fn rule(&self, id: RuleId) -> Option<&Rule> {
@@ -1087,6 +1140,108 @@ mod tests {
             (vec![], Some("::ffff:0:0/95".parse().unwrap())),
             "shorter than /96 stays IPv6"
         );
+    }
+
+    #[test]
+    fn embedded_ipv4_forms() {
+        let e = |s: &str| embedded_ipv4(net(s)).map(|n| n.to_string());
+        assert_eq!(e("::ffff:0:0/96").as_deref(), Some("0.0.0.0/0"));
+        assert_eq!(e("64:ff9b::/96").as_deref(), Some("0.0.0.0/0"));
+        assert_eq!(e("::/96").as_deref(), Some("0.0.0.0/0"));
+        assert_eq!(e("::ffff:127.0.0.0/104").as_deref(), Some("127.0.0.0/8"));
+        assert_eq!(e("64:ff9b::a00:5/128").as_deref(), Some("10.0.0.5/32"));
+        assert_eq!(e("::7f00:1/128").as_deref(), Some("127.0.0.1/32"));
+        for none in [
+            "::1/128",
+            "::/128",
+            "::ffff:0:0/95",
+            "fd00::/96",
+            "10.0.0.0/8",
+        ] {
+            assert_eq!(e(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn a_deny_that_would_cover_all_of_ipv4_is_refused() {
+        for v in [
+            "64:ff9b::/96",
+            "::ffff:0:0/96",
+            "::/96",
+            "::ffff:0:0/100",
+            "::ffff:8000:0/97",
+        ] {
+            let e = parse(Path::new(CONF), format!("\ndeny-ip = {v}\n").as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "{CONF}:2: deny-ip {} carries IPv4 addresses",
+                    net(v)
+                )),
+                "{e}"
+            );
+        }
+        // From /104 on (IPv4 /8), accepted and compiled to IPv4.
+        let p = policy("deny-ip = 64:ff9b::b00:0/104\n");
+        assert!(!allowed(&p, "11.1.2.3", 80, PROTO_TCP));
+        assert!(allowed(&p, "12.1.2.3", 80, PROTO_TCP));
+        // Shorter than /96 is judged in IPv6 only: accepted, and no IPv4 destination is denied.
+        let p = policy("deny-ip = ::/64\n");
+        assert!(allowed(&p, "8.8.8.8", 53, PROTO_UDP));
+    }
+
+    #[test]
+    fn a_deny_of_loopback_in_an_ipv6_form_is_refused() {
+        for v in [
+            "::ffff:127.0.0.1",
+            "::ffff:127.0.0.0/104",
+            "::ffff:127.1.0.0/112",
+            "64:ff9b::7f00:1",
+            "::127.0.0.1",
+            "::7f00:0/104",
+            "::1",
+            "127.0.0.1",
+        ] {
+            let e = parse(Path::new(CONF), format!("deny-ip = {v}\n").as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(e.ends_with("which always stays allowed"), "{v}: {e}");
+        }
+        // `::/127` holds `::` and `::1`, judged as IPv6: accepted, and ::1 stays allowed.
+        let p = policy("deny-ip = ::/127\n");
+        assert!(allowed(&p, "::1", 80, PROTO_TCP) && allowed(&p, "127.0.0.1", 80, PROTO_TCP));
+        assert!(!allowed(&p, "::", 80, PROTO_TCP));
+    }
+
+    #[test]
+    fn host_denies_wider_than_ipv4_slash8_are_skipped() {
+        let h = HostNet::from_parts(
+            vec![],
+            vec![
+                (net("64:ff9b::/96"), Some("nat64".into())),
+                (net("64:ff9b::/104"), None),
+                (net("fd00:1::/64"), None),
+            ],
+        );
+        let p = Policy::build(&Conf::empty(Path::new(CONF)), &h);
+        assert!(allowed(&p, "8.8.8.8", 53, PROTO_UDP), "IPv4 is not cut off");
+        assert!(
+            !allowed(&p, "0.1.2.3", 53, PROTO_UDP),
+            "0.0.0.0/8 still denied"
+        );
+        assert!(!allowed(&p, "fd00:1::5", 53, PROTO_UDP));
+        let notes = p.skipped_host_denies();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("64:ff9b::/96 (host route via nat64) is not denied"),
+            "{}",
+            notes[0]
+        );
+        assert!(p
+            .rules()
+            .iter()
+            .any(|r| r.target.net == net("64:ff9b::/104")));
     }
 
     #[test]

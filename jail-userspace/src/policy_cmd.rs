@@ -121,6 +121,9 @@ impl<'a> Report<'a> {
                 "note: host route {net}{via} is a piece of a default route and is not denied"
             );
         }
+        for n in self.policy.skipped_host_denies() {
+            let _ = writeln!(s, "note: {n}");
+        }
         let path = self.conf.path.display();
         for p in &self.conf.host_ports {
             let _ = writeln!(s, "host-port     {:<10} conf {path}:{}", p.value, p.line);
@@ -182,6 +185,7 @@ impl<'a> Report<'a> {
             })).collect::<Vec<_>>(),
             "default_route_splits": self.host.default_splits.iter()
                 .map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
+            "skipped_host_denies": self.policy.skipped_host_denies(),
             "digest": self.policy.digest(),
             "warnings": self.warnings,
             "notes": self.notes,
@@ -252,6 +256,40 @@ mod tests {
             w,
             vec!["allow 10.0.0.0/8 (conf /etc/claude-sandbox.conf:2) covers the whole default deny range 10.0.0.0/8"]
         );
+    }
+
+    #[test]
+    fn a_nat64_host_route_is_not_denied_and_says_so() {
+        let c = conf::parse(Path::new("/c"), b"").unwrap();
+        let sw = conf::jail_enabled(&c, None).unwrap();
+        let h = HostNet::from_parts(
+            vec![],
+            vec![
+                ("64:ff9b::/96".parse().unwrap(), Some("nat64".into())),
+                ("::ffff:0:0/100".parse().unwrap(), None),
+                ("64:ff9b::a00:0/104".parse().unwrap(), Some("nat64".into())),
+            ],
+        );
+        let r = Report::new(&c, &sw, &h, &[]);
+        let t = r.text();
+        assert!(
+            t.contains(
+                "note: 64:ff9b::/96 (host route via nat64) is not denied: it carries IPv4 \
+                 addresses and is judged as IPv4 0.0.0.0/0"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("note: ::ffff:0.0.0.0/100 (host route) is not denied"),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.contains("deny") && l.contains("64:ff9b::a00:0/104")),
+            "a /104 (IPv4 /8) is denied as usual: {t}"
+        );
+        assert_eq!(r.json()["skipped_host_denies"].as_array().unwrap().len(), 2);
+        assert!(r.policy.decide("8.8.8.8".parse().unwrap(), 53, 17).allowed);
     }
 
     #[test]
