@@ -121,52 +121,62 @@ impl Jail {
     /// A probe command: in the world's host network and mount namespaces, in the jail cgroup,
     /// as `who`.
     fn probe_cmd(&self, world: &FakeWorld, who: As, args: &[&str]) -> Command {
-        let mut cmd = world.host_command(PROBE).expect("probe command");
-        cmd.args(args).stdin(Stdio::null());
-        let procs: OwnedFd = fs::OpenOptions::new()
-            .write(true)
-            .open(self.cgroup.path().join("cgroup.procs"))
-            .expect("open cgroup.procs")
-            .into();
-        // SAFETY: runs in the forked child after host_command's setns, before exec: raw system
-        // calls only (write, setgroups, setgid, setuid, prctl) on a descriptor it owns (opened
-        // O_CLOEXEC) and constants; no allocation, no locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                let last = std::io::Error::last_os_error;
-                // "0" is the writing process: the probe joins the jail before it execs.
-                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(last());
-                }
-                if who == As::Nobody {
-                    // setuid from root to a non-zero uid clears every capability set.
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(NOBODY) != 0
-                        || libc::setuid(NOBODY) != 0
-                        || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                    {
-                        return Err(last());
-                    }
-                }
-                Ok(())
-            });
-        }
-        cmd
+        probe_cmd_in(world, self.cgroup.path(), who, args)
     }
 
     /// Runs a probe and returns its line (`ok ...`, `err ERRNO`).
     fn probe(&self, world: &FakeWorld, who: As, args: &[&str]) -> String {
-        let out = self
-            .probe_cmd(world, who, args)
-            .output()
-            .expect("run jail-probe");
-        assert!(
-            out.status.success(),
-            "jail-probe {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        probe_in(world, self.cgroup.path(), who, args)
     }
+}
+
+/// A probe command: in the world's host network and mount namespaces, in the cgroup `cgroup`
+/// (the jail's, or one of its descendants), as `who`.
+fn probe_cmd_in(world: &FakeWorld, cgroup: &Path, who: As, args: &[&str]) -> Command {
+    let mut cmd = world.host_command(PROBE).expect("probe command");
+    cmd.args(args).stdin(Stdio::null());
+    let procs: OwnedFd = fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .expect("open cgroup.procs")
+        .into();
+    // SAFETY: runs in the forked child after host_command's setns, before exec: raw system
+    // calls only (write, setgroups, setgid, setuid, prctl) on a descriptor it owns (opened
+    // O_CLOEXEC) and constants; no allocation, no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            let last = std::io::Error::last_os_error;
+            // "0" is the writing process: the probe joins the jail before it execs.
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(last());
+            }
+            if who == As::Nobody {
+                // setuid from root to a non-zero uid clears every capability set.
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(NOBODY) != 0
+                    || libc::setuid(NOBODY) != 0
+                    || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                {
+                    return Err(last());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Runs a probe in `cgroup` and returns its line (`ok ...`, `err ERRNO`).
+fn probe_in(world: &FakeWorld, cgroup: &Path, who: As, args: &[&str]) -> String {
+    let out = probe_cmd_in(world, cgroup, who, args)
+        .output()
+        .expect("run jail-probe");
+    assert!(
+        out.status.success(),
+        "jail-probe {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 impl Drop for Jail {
@@ -773,21 +783,15 @@ fn raw_packets_to_denied_destinations_are_dropped_by_the_backstop() {
     );
 }
 
-#[test]
-fn programs_are_visible_and_an_unprivileged_process_cannot_remove_them() {
-    if !have_root() {
-        return;
+/// The (attach type, program name) pairs bpftool lists on a cgroup, sorted; `effective` lists
+/// what runs for it (its own and its ancestors' programs).
+fn cgroup_programs(cgroup: &Path, effective: bool) -> Vec<(String, String)> {
+    let mut cmd = Command::new("bpftool");
+    cmd.args(["-j", "cgroup", "show"]).arg(cgroup);
+    if effective {
+        cmd.arg("effective");
     }
-    let mut jail = Jail::prepare();
-    let world = world(false);
-    jail.attach(&world, "allow-ip = 10.0.0.5:80/tcp\n");
-
-    // bpftool sees the five programs on the jail cgroup.
-    let out = Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(jail.cgroup.path())
-        .output()
-        .expect("run bpftool (Debian package bpftool)");
+    let out = cmd.output().expect("run bpftool (Debian package bpftool)");
     assert!(out.status.success(), "bpftool cgroup show: {out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     let mut seen: Vec<(String, String)> = v
@@ -802,73 +806,182 @@ fn programs_are_visible_and_an_unprivileged_process_cannot_remove_them() {
         })
         .collect();
     seen.sort();
-    let want: Vec<(String, String)> = [
-        ("cgroup_inet4_connect", "connect4"),
-        ("cgroup_inet6_connect", "connect6"),
-        ("cgroup_inet_egress", "skb_egress"),
-        ("cgroup_udp4_sendmsg", "sendmsg4"),
-        ("cgroup_udp6_sendmsg", "sendmsg6"),
-    ]
-    .iter()
-    .map(|(a, b)| (a.to_string(), b.to_string()))
-    .collect();
-    assert_eq!(
-        seen, want,
-        "the five programs are attached to the jail cgroup"
-    );
+    seen
+}
 
-    // An unprivileged process in the jail tries to get at them.
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// The five programs as bpftool names them.
+const FIVE: [(&str, &str); 5] = [
+    ("cgroup_inet4_connect", "connect4"),
+    ("cgroup_inet6_connect", "connect6"),
+    ("cgroup_inet_egress", "skb_egress"),
+    ("cgroup_udp4_sendmsg", "sendmsg4"),
+    ("cgroup_udp6_sendmsg", "sendmsg6"),
+];
+
+/// The `tamper` probe's arguments for a jail: its cgroup, pins, and the ids of ALLOW4, of the
+/// connect4 and skb_egress links and of the connect6 program.
+fn tamper_args(jail: &Jail) -> Vec<String> {
     let map_id = aya::maps::MapData::from_pin(jail.pins.join("ALLOW4"))
         .and_then(|m| m.info())
         .expect("ALLOW4 info")
         .id();
-    let link = aya::programs::links::PinnedLink::from_pin(jail.pins.join("link-connect4"))
-        .expect("open the pinned link");
-    let link_id = aya::programs::links::FdLink::from(link)
-        .info()
-        .expect("link info")
-        .id();
-    let entries = jail.maps().read_entries().expect("read the maps");
-    let out = jail.probe(
-        &world,
-        As::Nobody,
-        &[
-            "tamper",
-            jail.cgroup.path().to_str().unwrap(),
-            jail.pins.to_str().unwrap(),
-            &map_id.to_string(),
-            &link_id.to_string(),
-        ],
+    let link = |name: &str| {
+        let pinned = aya::programs::links::PinnedLink::from_pin(jail.pins.join(name))
+            .expect("open the pinned link");
+        aya::programs::links::FdLink::from(pinned)
+            .info()
+            .expect("link info")
+    };
+    vec![
+        "tamper".to_owned(),
+        jail.cgroup.path().to_str().unwrap().to_owned(),
+        jail.pins.to_str().unwrap().to_owned(),
+        map_id.to_string(),
+        link("link-connect4").id().to_string(),
+        link("link-skb-egress").id().to_string(),
+        link("link-connect6").program_id().to_string(),
+    ]
+}
+
+/// The `NAME=RESULT` attempts of a tamper probe's line.
+fn tamper_results(out: &str) -> std::collections::BTreeMap<String, String> {
+    let attempts = out
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("tamper ran: {out}"));
+    attempts
+        .split(' ')
+        .map(|a| {
+            let (k, v) = a.split_once('=').unwrap_or_else(|| panic!("attempt {a}"));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// The programs are on the jail cgroup, and an unprivileged process in the jail cannot get at
+/// them: it cannot open the maps or links (by pin or id), query the cgroup, detach a program
+/// (BPF_LINK_DETACH on the link: the call that does remove a link-attached program, as the root
+/// control on a throwaway attachment shows), or leave the cgroup.
+#[test]
+fn programs_are_visible_and_an_unprivileged_process_cannot_remove_them() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let mut throwaway = Jail::prepare();
+    let world = world(false);
+    jail.attach(&world, "allow-ip = 10.0.0.5:80/tcp\n");
+    throwaway.attach(&world, "allow-ip = 10.0.0.5:80/tcp\n");
+
+    // bpftool sees the five programs on the jail cgroup.
+    assert_eq!(
+        cgroup_programs(jail.cgroup.path(), false),
+        pairs(&FIVE),
+        "the five programs are attached to the jail cgroup"
     );
+
+    // An unprivileged process in the jail tries to get at them.
+    let entries = jail.maps().read_entries().expect("read the maps");
+    let args = tamper_args(&jail);
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = jail.probe(&world, As::Nobody, &arg_refs);
     eprintln!("tamper attempts: {out}");
-    assert!(out.starts_with("ok "), "tamper ran: {out}");
-    let attempts: Vec<&str> = out[3..].split(' ').collect();
-    assert_eq!(attempts.len(), 6, "six attempts reported: {out}");
-    for a in &attempts {
-        assert!(
-            !a.ends_with("=SUCCEEDED"),
+    let results = tamper_results(&out);
+    let names = [
+        "obj-get-map",
+        "map-by-id",
+        "link-by-id",
+        "query-connect6",
+        "prog-detach-connect6",
+        "detach-connect4",
+        "detach-egress",
+        "detach-pinned-sendmsg4",
+        "escape-cgroup",
+    ];
+    assert_eq!(
+        results.keys().collect::<Vec<_>>(),
+        {
+            let mut n = names.to_vec();
+            n.sort();
+            n
+        },
+        "every attempt reported: {out}"
+    );
+    for (a, r) in &results {
+        assert_ne!(
+            r, "SUCCEEDED",
             "an unprivileged process in the jail must not be able to {a}: {out}"
         );
     }
-    // Control: the same attempts as root do get the objects (the probe's calls are well
-    // formed, so the refusals above are the privilege check). Getting a descriptor changes
-    // nothing; root leaving the cgroup only moves that probe out.
-    let args = [
-        "tamper",
-        jail.cgroup.path().to_str().unwrap(),
-        jail.pins.to_str().unwrap(),
-        &map_id.to_string(),
-        &link_id.to_string(),
-    ];
-    let root_out = jail.probe(&world, As::Root, &args);
-    eprintln!("tamper attempts as root (control): {root_out}");
-    for a in ["obj-get-map", "map-by-id", "link-by-id", "escape-cgroup"] {
-        assert!(
-            root_out.contains(&format!("{a}=SUCCEEDED")),
-            "control: root in the jail can {a} (else the unprivileged check proves nothing): \
-             {root_out}"
+    for a in [
+        "map-by-id",
+        "link-by-id",
+        "query-connect6",
+        "prog-detach-connect6",
+        "detach-connect4",
+        "detach-egress",
+    ] {
+        assert_eq!(
+            results[a], "EPERM",
+            "{a}: refused for lack of privilege (EPERM), not for a malformed call: {out}"
         );
     }
+    assert_eq!(
+        results["detach-pinned-sendmsg4"], "EACCES",
+        "the pin directory is root's (0700): {out}"
+    );
+
+    // Control, as root in the THROWAWAY jail (the real one is not touched): the same calls get
+    // the objects, find the programs and detach them, so the refusals above are the privilege
+    // check. BPF_PROG_DETACH with the program's descriptor finds no such attachment (ENOENT):
+    // the programs are attached through links, which only BPF_LINK_DETACH (or dropping the
+    // link's last reference) removes.
+    let args = tamper_args(&throwaway);
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(
+        throwaway.probe(&world, As::Nobody, &["tcp", &sa(LAN_V4[0], 22)]),
+        "err EPERM",
+        "before the root control, the throwaway jail refuses 10.0.0.5:22 too"
+    );
+    let root_out = throwaway.probe(&world, As::Root, &arg_refs);
+    eprintln!("tamper attempts as root on the throwaway jail (control): {root_out}");
+    let root = tamper_results(&root_out);
+    for a in names {
+        let want = if a == "prog-detach-connect6" {
+            "ENOENT"
+        } else {
+            "SUCCEEDED"
+        };
+        assert_eq!(
+            root[a], want,
+            "control: root's {a} (else the unprivileged check proves nothing): {root_out}"
+        );
+    }
+    assert_eq!(
+        cgroup_programs(throwaway.cgroup.path(), false),
+        pairs(&[
+            ("cgroup_inet6_connect", "connect6"),
+            ("cgroup_udp6_sendmsg", "sendmsg6"),
+        ]),
+        "root's link detaches really removed connect4, sendmsg4 and skb_egress"
+    );
+    assert_eq!(
+        throwaway.probe(&world, As::Nobody, &["tcp", &sa(LAN_V4[0], 22)]),
+        greeting(LAN_V4[0], 22),
+        "with connect4 detached, the throwaway jail no longer refuses 10.0.0.5:22"
+    );
+
+    // The real jail is intact.
+    assert_eq!(
+        cgroup_programs(jail.cgroup.path(), false),
+        pairs(&FIVE),
+        "the five programs are still attached to the jail cgroup"
+    );
     assert!(bpf::links_pinned(&jail.pins), "the links are still pinned");
     assert_eq!(
         jail.maps().read_entries().expect("read the maps"),

@@ -13,6 +13,16 @@
 //!   raw-syn DEST SRC      SOCK_RAW IPPROTO_TCP: a crafted SYN (SRC: the source address, for the
 //!                         checksum)
 //!   raw-udp DEST          SOCK_RAW IPPROTO_UDP: a crafted datagram (IPv4 or IPv6)
+//!   raw-udp-ext DEST hop|dst
+//!                         SOCK_RAW IPPROTO_UDP over IPv6 with a real extension header before
+//!                         the UDP header (sticky IPV6_HOPOPTS or IPV6_DSTOPTS, one PadN option)
+//!   raw-frag DEST udp|tcp IPPROTO_RAW: a non-first fragment (offset 1480, no more fragments) of
+//!                         that protocol, IPv4 or IPv6 (a fragment header); its payload holds
+//!                         DEST's port where a first fragment's transport header would
+//!   udp-srr DEST HOP lsrr|ssrr
+//!                         an ordinary UDP socket with IP_OPTIONS source route via HOP: the
+//!                         datagram to DEST leaves addressed to HOP (the first hop); prints
+//!                         `ok sent` without waiting for a reply
 //!   raw-ihl0 DEST         IPPROTO_RAW: a malformed IPv4 header (IHL 0, protocol UDP) whose
 //!                         total-length field holds DEST's port, where a UDP port would be
 //!                         read at offset IHL*4 + 2
@@ -30,9 +40,10 @@
 //!   raw-verdicts tcp:DEST|udp:DEST...
 //!                         the packet backstop's verdict for each: one raw TCP SYN or UDP
 //!                         header per case (sendto fails with EPERM when the backstop drops it)
-//!   tamper CGROUP PINDIR MAP_ID LINK_ID
-//!                         what an unprivileged process could try against the jail: each
-//!                         attempt prints NAME=ERRNO, or NAME=SUCCEEDED
+//!   tamper CGROUP PINDIR MAP_ID LINK_CONNECT4_ID LINK_EGRESS_ID PROG_CONNECT6_ID
+//!                         what an unprivileged process could try against the jail (open its
+//!                         maps and links, query its programs, detach them, leave the cgroup):
+//!                         each attempt prints NAME=ERRNO, or NAME=SUCCEEDED
 //! ```
 //! DEST is `a.b.c.d:port` or `[v6]:port` (raw and ICMP ops ignore or use the port as noted).
 //! Prints one line, `ok <detail>` or `err <ERRNO_NAME>` (`unsupported ...` when the kernel
@@ -85,6 +96,28 @@ fn main() {
             raw_syn(v4(dest()), src)
         }
         "raw-udp" => raw_udp(dest()),
+        "raw-udp-ext" => match (dest(), rest.get(1).map(String::as_str)) {
+            (SocketAddr::V6(d), Some("hop")) => raw_udp_ext(d, libc::IPV6_HOPOPTS),
+            (SocketAddr::V6(d), Some("dst")) => raw_udp_ext(d, libc::IPV6_DSTOPTS),
+            _ => usage("raw-udp-ext needs an IPv6 DEST and hop|dst"),
+        },
+        "raw-frag" => match rest.get(1).map(String::as_str) {
+            Some("udp") => raw_frag(dest(), libc::IPPROTO_UDP as u8),
+            Some("tcp") => raw_frag(dest(), libc::IPPROTO_TCP as u8),
+            _ => usage("raw-frag needs DEST udp|tcp"),
+        },
+        "udp-srr" => {
+            let hop: Ipv4Addr = rest
+                .get(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| usage("udp-srr needs DEST HOP lsrr|ssrr"));
+            let strict = match rest.get(2).map(String::as_str) {
+                Some("lsrr") => false,
+                Some("ssrr") => true,
+                _ => usage("udp-srr needs DEST HOP lsrr|ssrr"),
+            };
+            udp_srr(v4(dest()), hop, strict)
+        }
         "raw-ihl0" => raw_ihl0(v4(dest())),
         "raw-version" => {
             let decoy: std::net::IpAddr = rest
@@ -110,13 +143,23 @@ fn main() {
             .collect::<Vec<_>>()
             .join(",")),
         "tamper" => match rest {
-            [cgroup, pins, map_id, link_id] => tamper(
-                cgroup,
-                pins,
-                map_id.parse().unwrap_or_else(|_| usage("MAP_ID")),
-                link_id.parse().unwrap_or_else(|_| usage("LINK_ID")),
+            [cgroup, pins, ids @ ..] if ids.len() == 4 => {
+                let id = |i: usize| -> u32 {
+                    ids[i]
+                        .parse()
+                        .unwrap_or_else(|_| usage(&format!("bad id {}", ids[i])))
+                };
+                let ids = TamperIds {
+                    map: id(0),
+                    link_connect4: id(1),
+                    link_egress: id(2),
+                    prog_connect6: id(3),
+                };
+                tamper(cgroup, pins, ids)
+            }
+            _ => usage(
+                "tamper CGROUP PINDIR MAP_ID LINK_CONNECT4_ID LINK_EGRESS_ID PROG_CONNECT6_ID",
             ),
-            _ => usage("tamper CGROUP PINDIR MAP_ID LINK_ID"),
         },
         _ => usage(&format!("unknown OP {op}")),
     };
@@ -393,6 +436,104 @@ fn raw_udp(dest: SocketAddr) -> io::Result<String> {
     Ok("sent".into())
 }
 
+/// A UDP datagram from a raw IPv6 socket with a hop-by-hop or destination options header (a
+/// sticky option: the kernel inserts it between the IPv6 and UDP headers and fills the UDP
+/// checksum over the final destination, so the server accepts the datagram).
+fn raw_udp_ext(dest: std::net::SocketAddrV6, which: libc::c_int) -> io::Result<String> {
+    let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
+    let setopt = |name: libc::c_int, val: &[u8]| -> io::Result<()> {
+        // SAFETY: setsockopt with a pointer to a live buffer and its length.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                name,
+                val.as_ptr().cast(),
+                val.len() as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    };
+    setopt(libc::IPV6_CHECKSUM, &6i32.to_ne_bytes())?;
+    // Next header (the kernel fills it), length 0 (8 bytes), a PadN option of 4 zero bytes.
+    setopt(which, &[0, 0, 1, 4, 0, 0, 0, 0])?;
+    let payload = b"raw ext\n";
+    let mut udp = vec![0u8; 8];
+    udp[0..2].copy_from_slice(&40003u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&dest.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(payload);
+    sendto(
+        fd.as_raw_fd(),
+        &udp,
+        SocketAddr::new((*dest.ip()).into(), 0),
+    )?;
+    Ok("sent".into())
+}
+
+/// A non-first fragment, header included: IPv4 with fragment offset 185 (1480 bytes) and MF
+/// clear; IPv6 with a fragment header saying the same. The 16 payload bytes carry DEST's port at
+/// offset 2, where a parser that mistook the fragment for a first one would read a port.
+fn raw_frag(dest: SocketAddr, proto: u8) -> io::Result<String> {
+    const OFFSET_UNITS: u16 = 185;
+    let mut payload = [0u8; 16];
+    payload[0..2].copy_from_slice(&40004u16.to_be_bytes());
+    payload[2..4].copy_from_slice(&dest.port().to_be_bytes());
+    let packet = match dest {
+        SocketAddr::V4(d) => {
+            let mut h = vec![0u8; 20];
+            h[0] = 0x45;
+            h[2..4].copy_from_slice(&(20u16 + 16).to_be_bytes());
+            h[4..6].copy_from_slice(&0x4a50u16.to_be_bytes()); // identification
+            h[6..8].copy_from_slice(&OFFSET_UNITS.to_be_bytes()); // flags 0, offset
+            h[8] = 64;
+            h[9] = proto;
+            h[16..20].copy_from_slice(&d.ip().octets()); // source 0: the kernel fills it
+            h.extend_from_slice(&payload);
+            h
+        }
+        SocketAddr::V6(d) => {
+            let mut h = vec![0u8; 48];
+            h[0] = 0x60;
+            h[4..6].copy_from_slice(&(8u16 + 16).to_be_bytes()); // payload length
+            h[6] = 44; // next header: fragment
+            h[7] = 64;
+            h[24..40].copy_from_slice(&d.ip().octets());
+            h[40] = proto; // the fragment header's next header
+            h[42..44].copy_from_slice(&(OFFSET_UNITS << 3).to_be_bytes()); // offset, M = 0
+            h[44..48].copy_from_slice(&0x4a50_4a50u32.to_be_bytes()); // identification
+            h.extend_from_slice(&payload);
+            h
+        }
+    };
+    let fd = socket(family(&dest), libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    sendto(fd.as_raw_fd(), &packet, SocketAddr::new(dest.ip(), 0))?;
+    Ok("sent".into())
+}
+
+/// A datagram from an ordinary (unprivileged) UDP socket carrying a loose or strict source route
+/// through `hop`: sendmsg4 sees DEST, but the packet leaves addressed to `hop`, with DEST in the
+/// option's last slot.
+fn udp_srr(dest: std::net::SocketAddrV4, hop: Ipv4Addr, strict: bool) -> io::Result<String> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    // NOP, then the option: type, length 7, pointer 4, the first hop. The kernel takes the
+    // first hop as the packet's destination and writes DEST into the slot it frees.
+    let mut opt = [1u8, if strict { 137 } else { 131 }, 7, 4, 0, 0, 0, 0];
+    opt[4..8].copy_from_slice(&hop.octets());
+    // SAFETY: setsockopt with a pointer to a live buffer and its length.
+    cvt(unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            opt.as_ptr().cast(),
+            opt.len() as libc::socklen_t,
+        )
+    })?;
+    s.send_to(b"srr\n", dest)?;
+    Ok("sent".into())
+}
+
 /// A malformed IPv4 header (IHL 0): the kernel sends a header-included packet with IHL < 5
 /// as it is, so every field is ours, the total length included.
 fn raw_ihl0(dest: std::net::SocketAddrV4) -> io::Result<String> {
@@ -541,7 +682,13 @@ fn raw_verdict(case: &str) -> String {
 }
 
 /// What an unprivileged process in the jail might try. None of it may succeed.
-fn tamper(cgroup: &str, pins: &str, map_id: u32, link_id: u32) -> io::Result<String> {
+///
+/// The detach attempts are the calls that DO remove a program for a privileged caller (the
+/// tests run them as root against a throwaway attachment to show it): the jail's programs are
+/// attached through links, so the way to remove one is BPF_LINK_DETACH on the link, whose
+/// descriptor comes from its id or its pin. BPF_PROG_DETACH with the program's own descriptor
+/// is tried too (the kernel refuses it for a link-attached program, even to root).
+fn tamper(cgroup: &str, pins: &str, ids: TamperIds) -> io::Result<String> {
     let mut out = Vec::new();
     let mut note = |name: &str, r: io::Result<()>| {
         let v = match r {
@@ -554,28 +701,53 @@ fn tamper(cgroup: &str, pins: &str, map_id: u32, link_id: u32) -> io::Result<Str
         out.push(format!("{name}={v}"));
     };
     // Open a pinned map (BPF_OBJ_GET on its path).
-    let path = CString::new(format!("{pins}/ALLOW4")).unwrap();
-    let mut attr = [0u64; 16];
-    attr[0] = path.as_ptr() as u64;
-    note("obj-get-map", bpf(BPF_OBJ_GET, &mut attr));
+    note("obj-get-map", obj_get(&format!("{pins}/ALLOW4")).map(drop));
     // Get the map and the link by id (needs CAP_SYS_ADMIN).
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(map_id);
-    note("map-by-id", bpf(BPF_MAP_GET_FD_BY_ID, &mut attr));
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(link_id);
-    note("link-by-id", bpf(BPF_LINK_GET_FD_BY_ID, &mut attr));
-    // Detach from the cgroup with BPF_PROG_DETACH (target_fd, attach_bpf_fd, attach_type).
+    note(
+        "map-by-id",
+        fd_by_id(BPF_MAP_GET_FD_BY_ID, ids.map).map(drop),
+    );
+    note(
+        "link-by-id",
+        fd_by_id(BPF_LINK_GET_FD_BY_ID, ids.link_connect4).map(drop),
+    );
     let dir = std::fs::File::open(cgroup)?;
-    for (name, attach_type) in [
-        ("detach-connect4", BPF_CGROUP_INET4_CONNECT),
-        ("detach-egress", BPF_CGROUP_INET_EGRESS),
-    ] {
-        let mut attr = [0u64; 16];
-        attr[0] = dir.as_raw_fd() as u64; // target_fd, attach_bpf_fd = 0
-        attr[1] = u64::from(attach_type);
-        note(name, bpf(BPF_PROG_DETACH, &mut attr));
-    }
+    // Find the programs attached to the cgroup (BPF_PROG_QUERY): the id of connect6 must be
+    // among them (else the query is not what it claims to be).
+    note(
+        "query-connect6",
+        prog_query(&dir, BPF_CGROUP_INET6_CONNECT).and_then(|found| {
+            if found.contains(&ids.prog_connect6) {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("MISSING{found:?}")))
+            }
+        }),
+    );
+    // The legacy detach with the real program's descriptor.
+    note(
+        "prog-detach-connect6",
+        fd_by_id(BPF_PROG_GET_FD_BY_ID, ids.prog_connect6).and_then(|prog| {
+            let mut attr = [0u64; 16];
+            // target_fd, attach_bpf_fd, attach_type.
+            attr[0] = dir.as_raw_fd() as u64 | (prog.as_raw_fd() as u64) << 32;
+            attr[1] = u64::from(BPF_CGROUP_INET6_CONNECT);
+            bpf(BPF_PROG_DETACH, &mut attr).map(drop)
+        }),
+    );
+    // The link detach, with the link found by id and by its pin.
+    note(
+        "detach-connect4",
+        fd_by_id(BPF_LINK_GET_FD_BY_ID, ids.link_connect4).and_then(|l| link_detach(&l)),
+    );
+    note(
+        "detach-egress",
+        fd_by_id(BPF_LINK_GET_FD_BY_ID, ids.link_egress).and_then(|l| link_detach(&l)),
+    );
+    note(
+        "detach-pinned-sendmsg4",
+        obj_get(&format!("{pins}/link-sendmsg4")).and_then(|l| link_detach(&l)),
+    );
     // Leave the jail cgroup for its parent.
     let parent = std::path::Path::new(cgroup)
         .parent()
@@ -591,24 +763,69 @@ fn tamper(cgroup: &str, pins: &str, map_id: u32, link_id: u32) -> io::Result<Str
     Ok(out.join(" "))
 }
 
-const BPF_PROG_DETACH: libc::c_long = 9;
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-const BPF_CGROUP_INET_EGRESS: u32 = 1;
-const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+/// The ids `tamper` is given (what an attacker could enumerate or guess).
+struct TamperIds {
+    map: u32,
+    link_connect4: u32,
+    link_egress: u32,
+    prog_connect6: u32,
+}
 
-/// bpf(2) with a zero-padded attribute buffer. A descriptor the call returns is closed.
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<()> {
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+
+/// BPF_OBJ_GET: a descriptor for a pinned object.
+fn obj_get(path: &str) -> io::Result<OwnedFd> {
+    let path = CString::new(path).map_err(io::Error::other)?;
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: on success BPF_OBJ_GET returns a new descriptor, ours to own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// BPF_{PROG,MAP,LINK}_GET_FD_BY_ID.
+fn fd_by_id(cmd: libc::c_long, id: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    let fd = bpf(cmd, &mut attr)?;
+    // SAFETY: on success these commands return a new descriptor, ours to own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// BPF_LINK_DETACH: ends a link's attachment (the link object stays, detached).
+fn link_detach(link: &OwnedFd) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    attr[0] = link.as_raw_fd() as u64;
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// BPF_PROG_QUERY: the ids of the programs attached to a cgroup for one attach type.
+fn prog_query(cgroup: &std::fs::File, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let mut attr = [0u64; 16];
+    attr[0] = cgroup.as_raw_fd() as u64 | u64::from(attach_type) << 32; // target_fd, type
+    attr[2] = ids.as_mut_ptr() as u64; // prog_ids
+    attr[3] = ids.len() as u64; // prog_cnt (in: room, out: count)
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let n = (attr[3] as u32 as usize).min(ids.len());
+    Ok(ids[..n].to_vec())
+}
+
+/// bpf(2) with a zero-padded attribute buffer; returns what the call returned (a descriptor
+/// for the commands that make one: the caller owns it).
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<RawFd> {
     // SAFETY: attr is a 128-byte buffer, larger than every attribute layout used here; the
-    // kernel reads `size` bytes of it.
+    // kernel reads `size` bytes of it and writes back into it (BPF_PROG_QUERY's count).
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    if cmd != BPF_PROG_DETACH {
-        // SAFETY: on success the other commands return a new descriptor, ours to close.
-        drop(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
-    }
-    Ok(())
+    Ok(r as RawFd)
 }
