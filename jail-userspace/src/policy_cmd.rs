@@ -1,5 +1,6 @@
 //! `claude-jail policy [--config FILE] [--json]`: print the effective policy, each entry with
-//! where it came from, and exit non-zero on an invalid file. Any readable file is accepted
+//! where it came from, and exit non-zero on an invalid file or a policy the maps cannot hold (as
+//! `run` and `reload` refuse it). Any readable file is accepted
 //! (`Trust::Any`): this only checks, it launches nothing.
 use std::{ffi::OsString, fmt::Write as _, path::PathBuf, process::ExitCode};
 
@@ -31,6 +32,10 @@ pub fn run(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     for n in &report.notes {
         eprintln!("claude-jail: note: {n}");
     }
+    // `run` and `reload` refuse such a policy: so does the check, with the same message.
+    if let Some(msg) = &report.over_capacity {
+        anyhow::bail!("{msg}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -58,6 +63,8 @@ struct Report<'a> {
     warnings: Vec<String>,
     /// Proxies that could not be checked (named by host name).
     notes: Vec<String>,
+    /// Why the policy does not fit the maps (an error: `run` and `reload` refuse it).
+    over_capacity: Option<String>,
 }
 
 impl<'a> Report<'a> {
@@ -68,11 +75,9 @@ impl<'a> Report<'a> {
         proxies: &[(String, String)],
     ) -> Report<'a> {
         let policy = Policy::build(conf, host);
-        let mut warnings = policy.warnings(proxies);
+        let warnings = policy.warnings(proxies);
         let notes = policy.proxy_notes(proxies);
-        if let Some(w) = policy.map_entries().over_capacity() {
-            warnings.push(format!("the policy does not fit the maps: {w}"));
-        }
+        let over_capacity = policy.map_entries().over_capacity();
         Report {
             conf,
             switch,
@@ -80,6 +85,7 @@ impl<'a> Report<'a> {
             policy,
             warnings,
             notes,
+            over_capacity,
         }
     }
 
@@ -189,6 +195,7 @@ impl<'a> Report<'a> {
             "digest": self.policy.digest(),
             "warnings": self.warnings,
             "notes": self.notes,
+            "error": self.over_capacity,
         })
     }
 }
@@ -366,6 +373,28 @@ mod tests {
             r.notes[0]
         );
         assert_eq!(r.json()["notes"][0], r.notes[0]);
+    }
+
+    #[test]
+    fn a_policy_over_map_capacity_is_an_error_as_for_run() {
+        // Each address:port entry takes two port-map entries (the entry and its marker).
+        let n = jail_common::MAX_PORT_ENTRIES / 2 + 1;
+        let mut text = String::new();
+        for i in 0..n {
+            let [_, b, c, d] = (i + 1).to_be_bytes();
+            text.push_str(&format!("allow-ip = 10.{b}.{c}.{d}:443/tcp\n"));
+        }
+        let c = conf::parse(Path::new("/c"), text.as_bytes()).unwrap();
+        let sw = conf::jail_enabled(&c, None).unwrap();
+        let h = HostNet::default();
+        let r = Report::new(&c, &sw, &h, &[]);
+        let want = r.policy.map_entries().over_capacity();
+        assert!(want.is_some());
+        assert_eq!(r.over_capacity, want, "the message `run` refuses it with");
+        assert!(r.warnings.is_empty(), "an error, not a warning");
+        assert_eq!(r.json()["error"], serde_json::json!(want));
+        let (_, j, _) = report_for("allow-ip = 10.0.0.1\n");
+        assert!(j["error"].is_null());
     }
 
     #[test]
