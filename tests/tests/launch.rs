@@ -875,6 +875,7 @@ fn fail_closed(
     }
     let out = cmd.output().unwrap();
     let (o, e) = text(&out);
+    eprintln!("--- {name}:\n{e}");
     assert_eq!(
         out.status.code(),
         Some(125),
@@ -923,6 +924,28 @@ fn each_fail_closed_case_exits_125_without_running_the_command() {
         &[("CLAUDE_JAIL_PASTA", None)],
         "pasta",
     );
+    // pasta runs as root: one the user could have replaced is refused like an untrusted conf.
+    fail_closed(
+        &world,
+        "untrusted pasta",
+        "mount -t tmpfs -o mode=0755 cjt-pasta /mnt && mkdir /mnt/u && \
+         cp -L \"$CLAUDE_JAIL_PASTA\" /mnt/u/pasta && chown -R 65534 /mnt/u && \
+         CLAUDE_JAIL_PASTA=/mnt/u/pasta && export CLAUDE_JAIL_PASTA || exit 1",
+        &[],
+        "not trusted",
+    );
+    // A step inside the jail's own namespaces fails (here: /etc/resolv.conf is a directory, so
+    // the jail's resolv.conf cannot be bound over it): the init reports it to the launcher,
+    // which says so with the fix and the escape hatch, and the command never starts.
+    fail_closed(
+        &world,
+        "set-up inside the jail fails",
+        "mount -t tmpfs -o mode=0755 cjt-etc /mnt && cp -a /etc /mnt/etc && \
+         rm -f /mnt/etc/resolv.conf && mkdir /mnt/etc/resolv.conf && \
+         mount --bind /mnt/etc /etc || exit 1",
+        &[],
+        "inside its namespaces",
+    );
     // A read-only bind of the cgroup2 mount over itself, in a private mount namespace (a
     // per-mount flag: the real hierarchy stays writable for everyone else).
     fail_closed(
@@ -946,9 +969,12 @@ fn each_fail_closed_case_exits_125_without_running_the_command() {
     // The escape hatch runs the command with host networking, and says so in one line.
     let conf = write_conf(&world, "off.conf", "egress-jail = 0\n").unwrap();
     let conf_on = write_conf(&world, "on.conf", "").unwrap();
+    // The variable works even when the conf is what is broken (its only other use is the jail).
+    let conf_bad = write_conf(&world, "bad.conf", "allow-ip = 10.0.0.0/7\n").unwrap();
     for (conf, env, source) in [
         (&conf_on, Some("0"), "CLAUDE_SANDBOX_EGRESS_JAIL"),
         (&conf, None, "off.conf:1"),
+        (&conf_bad, Some("0"), "CLAUDE_SANDBOX_EGRESS_JAIL"),
     ] {
         let c = conf.display().to_string();
         let mut cmd = claude_jail_after(
