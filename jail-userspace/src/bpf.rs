@@ -397,11 +397,10 @@ fn remove_lpm<K: aya::Pod + Ord>(
     map: &mut LpmTrie<MapData, K, RuleId>,
     keep: &BTreeMap<(u32, K), RuleId>,
 ) -> Result<usize> {
-    let stale: Vec<Key<K>> = map
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| !keep.contains_key(&(k.prefix_len(), k.data())))
-        .collect();
+    // Every key or an error: a listing cut short would leave stale entries (an old allow) behind.
+    let stale = stale_keys(map.keys(), |k: &Key<K>| {
+        keep.contains_key(&(k.prefix_len(), k.data()))
+    })?;
     for k in &stale {
         remove_ok_if_gone(map.remove(k))?;
     }
@@ -425,15 +424,27 @@ fn remove_hash<K: aya::Pod, T: Ord>(
     keep: &BTreeMap<T, RuleId>,
     to_tuple: fn(&K) -> T,
 ) -> Result<usize> {
-    let stale: Vec<K> = map
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| !keep.contains_key(&to_tuple(k)))
-        .collect();
+    let stale = stale_keys(map.keys(), |k: &K| keep.contains_key(&to_tuple(k)))?;
     for k in &stale {
         remove_ok_if_gone(map.remove(k))?;
     }
     Ok(stale.len())
+}
+
+/// The listed keys that `keep` rejects. An error while listing is returned, never taken for the
+/// end of the map: aya's key iterator stops after its first error.
+fn stale_keys<K>(
+    keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
+    keep: impl Fn(&K) -> bool,
+) -> Result<Vec<K>> {
+    let mut stale = Vec::new();
+    for k in keys {
+        let k = k.context("list the map's keys (to remove stale entries)")?;
+        if !keep(&k) {
+            stale.push(k);
+        }
+    }
+    Ok(stale)
 }
 
 fn remove_ok_if_gone(r: Result<(), aya::maps::MapError>) -> Result<()> {
@@ -452,6 +463,21 @@ fn remove_ok_if_gone(r: Result<(), aya::maps::MapError>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use object::{Object, ObjectSection};
+
+    #[test]
+    fn a_failed_key_listing_is_an_error_not_the_end_of_the_map() {
+        let err = || {
+            aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_get_next_key",
+                io_error: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            })
+        };
+        let keys = vec![Ok(1u32), Ok(2), Err(err()), Ok(3)];
+        let e = super::stale_keys(keys.into_iter(), |k| *k == 1).unwrap_err();
+        assert!(format!("{e:#}").contains("list the map's keys"), "{e:#}");
+        let ok = super::stale_keys(vec![Ok(1u32), Ok(2), Ok(3)].into_iter(), |k| *k == 2);
+        assert_eq!(ok.unwrap(), vec![1, 3]);
+    }
 
     /// The object `cargo xtask build-ebpf` built, as embedded: one section per program, with the
     /// names the kernel attach types need.
