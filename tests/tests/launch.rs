@@ -844,6 +844,9 @@ fn sudo_from_a_normal_account_finds_local_bin_home_and_ssh_agent() {
 /// Runs one fail-closed case: claude-jail after `setup`, with `env` set (or removed when the
 /// value is None); asserts 125, the marker not created, the message naming `what`, a fix and
 /// the escape hatch, and that nothing was left behind.
+/// Runs its arguments with every bpf() system call refused (EPERM).
+const DENY_BPF: &str = env!("CARGO_BIN_EXE_jail-deny-bpf");
+
 fn fail_closed(
     world: &FakeWorld,
     name: &str,
@@ -957,6 +960,15 @@ fn each_fail_closed_case_exits_125_without_running_the_command() {
         ),
         &[],
         "cgroup",
+    );
+    // The kernel refuses bpf() itself (a seccomp filter stands in for a kernel or security
+    // module without BPF): the launcher is past its checks and has made its cgroups.
+    fail_closed(
+        &world,
+        "bpf() refused by the kernel",
+        &format!("exec {DENY_BPF} sh -c 'exec \"$@\"' sh \"$@\""),
+        &[],
+        "the kernel refused it",
     );
     fail_closed(
         &world,
