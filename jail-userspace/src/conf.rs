@@ -215,51 +215,66 @@ pub fn conf_path(cli: Option<PathBuf>, env: Option<&OsStr>) -> PathBuf {
 }
 
 /// Reads and parses `path`. A missing file means all defaults (as in the original project).
+///
+/// With [`Trust::Strict`], the file is opened once and everything is judged on that descriptor:
+/// its owner and mode from `fstat`, its directories from the path the kernel reports for it, and
+/// its content read from it. Nothing can be swapped between the check and the read.
 pub fn load(path: &Path, trust: Trust) -> Result<Conf, ConfError> {
     let io = |source| ConfError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Conf::empty(path)),
         Err(e) => return Err(io(e)),
     };
     if trust == Trust::Strict {
-        // Checked after the read only to keep one code path for "missing"; the content is not
-        // used before the check passes. The file could be swapped in between only by someone
-        // who can write to a directory above it, which is exactly what the check refuses.
-        check_trusted(path)?;
+        check_trusted_file(path, &file)?;
     }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io)?;
     parse(path, &bytes)
 }
 
-/// sshd-StrictModes-like ownership check of `path` (after resolving symlinks) and each
-/// directory above it: owned by root and not writable by group or others; a root-owned sticky
-/// directory (like /tmp) is accepted, since there only the owner of an entry can replace it.
-pub fn check_trusted(path: &Path) -> Result<(), ConfError> {
+/// sshd-StrictModes-like check of a file that trusted code will use (the conf, the pasta binary
+/// run as root): after resolving symlinks, the file and each directory above it are owned by
+/// root and not writable by group or others; a root-owned sticky directory (like /tmp) is
+/// accepted, since there only the owner of an entry can replace it. Returns the resolved path,
+/// which is what the caller must use: a symlink on the way may be the user's to retarget.
+pub fn check_trusted(path: &Path) -> Result<PathBuf, ConfError> {
+    let file = std::fs::File::open(path).map_err(|source| ConfError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check_trusted_file(path, &file)
+}
+
+/// [`check_trusted`] on an open file: `path` is only for messages.
+fn check_trusted_file(path: &Path, file: &std::fs::File) -> Result<PathBuf, ConfError> {
+    use std::os::fd::AsRawFd;
     let untrusted = |msg: String| ConfError::Untrusted {
         path: path.to_path_buf(),
         msg,
     };
-    let real = std::fs::canonicalize(path).map_err(|source| ConfError::Io {
-        path: path.to_path_buf(),
+    let io = |p: &Path, source| ConfError::Io {
+        path: p.to_path_buf(),
         source,
-    })?;
+    };
+    let meta = file.metadata().map_err(|e| io(path, e))?;
+    // The path of the open file, as the kernel knows it (symlinks resolved).
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| io(path, e))?;
     let shown = if real == path {
         String::new()
     } else {
         format!(" (resolved to {})", real.display())
     };
-    let meta = std::fs::metadata(&real).map_err(|source| ConfError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     if !meta.is_file() {
         return Err(untrusted(format!("not a regular file{shown}")));
     }
     let fix_file = format!(
-        "fix: chown root:root {f} && chmod 644 {f}",
+        "fix: chown root:root {f} && chmod go-w {f}",
         f = real.display()
     );
     if meta.uid() != 0 {
@@ -275,24 +290,21 @@ pub fn check_trusted(path: &Path) -> Result<(), ConfError> {
         )));
     }
     for dir in real.ancestors().skip(1) {
-        let m = std::fs::metadata(dir).map_err(|source| ConfError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let m = std::fs::metadata(dir).map_err(|e| io(dir, e))?;
         let mode = m.permissions().mode();
         let root_sticky = m.uid() == 0 && mode & 0o1000 != 0;
         if m.uid() != 0 || (mode & 0o022 != 0 && !root_sticky) {
             return Err(untrusted(format!(
                 "directory {d} is owned by uid {} with mode {:o}{shown}: someone other than root \
                  could replace the file; fix: chown root:root {d} && chmod go-w {d}, or move the \
-                 file to {DEFAULT_PATH}",
+                 file to a directory only root can write",
                 m.uid(),
                 mode & 0o7777,
                 d = dir.display(),
             )));
         }
     }
-    Ok(())
+    Ok(real)
 }
 
 /// Whether the jail is on, and what said so.
@@ -962,7 +974,7 @@ mod tests {
         assert!(
             e.contains("writable by group or others")
                 && e.contains(&format!(
-                    "chown root:root {f} && chmod 644 {f}",
+                    "chown root:root {f} && chmod go-w {f}",
                     f = f.display()
                 )),
             "{e}"
@@ -996,6 +1008,20 @@ mod tests {
             "a root-owned sticky directory is safe"
         );
         chmod(&d.0, 0o755);
+
+        // A symlink is judged by its target, and the caller gets the target: a link the user
+        // may retarget later is never used again.
+        let good = d.0.join("good-link.conf");
+        std::os::unix::fs::symlink(&f, &good).unwrap();
+        assert_eq!(check_trusted(&good).unwrap(), f);
+        let mine = d.0.join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::os::unix::fs::chown(&mine, Some(1000), None).unwrap();
+        let theirs = mine.join("c.conf");
+        std::fs::write(&theirs, "allow-ip = 10.0.0.2\n").unwrap();
+        std::os::unix::fs::symlink(&theirs, d.0.join("link2.conf")).unwrap();
+        let e = check_trusted(&d.0.join("link2.conf")).unwrap_err().to_string();
+        assert!(e.contains(&format!("resolved to {}", theirs.display())), "{e}");
 
         // A symlink is judged by what it points to.
         let bad = TmpDir::new("trust-bad");
