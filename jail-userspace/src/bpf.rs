@@ -311,7 +311,12 @@ impl JailMaps {
     /// Between steps the allow set is a subset of old ∪ new (never matches a destination refused
     /// both times), the deny set a superset of old or of new; an old allow leaves only after the
     /// old deny it overrode is gone. Entries present in both keep their key (updated in place).
+    ///
+    /// So each map must hold the old and the new entries at once: that is checked first
+    /// ([`MapEntries::reload_over_capacity`]), and a policy that would overflow a map is refused
+    /// before anything is changed, rather than failing half-way.
     pub fn apply(&mut self, e: &MapEntries) -> Result<usize> {
+        self.check_room(e)?;
         let mut changes = 0;
         changes += add_lpm(&mut self.allow4, &e.allow4)?;
         changes += add_lpm(&mut self.allow6, &e.allow6)?;
@@ -326,6 +331,41 @@ impl JailMaps {
         changes += remove_lpm(&mut self.allow4, &e.allow4)?;
         changes += remove_lpm(&mut self.allow6, &e.allow6)?;
         Ok(changes)
+    }
+
+    /// Refuses `e` if bringing the maps to it would overflow one of them (see [`Self::apply`]).
+    /// Changes nothing. A caller that updates several instances should check each one first.
+    pub fn check_room(&self, e: &MapEntries) -> Result<()> {
+        let current = self.read_keys()?;
+        match e.reload_over_capacity(&current) {
+            Some(msg) => bail!("{msg}"),
+            None => Ok(()),
+        }
+    }
+
+    /// The keys currently in the maps (the values, which [`Self::read_entries`] also reads, are
+    /// left at 0): one syscall per entry, not two.
+    fn read_keys(&self) -> Result<MapEntries> {
+        let mut e = MapEntries::default();
+        for k in all_keys(self.allow4.keys())? {
+            e.allow4.insert((k.prefix_len(), k.data()), 0);
+        }
+        for k in all_keys(self.allow6.keys())? {
+            e.allow6.insert((k.prefix_len(), k.data()), 0);
+        }
+        for k in all_keys(self.deny4.keys())? {
+            e.deny4.insert((k.prefix_len(), k.data()), 0);
+        }
+        for k in all_keys(self.deny6.keys())? {
+            e.deny6.insert((k.prefix_len(), k.data()), 0);
+        }
+        for k in all_keys(self.allow4_port.keys())? {
+            e.allow4_port.insert(tuple4(&k), 0);
+        }
+        for k in all_keys(self.allow6_port.keys())? {
+            e.allow6_port.insert(tuple6(&k), 0);
+        }
+        Ok(e)
     }
 
     /// The counters, summed over CPUs.
@@ -431,20 +471,20 @@ fn remove_hash<K: aya::Pod, T: Ord>(
     Ok(stale.len())
 }
 
-/// The listed keys that `keep` rejects. An error while listing is returned, never taken for the
-/// end of the map: aya's key iterator stops after its first error.
+/// Every key of a map, or an error: never a listing cut short (aya's key iterator ends after its
+/// first error, which `filter_map(ok)` would take for the end of the map).
+fn all_keys<K>(keys: impl Iterator<Item = Result<K, aya::maps::MapError>>) -> Result<Vec<K>> {
+    keys.map(|k| k.context("list the map's keys")).collect()
+}
+
+/// The keys of a map that `keep` rejects (see [`all_keys`]).
 fn stale_keys<K>(
     keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
     keep: impl Fn(&K) -> bool,
 ) -> Result<Vec<K>> {
-    let mut stale = Vec::new();
-    for k in keys {
-        let k = k.context("list the map's keys (to remove stale entries)")?;
-        if !keep(&k) {
-            stale.push(k);
-        }
-    }
-    Ok(stale)
+    let mut v = all_keys(keys)?;
+    v.retain(|k| !keep(k));
+    Ok(v)
 }
 
 fn remove_ok_if_gone(r: Result<(), aya::maps::MapError>) -> Result<()> {

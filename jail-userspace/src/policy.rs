@@ -202,32 +202,91 @@ pub fn ne6(a: Ipv6Addr) -> [u32; 4] {
 }
 
 impl MapEntries {
+    /// Per map: its name, what fills it, its capacity, and how many of `self`'s entries are
+    /// not in `other` (all of them with an empty `other`).
+    fn count_new(&self, other: &MapEntries) -> [(&'static str, &'static str, u32, usize); 6] {
+        fn new<K: Ord, V>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
+            a.keys().filter(|k| !b.contains_key(k)).count()
+        }
+        let (p, q) = (MAX_PREFIX_ENTRIES, MAX_PORT_ENTRIES);
+        [
+            (
+                "allow4",
+                "IPv4 allow entries without a port",
+                p,
+                new(&self.allow4, &other.allow4),
+            ),
+            (
+                "allow6",
+                "IPv6 allow entries without a port",
+                p,
+                new(&self.allow6, &other.allow6),
+            ),
+            (
+                "deny4",
+                "IPv4 deny entries (defaults, deny-ip, the host's)",
+                p,
+                new(&self.deny4, &other.deny4),
+            ),
+            (
+                "deny6",
+                "IPv6 deny entries (defaults, deny-ip, the host's)",
+                p,
+                new(&self.deny6, &other.deny6),
+            ),
+            (
+                "allow4_port",
+                "IPv4 ADDR:PORT allow entries, two per entry and protocol",
+                q,
+                new(&self.allow4_port, &other.allow4_port),
+            ),
+            (
+                "allow6_port",
+                "IPv6 [ADDR]:PORT allow entries, two per entry and protocol",
+                q,
+                new(&self.allow6_port, &other.allow6_port),
+            ),
+        ]
+    }
+
     /// Why these entries would not fit the maps (jail-common's capacities), if they would not.
     pub fn over_capacity(&self) -> Option<String> {
-        let prefix = [
-            ("allow4", self.allow4.len()),
-            ("allow6", self.allow6.len()),
-            ("deny4", self.deny4.len()),
-            ("deny6", self.deny6.len()),
-        ];
-        for (name, n) in prefix {
-            if n > MAX_PREFIX_ENTRIES as usize {
-                return Some(format!(
-                    "{n} {name} entries, the map holds {MAX_PREFIX_ENTRIES}"
-                ));
-            }
+        let none = MapEntries::default();
+        self.count_new(&none)
+            .into_iter()
+            .find(|&(_, _, cap, n)| n > cap as usize)
+            .map(|(name, what, cap, n)| {
+                format!(
+                    "the policy does not fit the maps: {n} {name} entries ({what}), the map \
+                     holds {cap}. Fix: fewer entries, or CIDRs that cover several addresses"
+                )
+            })
+    }
+
+    /// Why bringing maps that hold `current` to these entries would overflow a map, if it
+    /// would: a reload adds the new entries before it removes the old ones (so that nothing
+    /// allowed before and after is ever refused), so each map must hold old ∪ new at once.
+    /// Checked before anything is changed, so that a reload never stops half-way.
+    pub fn reload_over_capacity(&self, current: &MapEntries) -> Option<String> {
+        if let Some(m) = self.over_capacity() {
+            return Some(m);
         }
-        for (name, n) in [
-            ("allow4_port", self.allow4_port.len()),
-            ("allow6_port", self.allow6_port.len()),
-        ] {
-            if n > MAX_PORT_ENTRIES as usize {
-                return Some(format!(
-                    "{n} {name} entries, the map holds {MAX_PORT_ENTRIES}"
-                ));
-            }
-        }
-        None
+        let now = current.count_new(&MapEntries::default());
+        let added = self.count_new(current);
+        now.into_iter()
+            .zip(added)
+            .map(|((name, what, cap, old), (_, _, _, add))| (name, what, cap, old, add))
+            .find(|&(_, _, cap, old, add)| old + add > cap as usize)
+            .map(|(name, what, cap, old, add)| {
+                format!(
+                    "the new policy cannot be applied without a gap: the {name} map ({what}) \
+                     holds {old} entries now and the new policy adds {add} more, {} in all \
+                     while old and new are both present, and the map holds {cap}. Nothing was \
+                     changed. Fix: fewer entries or CIDRs that cover several addresses, or make \
+                     the change in two reloads (first remove entries, then add)",
+                    old + add
+                )
+            })
     }
 
     /// A canonical text form, one entry per line: what [`Policy::digest`] hashes.
@@ -1294,6 +1353,65 @@ mod tests {
             a,
             Policy::build(&conf("allow-ip = 10.20.0.8\n"), &HostNet::default()).digest()
         );
+    }
+
+    /// `n` IPv4 address:port allows starting at 10.`base`.0.1: `2 * n` allow4_port entries.
+    fn port_allows(base: u8, n: u32) -> MapEntries {
+        let mut text = String::new();
+        for i in 0..n {
+            let [_, _, c, d] = (i + 1).to_be_bytes();
+            text.push_str(&format!("allow-ip = 10.{base}.{c}.{d}:443/tcp\n"));
+        }
+        policy(&text).map_entries().clone()
+    }
+
+    #[test]
+    fn a_reload_needs_room_for_old_and_new_at_once() {
+        let cap = MAX_PORT_ENTRIES;
+        let old = port_allows(1, cap / 2);
+        assert_eq!(old.allow4_port.len(), cap as usize);
+        assert!(old.over_capacity().is_none(), "a full map is not over");
+        // The same entries again: nothing to add, fits.
+        assert_eq!(old.reload_over_capacity(&old), None);
+        // Fewer entries: nothing new is added before the old are removed, fits.
+        let fewer = port_allows(1, cap / 4);
+        assert_eq!(fewer.reload_over_capacity(&old), None);
+        // One new address:port: two new entries, while the old ones are all still there.
+        let mut more = old.clone();
+        more.allow4_port
+            .insert((ne4(Ipv4Addr::new(10, 9, 9, 9)), 443, PROTO_TCP), 1);
+        more.allow4_port
+            .remove(&(ne4(Ipv4Addr::new(10, 1, 0, 1)), 443, PROTO_TCP));
+        assert!(more.over_capacity().is_none(), "the new set alone fits");
+        let m = more.reload_over_capacity(&old).expect("old ∪ new does not");
+        assert!(
+            m.contains(&format!(
+                "the allow4_port map (IPv4 ADDR:PORT allow entries, two per entry and protocol) \
+                 holds {cap} entries now and the new policy adds 1 more, {} in all",
+                cap + 1
+            )) && m.contains(&format!("the map holds {cap}"))
+                && m.contains("Nothing was changed")
+                && m.contains("fewer entries or CIDRs"),
+            "{m}"
+        );
+        // A completely different set of half the capacity each: the union is too big.
+        let other = port_allows(2, cap / 2);
+        assert!(other.reload_over_capacity(&old).is_some());
+        assert!(port_allows(2, cap / 4)
+            .reload_over_capacity(&fewer)
+            .is_none());
+        // From empty maps (the first fill) only the new set counts.
+        assert_eq!(other.reload_over_capacity(&MapEntries::default()), None);
+        // Over capacity alone is reported as such.
+        let big = port_allows(3, cap / 2 + 1);
+        assert_eq!(
+            big.reload_over_capacity(&MapEntries::default()),
+            big.over_capacity()
+        );
+        assert!(big.over_capacity().unwrap().starts_with(&format!(
+            "the policy does not fit the maps: {} allow4_port entries",
+            cap + 2
+        )));
     }
 
     #[test]
