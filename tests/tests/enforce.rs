@@ -33,7 +33,8 @@ use claude_jail::{
 use jail_common::{Event, Hook, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use jail_tests::{
     world::{
-        GATEWAY_V4, HOST_EXTRA_V4, HOST_V4, LAN_V4, LAN_V6, METADATA_V4, PUBLIC_V4, PUBLIC_V6,
+        GATEWAY_V4, HOST_EXTRA_V4, HOST_V4, HOST_V6, LAN_V4, LAN_V6, METADATA_V4, PUBLIC_V4,
+        PUBLIC_V6,
     },
     FakeWorld,
 };
@@ -1369,5 +1370,435 @@ fn malformed_raw_headers_do_not_fool_the_backstop() {
         refused_delta(&before, &jail.counters()),
         [("skb-egress", backstop_refusals)],
         "the packets the kernel sent are refused by the backstop"
+    );
+}
+
+/// The backstop walks IPv6 extension headers to the UDP port: a raw UDP datagram with a real
+/// hop-by-hop or destination options header (inserted by the kernel, as any sender's would be)
+/// to the allowed `[fd00::5]:9999/udp` reaches the server; the same to port 5064 of fd00::5
+/// (denied: fc00::/7) is dropped and never seen on the wire. A parser that stopped at the first
+/// extension header would get one of them wrong.
+#[test]
+fn ipv6_extension_headers_do_not_hide_the_udp_port_from_the_backstop() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let world = world(true);
+    jail.attach(&world, "allow-ip = [fd00::5]:9999/udp\n");
+    let (allowed, denied) = (
+        SocketAddr::new(LAN_V6.into(), 9999),
+        SocketAddr::new(LAN_V6.into(), 5064),
+    );
+    let denied_hits = world.hits(denied).len();
+    let capture = world.capture().expect("start a capture");
+    let before = jail.counters();
+    for kind in ["hop", "dst"] {
+        let n = world.hits(allowed).len();
+        assert_eq!(
+            jail.probe(
+                &world,
+                As::Root,
+                &["raw-udp-ext", &allowed.to_string(), kind]
+            ),
+            "ok sent",
+            "a raw UDP datagram with a {kind} options header to the allowed {allowed}/udp \
+             passes the backstop"
+        );
+        assert!(
+            wait_hits(&world, allowed, n + 1),
+            "the datagram with a {kind} options header reaches the server on {allowed}"
+        );
+        assert_eq!(
+            jail.probe(
+                &world,
+                As::Root,
+                &["raw-udp-ext", &denied.to_string(), kind]
+            ),
+            "err EPERM",
+            "a raw UDP datagram with a {kind} options header to {denied} is dropped: only \
+             port 9999 of fd00::5 is allowed"
+        );
+    }
+    let packets = capture.stop().expect("stop the capture");
+    // The capture reports the first next header: 0 (hop-by-hop) or 60 (destination options).
+    // ICMPv6 to fd00::5 is the host kernel's port unreachable for the server's reply.
+    let to_lan: Vec<u8> = packets
+        .iter()
+        .filter(|p| p.dst == IpAddr::from(LAN_V6) && p.protocol != PROTO_ICMPV6)
+        .map(|p| p.protocol)
+        .collect();
+    assert_eq!(
+        to_lan,
+        [0, 60],
+        "exactly the two allowed datagrams (hop-by-hop, then destination options) reach \
+         fd00::5: the capture sees them (so it would see a leak), and nothing else"
+    );
+    assert_eq!(
+        world.hits(denied).len(),
+        denied_hits,
+        "nothing reached the server on {denied}"
+    );
+    assert_eq!(
+        refused_delta(&before, &jail.counters()),
+        [("skb-egress", 2)],
+        "the two datagrams to port 5064 are refused by the backstop"
+    );
+}
+
+/// Non-first fragments carry no port. The backstop (jail-ebpf `Port::Fragment`) looks them up
+/// under the port-0 marker the policy compiler adds next to every `address:port/proto` entry
+/// (Policy::decide_fragment): a fragment passes to an address allowed whole, or to an address
+/// with some allowed port OF THAT PROTOCOL; it is dropped otherwise, the denied addresses'
+/// fragments among them. The fragments' payload holds a port where a first fragment's header
+/// would: the backstop must not read it as one.
+#[test]
+fn non_first_fragments_pass_only_where_the_policy_documents() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let world = world(true);
+    jail.attach(
+        &world,
+        "allow-ip = 10.0.0.5\nallow-ip = 192.168.1.5:9999/udp\nallow-ip = [fd00::5]:9999/udp\n",
+    );
+    let policy = jail.policy.as_ref().unwrap();
+    let (ten, one72, one92) = (LAN_V4[0], LAN_V4[1], LAN_V4[2]);
+    let other_ula: Ipv6Addr = "fd00::6".parse().unwrap();
+    // (destination whose port goes in the payload, protocol, passes, why)
+    let cases: [(SocketAddr, &str, bool, &str); 8] = [
+        (
+            SocketAddr::new(ten.into(), 5064),
+            "udp",
+            true,
+            "10.0.0.5 is allowed whole",
+        ),
+        (
+            SocketAddr::new(ten.into(), 22),
+            "tcp",
+            true,
+            "10.0.0.5 is allowed whole",
+        ),
+        (
+            SocketAddr::new(one92.into(), 5064),
+            "udp",
+            true,
+            "192.168.1.5 has an allowed UDP port (its marker); the payload's 5064 is no port",
+        ),
+        (
+            SocketAddr::new(one92.into(), 9999),
+            "tcp",
+            false,
+            "192.168.1.5 has no allowed TCP port (no TCP marker)",
+        ),
+        (
+            SocketAddr::new(one72.into(), 9999),
+            "udp",
+            false,
+            "172.16.0.5 is denied and has no entry",
+        ),
+        (
+            SocketAddr::new(LAN_V6.into(), 5064),
+            "udp",
+            true,
+            "fd00::5 has an allowed UDP port (its marker)",
+        ),
+        (
+            SocketAddr::new(LAN_V6.into(), 9999),
+            "tcp",
+            false,
+            "fd00::5 has no allowed TCP port",
+        ),
+        (
+            SocketAddr::new(other_ula.into(), 9999),
+            "udp",
+            false,
+            "fd00::6 is denied and has no entry",
+        ),
+    ];
+    let capture = world.capture().expect("start a capture");
+    let before = jail.counters();
+    for (dest, proto, passes, why) in &cases {
+        let proto_n = if *proto == "tcp" {
+            PROTO_TCP
+        } else {
+            PROTO_UDP
+        };
+        assert_eq!(
+            policy.decide_fragment(dest.ip(), proto_n).allowed,
+            *passes,
+            "the expectation for {dest} {proto} is what Policy::decide_fragment documents"
+        );
+        let src = match dest {
+            SocketAddr::V4(_) => HOST_V4.to_string(),
+            SocketAddr::V6(_) => HOST_V6.to_string(),
+        };
+        assert_eq!(
+            jail.probe(
+                &world,
+                As::Root,
+                &["raw-frag", &dest.to_string(), proto, &src]
+            ),
+            if *passes { "ok sent" } else { "err EPERM" },
+            "a non-first {proto} fragment to {dest}: {why}"
+        );
+    }
+    let packets = capture.stop().expect("stop the capture");
+    // On the wire: IPv4 fragments by (address, protocol); IPv6 fragments show next header 44
+    // (the fragment header), so count them per address.
+    for (dest, proto, passes, why) in &cases {
+        let seen = packets
+            .iter()
+            .filter(|p| {
+                p.dst == dest.ip()
+                    && match dest {
+                        SocketAddr::V4(_) => {
+                            p.protocol
+                                == if *proto == "tcp" {
+                                    PROTO_TCP
+                                } else {
+                                    PROTO_UDP
+                                }
+                        }
+                        SocketAddr::V6(_) => p.protocol == 44,
+                    }
+            })
+            .count();
+        let want = match dest {
+            SocketAddr::V4(_) => usize::from(*passes),
+            // Both fd00::5 fragments share (address, 44): one of the two passes.
+            SocketAddr::V6(a) if *a.ip() == LAN_V6 => 1,
+            SocketAddr::V6(_) => usize::from(*passes),
+        };
+        assert_eq!(
+            seen, want,
+            "fragments of {proto} to {dest} on the wire ({why}): {packets:?}"
+        );
+    }
+    let refused = cases.iter().filter(|c| !c.2).count() as u64;
+    assert_eq!(
+        refused_delta(&before, &jail.counters()),
+        [("skb-egress", refused)],
+        "each refused fragment is refused by the backstop"
+    );
+}
+
+/// IP options: a UDP socket with a source route (LSRR via 10.0.0.5, SSRR via 192.168.1.5, which
+/// is on the host's link as SSRR's first hop must be) sends to the public server. sendmsg4
+/// judges the address given to sendto, the public one, and allows it; the kernel then addresses
+/// the packet to the first hop (the final destination rides in the option). Without the
+/// backstop the denied first hop receives it (the control, before the attach, sees it on the
+/// wire); with it the packet is dropped.
+///
+/// This kernel refuses source-route options to a process without CAP_NET_RAW (setsockopt
+/// IP_OPTIONS fails with EPERM, checked below), so the jail's unprivileged processes cannot
+/// send such a packet at all; the backstop check runs the same ordinary UDP socket as root
+/// (which keeps CAP_NET_RAW, as the raw-socket tests do), still through sendmsg4.
+#[test]
+fn source_routed_udp_is_judged_by_its_first_hop() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let world = world(false);
+    let public = sa(PUBLIC_V4, 9999);
+    let routes = [
+        (LAN_V4[0], "lsrr"), // 10.0.0.5, via the gateway
+        (LAN_V4[2], "ssrr"), // 192.168.1.5, on the uplink's subnet
+    ];
+    let send_all = |jail: &Jail, who: As| -> Vec<String> {
+        routes
+            .iter()
+            .map(|(hop, kind)| {
+                jail.probe(&world, who, &["udp-srr", &public, &hop.to_string(), kind])
+            })
+            .collect()
+    };
+    assert_eq!(
+        send_all(&jail, As::Nobody),
+        ["err IP_OPTIONS EPERM", "err IP_OPTIONS EPERM"],
+        "the kernel refuses source routes to an unprivileged process"
+    );
+    // Control: no programs yet. The datagrams leave, addressed to the first hop.
+    let capture = world.capture().expect("start a capture");
+    assert_eq!(
+        send_all(&jail, As::Root),
+        ["ok sent", "ok sent"],
+        "control: without programs the source-routed datagrams are sent"
+    );
+    let packets = capture.stop().expect("stop the capture");
+    for (hop, kind) in routes {
+        assert!(
+            packets
+                .iter()
+                .any(|p| p.dst == IpAddr::from(hop) && p.protocol == PROTO_UDP),
+            "control: the {kind} datagram reaches the wire addressed to its first hop {hop} \
+             (so the check below would see a leak): {packets:?}"
+        );
+    }
+
+    jail.attach(&world, "");
+    let capture = world.capture().expect("start a capture");
+    let before = jail.counters();
+    assert_eq!(
+        send_all(&jail, As::Root),
+        ["err EPERM", "err EPERM"],
+        "with the jail, the backstop drops each source-routed datagram (its first hop is denied) \
+         and sendto fails with EPERM"
+    );
+    let after = jail.counters();
+    let packets = capture.stop().expect("stop the capture");
+    for (hop, kind) in routes {
+        let seen: Vec<_> = packets
+            .iter()
+            .filter(|p| p.dst == IpAddr::from(hop))
+            .collect();
+        assert!(
+            seen.is_empty(),
+            "no {kind} datagram may reach its denied first hop {hop}, saw {seen:?}"
+        );
+    }
+    assert_eq!(
+        after.allowed[Hook::Sendmsg4 as usize] - before.allowed[Hook::Sendmsg4 as usize],
+        2,
+        "sendmsg4 judged the public destination given to sendto, and allowed it"
+    );
+    assert_eq!(
+        refused_delta(&before, &after),
+        [("skb-egress", 2)],
+        "the backstop refused both datagrams"
+    );
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u64 = 18;
+const BPF_CGROUP_INET4_CONNECT: u64 = 10;
+const BPF_F_ALLOW_OVERRIDE: u64 = 1;
+const BPF_F_ALLOW_MULTI: u64 = 2;
+
+/// bpf(2) with a zero-padded 128-byte attribute buffer; returns what the call returned.
+fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<i32> {
+    // SAFETY: attr is a 128-byte buffer, larger than the attribute layouts used here.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+/// A cgroup/connect4 program that allows everything (`r0 = 1; exit`), named cj_allow_all,
+/// loaded with raw bpf(2).
+fn load_allow_all_connect4() -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // struct bpf_insn, little-endian: code, dst/src registers, offset, immediate.
+    let insns: [u64; 2] = [
+        0x0000_0001_0000_00b7, // BPF_ALU64 | BPF_MOV | BPF_K: r0 = 1
+        0x0000_0000_0000_0095, // BPF_JMP | BPF_EXIT
+    ];
+    let license = b"GPL\0";
+    let mut name = [0u8; 16];
+    name[..12].copy_from_slice(b"cj_allow_all");
+    let mut attr = [0u64; 16];
+    attr[0] = BPF_PROG_TYPE_CGROUP_SOCK_ADDR | (insns.len() as u64) << 32; // prog_type, insn_cnt
+    attr[1] = insns.as_ptr() as u64; // insns
+    attr[2] = license.as_ptr() as u64; // license
+    attr[6] = u64::from_ne_bytes(name[..8].try_into().unwrap()); // prog_name
+    attr[7] = u64::from_ne_bytes(name[8..].try_into().unwrap());
+    attr[8] = BPF_CGROUP_INET4_CONNECT << 32; // prog_ifindex 0, expected_attach_type
+    let fd = sys_bpf(BPF_PROG_LOAD, &mut attr).expect("load the allow-all connect4 program");
+    // SAFETY: BPF_PROG_LOAD returned a new descriptor, ours to own.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// BPF_PROG_ATTACH of `prog` to the cgroup at `cgroup` for connect4, with `flags`.
+fn attach_connect4(cgroup: &Path, prog: &OwnedFd, flags: u64) -> std::io::Result<()> {
+    let dir = fs::File::open(cgroup)?;
+    let mut attr = [0u64; 16];
+    attr[0] = dir.as_raw_fd() as u64 | (prog.as_raw_fd() as u64) << 32; // target, prog
+    attr[1] = BPF_CGROUP_INET4_CONNECT | flags << 32; // attach_type, attach_flags
+    sys_bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+}
+
+/// A child cgroup, emptied and removed on drop (before its parent's Jail is dropped).
+struct ChildCgroup(cgroup::Cgroup);
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        let _ = self.0.kill_all(Duration::from_secs(5));
+        if let Err(e) = self.0.remove() {
+            eprintln!("enforce: remove child cgroup: {e}");
+        }
+    }
+}
+
+/// "No descendant cgroup can replace them": root attaches an allow-all connect4 program to a
+/// child of the jail cgroup, with BPF_F_ALLOW_OVERRIDE and with BPF_F_ALLOW_MULTI. The jail's
+/// programs are link-attached (multi), so the kernel runs them as well as the child's, and a
+/// process in the child is still refused 10.0.0.5 (EPERM). The control is the same child under
+/// a cgroup without programs: there the allow-all program is all that runs, and it connects.
+#[test]
+fn a_descendant_cgroup_cannot_replace_the_jails_programs() {
+    if !have_root() {
+        return;
+    }
+    let mut jail = Jail::prepare();
+    let control = Jail::prepare();
+    let world = world(false);
+    jail.attach(&world, "");
+    let lan = sa(LAN_V4[0], 22);
+    let allow_all = ("cgroup_inet4_connect".to_owned(), "cj_allow_all".to_owned());
+    let jails_connect4 = ("cgroup_inet4_connect".to_owned(), "connect4".to_owned());
+    for (flags, flag_name) in [
+        (BPF_F_ALLOW_OVERRIDE, "BPF_F_ALLOW_OVERRIDE"),
+        (BPF_F_ALLOW_MULTI, "BPF_F_ALLOW_MULTI"),
+    ] {
+        for (parent, jailed) in [(&jail, true), (&control, false)] {
+            let child = ChildCgroup(
+                cgroup::Cgroup::create(&parent.cgroup.path().join(format!("child-{flags}")))
+                    .expect("create a child cgroup"),
+            );
+            let prog = load_allow_all_connect4();
+            attach_connect4(child.0.path(), &prog, flags).unwrap_or_else(|e| {
+                panic!("root attaches the allow-all program with {flag_name}: {e}")
+            });
+            let effective = cgroup_programs(child.0.path(), true);
+            assert!(
+                effective.contains(&allow_all),
+                "the allow-all program is in effect on the child ({flag_name}): {effective:?}"
+            );
+            let before = jail.counters();
+            let out = probe_in(&world, child.0.path(), As::Nobody, &["tcp", &lan]);
+            if jailed {
+                assert!(
+                    effective.contains(&jails_connect4),
+                    "the jail's connect4 still runs for its child ({flag_name}): {effective:?}"
+                );
+                assert_eq!(
+                    out, "err EPERM",
+                    "a process in a child of the jail cgroup whose connect4 program (attached \
+                     with {flag_name}) allows everything is still refused {lan}"
+                );
+                assert_eq!(
+                    refused_delta(&before, &jail.counters()),
+                    [("connect4", 1)],
+                    "refused by the jail's connect4"
+                );
+            } else {
+                assert_eq!(
+                    out,
+                    greeting(LAN_V4[0], 22),
+                    "control: under a cgroup without programs, the child's allow-all program \
+                     ({flag_name}) lets the connect through"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        cgroup_programs(jail.cgroup.path(), false),
+        pairs(&FIVE),
+        "the jail cgroup still has its five programs"
     );
 }

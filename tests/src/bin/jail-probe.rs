@@ -16,13 +16,16 @@
 //!   raw-udp-ext DEST hop|dst
 //!                         SOCK_RAW IPPROTO_UDP over IPv6 with a real extension header before
 //!                         the UDP header (sticky IPV6_HOPOPTS or IPV6_DSTOPTS, one PadN option)
-//!   raw-frag DEST udp|tcp IPPROTO_RAW: a non-first fragment (offset 1480, no more fragments) of
-//!                         that protocol, IPv4 or IPv6 (a fragment header); its payload holds
+//!   raw-frag DEST udp|tcp [SRC]
+//!                         IPPROTO_RAW: a non-first fragment (offset 1480, no more fragments) of
+//!                         that protocol, IPv4 or IPv6 (a fragment header; SRC: its source
+//!                         address, which the kernel does not fill for IPv6); its payload holds
 //!                         DEST's port where a first fragment's transport header would
 //!   udp-srr DEST HOP lsrr|ssrr
 //!                         an ordinary UDP socket with IP_OPTIONS source route via HOP: the
 //!                         datagram to DEST leaves addressed to HOP (the first hop); prints
-//!                         `ok sent` without waiting for a reply
+//!                         `ok sent` without waiting for a reply, `err IP_OPTIONS ERRNO` when
+//!                         the option is refused (source routes need CAP_NET_RAW)
 //!   raw-ihl0 DEST         IPPROTO_RAW: a malformed IPv4 header (IHL 0, protocol UDP) whose
 //!                         total-length field holds DEST's port, where a UDP port would be
 //!                         read at offset IHL*4 + 2
@@ -101,11 +104,16 @@ fn main() {
             (SocketAddr::V6(d), Some("dst")) => raw_udp_ext(d, libc::IPV6_DSTOPTS),
             _ => usage("raw-udp-ext needs an IPv6 DEST and hop|dst"),
         },
-        "raw-frag" => match rest.get(1).map(String::as_str) {
-            Some("udp") => raw_frag(dest(), libc::IPPROTO_UDP as u8),
-            Some("tcp") => raw_frag(dest(), libc::IPPROTO_TCP as u8),
-            _ => usage("raw-frag needs DEST udp|tcp"),
-        },
+        "raw-frag" => {
+            let src: Option<std::net::IpAddr> = rest
+                .get(2)
+                .map(|s| s.parse().unwrap_or_else(|_| usage(&format!("bad SRC {s}"))));
+            match rest.get(1).map(String::as_str) {
+                Some("udp") => raw_frag(dest(), libc::IPPROTO_UDP as u8, src),
+                Some("tcp") => raw_frag(dest(), libc::IPPROTO_TCP as u8, src),
+                _ => usage("raw-frag needs DEST udp|tcp [SRC]"),
+            }
+        }
         "udp-srr" => {
             let hop: Ipv4Addr = rest
                 .get(1)
@@ -474,7 +482,7 @@ fn raw_udp_ext(dest: std::net::SocketAddrV6, which: libc::c_int) -> io::Result<S
 /// A non-first fragment, header included: IPv4 with fragment offset 185 (1480 bytes) and MF
 /// clear; IPv6 with a fragment header saying the same. The 16 payload bytes carry DEST's port at
 /// offset 2, where a parser that mistook the fragment for a first one would read a port.
-fn raw_frag(dest: SocketAddr, proto: u8) -> io::Result<String> {
+fn raw_frag(dest: SocketAddr, proto: u8, src: Option<std::net::IpAddr>) -> io::Result<String> {
     const OFFSET_UNITS: u16 = 185;
     let mut payload = [0u8; 16];
     payload[0..2].copy_from_slice(&40004u16.to_be_bytes());
@@ -488,7 +496,10 @@ fn raw_frag(dest: SocketAddr, proto: u8) -> io::Result<String> {
             h[6..8].copy_from_slice(&OFFSET_UNITS.to_be_bytes()); // flags 0, offset
             h[8] = 64;
             h[9] = proto;
-            h[16..20].copy_from_slice(&d.ip().octets()); // source 0: the kernel fills it
+            if let Some(std::net::IpAddr::V4(src)) = src {
+                h[12..16].copy_from_slice(&src.octets()); // else 0: the kernel fills it
+            }
+            h[16..20].copy_from_slice(&d.ip().octets());
             h.extend_from_slice(&payload);
             h
         }
@@ -498,6 +509,9 @@ fn raw_frag(dest: SocketAddr, proto: u8) -> io::Result<String> {
             h[4..6].copy_from_slice(&(8u16 + 16).to_be_bytes()); // payload length
             h[6] = 44; // next header: fragment
             h[7] = 64;
+            if let Some(std::net::IpAddr::V6(src)) = src {
+                h[8..24].copy_from_slice(&src.octets());
+            }
             h[24..40].copy_from_slice(&d.ip().octets());
             h[40] = proto; // the fragment header's next header
             h[42..44].copy_from_slice(&(OFFSET_UNITS << 3).to_be_bytes()); // offset, M = 0
@@ -529,6 +543,12 @@ fn udp_srr(dest: std::net::SocketAddrV4, hop: Ipv4Addr, strict: bool) -> io::Res
             opt.as_ptr().cast(),
             opt.len() as libc::socklen_t,
         )
+    })
+    .map_err(|e| {
+        io::Error::other(format!(
+            "IP_OPTIONS {}",
+            errno_name(e.raw_os_error().unwrap_or(0))
+        ))
     })?;
     s.send_to(b"srr\n", dest)?;
     Ok("sent".into())
@@ -660,6 +680,19 @@ fn raw_verdict(case: &str) -> String {
         } else {
             hdr[4..6].copy_from_slice(&8u16.to_be_bytes());
         }
+        // A broadcast address (a random case may be one) needs SO_BROADCAST, else the kernel
+        // refuses the send itself (EACCES) before the backstop sees the packet.
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BROADCAST,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
         if dest.is_ipv6() {
             let offset: libc::c_int = off;
             // SAFETY: setsockopt with a pointer to a live c_int and its size.
