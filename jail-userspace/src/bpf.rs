@@ -316,7 +316,25 @@ impl JailMaps {
     /// ([`MapEntries::reload_over_capacity`]), and a policy that would overflow a map is refused
     /// before anything is changed, rather than failing half-way.
     pub fn apply(&mut self, e: &MapEntries) -> Result<usize> {
-        self.check_room(e)?;
+        let current = self.check_room(e)?;
+        self.apply_checked(&current, e)
+    }
+
+    /// Refuses `e` if bringing the maps to it would overflow one of them (see [`Self::apply`]).
+    /// Changes nothing, and returns the keys now in the maps for [`Self::apply_checked`]. A caller
+    /// that updates several instances checks each one first.
+    pub fn check_room(&self, e: &MapEntries) -> Result<MapEntries> {
+        let current = self.read_keys()?;
+        match e.reload_over_capacity(&current) {
+            Some(msg) => bail!("{msg}"),
+            None => Ok(current),
+        }
+    }
+
+    /// [`Self::apply`] after [`Self::check_room`] returned `current` (the maps' keys, read once:
+    /// the stale entries are those of `current` that `e` does not have). The caller holds the
+    /// jail's lock, so nothing else changed the maps in between.
+    pub fn apply_checked(&mut self, current: &MapEntries, e: &MapEntries) -> Result<usize> {
         let mut changes = 0;
         changes += add_lpm(&mut self.allow4, &e.allow4)?;
         changes += add_lpm(&mut self.allow6, &e.allow6)?;
@@ -324,23 +342,23 @@ impl JailMaps {
         changes += add_hash(&mut self.allow6_port, &e.allow6_port, port_key6)?;
         changes += add_lpm(&mut self.deny4, &e.deny4)?;
         changes += add_lpm(&mut self.deny6, &e.deny6)?;
-        changes += remove_lpm(&mut self.deny4, &e.deny4)?;
-        changes += remove_lpm(&mut self.deny6, &e.deny6)?;
-        changes += remove_hash(&mut self.allow4_port, &e.allow4_port, tuple4)?;
-        changes += remove_hash(&mut self.allow6_port, &e.allow6_port, tuple6)?;
-        changes += remove_lpm(&mut self.allow4, &e.allow4)?;
-        changes += remove_lpm(&mut self.allow6, &e.allow6)?;
+        changes += remove_lpm(&mut self.deny4, &current.deny4, &e.deny4)?;
+        changes += remove_lpm(&mut self.deny6, &current.deny6, &e.deny6)?;
+        changes += remove_hash(
+            &mut self.allow4_port,
+            &current.allow4_port,
+            &e.allow4_port,
+            port_key4,
+        )?;
+        changes += remove_hash(
+            &mut self.allow6_port,
+            &current.allow6_port,
+            &e.allow6_port,
+            port_key6,
+        )?;
+        changes += remove_lpm(&mut self.allow4, &current.allow4, &e.allow4)?;
+        changes += remove_lpm(&mut self.allow6, &current.allow6, &e.allow6)?;
         Ok(changes)
-    }
-
-    /// Refuses `e` if bringing the maps to it would overflow one of them (see [`Self::apply`]).
-    /// Changes nothing. A caller that updates several instances should check each one first.
-    pub fn check_room(&self, e: &MapEntries) -> Result<()> {
-        let current = self.read_keys()?;
-        match e.reload_over_capacity(&current) {
-            Some(msg) => bail!("{msg}"),
-            None => Ok(()),
-        }
     }
 
     /// The keys currently in the maps (the values, which [`Self::read_entries`] also reads, are
@@ -433,18 +451,18 @@ fn add_lpm<K: aya::Pod + Ord>(
     Ok(want.len())
 }
 
+/// Removes the keys of `current` that `keep` does not have.
 fn remove_lpm<K: aya::Pod + Ord>(
     map: &mut LpmTrie<MapData, K, RuleId>,
+    current: &BTreeMap<(u32, K), RuleId>,
     keep: &BTreeMap<(u32, K), RuleId>,
 ) -> Result<usize> {
-    // Every key or an error: a listing cut short would leave stale entries (an old allow) behind.
-    let stale = stale_keys(map.keys(), |k: &Key<K>| {
-        keep.contains_key(&(k.prefix_len(), k.data()))
-    })?;
-    for k in &stale {
-        remove_ok_if_gone(map.remove(k))?;
+    let mut n = 0;
+    for &(len, data) in current.keys().filter(|k| !keep.contains_key(k)) {
+        remove_ok_if_gone(map.remove(&Key::new(len, data)))?;
+        n += 1;
     }
-    Ok(stale.len())
+    Ok(n)
 }
 
 fn add_hash<K: aya::Pod, T: Ord>(
@@ -459,32 +477,25 @@ fn add_hash<K: aya::Pod, T: Ord>(
     Ok(want.len())
 }
 
+/// Removes the keys of `current` that `keep` does not have.
 fn remove_hash<K: aya::Pod, T: Ord>(
     map: &mut HashMap<MapData, K, RuleId>,
+    current: &BTreeMap<T, RuleId>,
     keep: &BTreeMap<T, RuleId>,
-    to_tuple: fn(&K) -> T,
+    to_key: fn(&T) -> K,
 ) -> Result<usize> {
-    let stale = stale_keys(map.keys(), |k: &K| keep.contains_key(&to_tuple(k)))?;
-    for k in &stale {
-        remove_ok_if_gone(map.remove(k))?;
+    let mut n = 0;
+    for t in current.keys().filter(|t| !keep.contains_key(t)) {
+        remove_ok_if_gone(map.remove(&to_key(t)))?;
+        n += 1;
     }
-    Ok(stale.len())
+    Ok(n)
 }
 
 /// Every key of a map, or an error: never a listing cut short (aya's key iterator ends after its
 /// first error, which `filter_map(ok)` would take for the end of the map).
 fn all_keys<K>(keys: impl Iterator<Item = Result<K, aya::maps::MapError>>) -> Result<Vec<K>> {
     keys.map(|k| k.context("list the map's keys")).collect()
-}
-
-/// The keys of a map that `keep` rejects (see [`all_keys`]).
-fn stale_keys<K>(
-    keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
-    keep: impl Fn(&K) -> bool,
-) -> Result<Vec<K>> {
-    let mut v = all_keys(keys)?;
-    v.retain(|k| !keep(k));
-    Ok(v)
 }
 
 fn remove_ok_if_gone(r: Result<(), aya::maps::MapError>) -> Result<()> {
@@ -513,10 +524,10 @@ mod tests {
             })
         };
         let keys = vec![Ok(1u32), Ok(2), Err(err()), Ok(3)];
-        let e = super::stale_keys(keys.into_iter(), |k| *k == 1).unwrap_err();
+        let e = super::all_keys(keys.into_iter()).unwrap_err();
         assert!(format!("{e:#}").contains("list the map's keys"), "{e:#}");
-        let ok = super::stale_keys(vec![Ok(1u32), Ok(2), Ok(3)].into_iter(), |k| *k == 2);
-        assert_eq!(ok.unwrap(), vec![1, 3]);
+        let ok = super::all_keys(vec![Ok(1u32), Ok(2), Ok(3)].into_iter());
+        assert_eq!(ok.unwrap(), vec![1, 2, 3]);
     }
 
     /// The object `cargo xtask build-ebpf` built, as embedded: one section per program, with the

@@ -1020,8 +1020,13 @@ mod tests {
         let theirs = mine.join("c.conf");
         std::fs::write(&theirs, "allow-ip = 10.0.0.2\n").unwrap();
         std::os::unix::fs::symlink(&theirs, d.0.join("link2.conf")).unwrap();
-        let e = check_trusted(&d.0.join("link2.conf")).unwrap_err().to_string();
-        assert!(e.contains(&format!("resolved to {}", theirs.display())), "{e}");
+        let e = check_trusted(&d.0.join("link2.conf"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("resolved to {}", theirs.display())),
+            "{e}"
+        );
 
         // A symlink is judged by what it points to.
         let bad = TmpDir::new("trust-bad");

@@ -82,7 +82,10 @@ fn launch(args: RunArgs) -> Result<i32> {
         // The escape hatch works even when the conf is what is broken: the jail is off, and the
         // conf's only other use is the jail.
         Err(e) if env_switch.as_deref() == Some(std::ffi::OsStr::new("0")) => {
-            eprintln!("claude-jail: warning: {e} (not used: {}=0)", conf::ENV_EGRESS_JAIL);
+            eprintln!(
+                "claude-jail: warning: {e} (not used: {}=0)",
+                conf::ENV_EGRESS_JAIL
+            );
             conf::Conf::empty(&conf_path)
         }
         Err(e) => return Err(e.into()),
@@ -393,6 +396,9 @@ pub fn policies(
             })
         })
     });
+    // pasta's policy cannot deny the host's loopback: its programs judge destinations, not
+    // namespaces, and pasta talks to the jail's loopback too (the inner side of each
+    // `host-port`). The host's loopback is closed by pasta's arguments instead (no mapping).
     let pasta = Policy::build(conf, host).with_extra_allow(resolver_allows.chain(published));
     (jail, pasta)
 }

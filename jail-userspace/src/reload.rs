@@ -60,11 +60,18 @@ pub fn apply(paths: &Paths, rec: &JailRecord, conf: &Conf, host: &HostNet) -> Re
     }
     let mut jail_maps = JailMaps::open(&paths.jail_pins(id))?;
     let mut pasta_maps = JailMaps::open(&paths.pasta_pins(id))?;
+    // Both sets must have room before either changes: never one updated and the other refused.
+    let jail_now = jail_maps
+        .check_room(jail.map_entries())
+        .context("the jail's maps")?;
+    let pasta_now = pasta_maps
+        .check_room(pasta.map_entries())
+        .context("pasta's maps")?;
     // The two instances are independent: update them side by side (each keeps its own
     // add-before-remove order), so 10,000 entries take effect in the time of one.
     let (j, p) = std::thread::scope(|s| {
-        let p = s.spawn(|| pasta_maps.apply(pasta.map_entries()));
-        let j = jail_maps.apply(jail.map_entries());
+        let p = s.spawn(|| pasta_maps.apply_checked(&pasta_now, pasta.map_entries()));
+        let j = jail_maps.apply_checked(&jail_now, jail.map_entries());
         (j, p.join())
     });
     j.context("update the jail's maps")?;
@@ -168,9 +175,7 @@ fn apply_to_record(paths: &Paths, rec: JailRecord, conf: &Conf, host: &HostNet) 
         Ok(None) => return Ok(false),
         // A jail that ended while it was being reloaded (its pins and run directory go with it)
         // needs nothing.
-        Err(_) if !state::pid_alive(launcher) || !paths.jail_run(&id).exists() => {
-            return Ok(false)
-        }
+        Err(_) if !state::pid_alive(launcher) || !paths.jail_run(&id).exists() => return Ok(false),
         Err(e) => return Err(e.context(format!("jail {id}"))),
     }
     // The launcher refreshes its own copy (rule names for events, the conf it follows).

@@ -201,8 +201,8 @@ fn flush(j: &mut JailWatch) {
 ///   is read again, as the reload did.
 fn refresh(j: &mut JailWatch, reread: bool, host_changed: bool) {
     let result = reload::with_record(&j.paths, &j.id, |rec| {
-        let changed_by_reload = rec.policy_digest != j.policy.digest()
-            || Path::new(&rec.conf) != j.conf.path.as_path();
+        let changed_by_reload =
+            rec.policy_digest != j.policy.digest() || Path::new(&rec.conf) != j.conf.path.as_path();
         let conf = if reread || changed_by_reload {
             reload::load_conf(Path::new(&rec.conf))?
         } else {

@@ -420,7 +420,9 @@ for name, args in (("packet", (socket.AF_PACKET, socket.SOCK_RAW, 0)), ("raw", (
     try:
         socket.socket(*args); print("SOCK", name, "SUCCEEDED")
     except PermissionError: print("SOCK", name, "refused")'
-echo "TAMPER $({PROBE} tamper "$jcg" "/sys/fs/bpf/claude-jail/$id/jail" 1 1)"
+# Ids are not known in here (finding them takes CAP_NET_ADMIN); the kernel refuses BPF_*_GET_FD_BY_ID
+# on capability before it looks at the id. tests/tests/enforce.rs tries the real ids.
+echo "TAMPER $({PROBE} tamper "$jcg" "/sys/fs/bpf/claude-jail/$id/jail" 1 1 1 1)"
 echo "AFTER $({PROBE} tcp 10.0.0.5:22)"
 "#,
         cg = cg.display()

@@ -222,7 +222,7 @@ fn reloads_under_load_never_refuse_an_allowed_host_nor_open_a_denied_one() {
                 k % 250 + 1
             ));
         }
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             t.push_str("deny-ip = 198.18.0.0/15\n");
         }
         t
