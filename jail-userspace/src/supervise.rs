@@ -32,7 +32,7 @@ use crate::{
     hostnet::HostNet,
     policy::Policy,
     reload,
-    state::Paths,
+    state::{self, Paths},
 };
 
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -189,35 +189,52 @@ fn flush(j: &mut JailWatch) {
     }
 }
 
-/// Brings the jail's maps to its conf and the host's current network, under the jail's lock.
-/// Failures are logged, and the jail keeps its current policy.
+/// Brings the jail's maps to its conf and the host's current network. Failures are logged, and
+/// the jail keeps its current policy.
 ///
 /// - SIGUSR1 (`reread`): the conf is read again from the file the registry record names.
 ///   After `claude-jail reload` (which applied the maps itself, recorded the digest, then sent
 ///   SIGUSR1) the compiled policy has the recorded digest, and only the launcher's copies (the
-///   conf, and the policy that names rules in events) are refreshed.
+///   conf, and the policy that names rules in events) are refreshed: no lock, no map update.
 /// - A host change: the launcher's conf is applied against the new host, unless the record shows
 ///   that a `reload` has changed the maps since (another digest or another file): then the file
 ///   is read again, as the reload did.
+///
+/// The conf is read and compiled outside the jail's lock (a reload of 10,000 entries must not
+/// wait for it); the maps are updated under it, and only if the record is still the one read
+/// first. If a reload came in between, this refresh stands down: the reload applied the host's
+/// current state too, and its SIGUSR1 brings the launcher's copies up to date.
 fn refresh(j: &mut JailWatch, reread: bool, host_changed: bool) {
-    let result = reload::with_record(&j.paths, &j.id, |rec| {
-        let changed_by_reload =
-            rec.policy_digest != j.policy.digest() || Path::new(&rec.conf) != j.conf.path.as_path();
+    let result = (|| -> Result<Option<(Conf, Policy)>> {
+        let Some(seen) = state::list_records(&j.paths)?
+            .into_iter()
+            .flatten()
+            .find(|r| r.id == j.id)
+        else {
+            return Ok(None);
+        };
+        let changed_by_reload = seen.policy_digest != j.policy.digest()
+            || Path::new(&seen.conf) != j.conf.path.as_path();
         let conf = if reread || changed_by_reload {
-            reload::load_conf(Path::new(&rec.conf))?
+            reload::load_conf(Path::new(&seen.conf))?
         } else {
             j.conf.clone()
         };
         let host = HostNet::read()?;
-        let (compiled, _) = reload::compile(&conf, &host, rec);
-        let policy = if !host_changed && compiled.digest() == rec.policy_digest {
-            compiled
-        } else {
-            reload::apply(&j.paths, rec, &conf, &host)?
-        };
-        rec.policy_digest = policy.digest();
-        Ok((conf, policy))
-    });
+        let (compiled, _) = reload::compile(&conf, &host, &seen);
+        if !host_changed && compiled.digest() == seen.policy_digest {
+            return Ok(Some((conf, compiled)));
+        }
+        let applied = reload::with_record(&j.paths, &j.id, |rec| {
+            if rec.conf != seen.conf || rec.policy_digest != seen.policy_digest {
+                return Ok(None);
+            }
+            let policy = reload::apply(&j.paths, rec, &conf, &host)?;
+            rec.policy_digest = policy.digest();
+            Ok(Some(policy))
+        })?;
+        Ok(applied.flatten().map(|policy| (conf, policy)))
+    })();
     let note = match result {
         Ok(Some((conf, policy))) => {
             let msg = format!("policy now {}", policy.digest());
