@@ -487,3 +487,128 @@ fn brokers_outside_the_jail_are_masked() {
         r => assert_eq!(r, "refused"),
     }
 }
+
+/// pasta runs in its own cgroup under its own policy, attached there as the jail's is: its
+/// process sits in `claude-jail/<id>/pasta`, the five programs are on that cgroup, and its maps
+/// deny 10/8 but allow the host's resolver (the world's dnsmasq, 10.0.0.53) on port 53 only.
+/// (That DNS and the public server still work through pasta with this policy in place is
+/// `nested_user_and_network_namespaces_work_and_stay_jailed`.)
+#[test]
+fn pasta_runs_in_its_own_cgroup_under_its_own_policy() {
+    use claude_jail::policy::ne4;
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = conf(&world, "");
+    let done = world.dir().join("pasta-policy-checked");
+    let wait = format!("while [ ! -e {} ]; do sleep 0.1; done", done.display());
+    let mut session = claude_jail(
+        &world,
+        &[
+            "run",
+            "--config",
+            &conf.display().to_string(),
+            "--user",
+            "nobody",
+            "--",
+            "sh",
+            "-c",
+            &wait,
+        ],
+    )
+    .unwrap()
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (id, pasta_pid) = loop {
+        let out = claude_jail(&world, &["status", "--json"])
+            .unwrap()
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let pid = v[0]["pasta_pid"].as_u64().unwrap_or(0);
+        if pid != 0 && v[0]["command_pid"].as_u64().unwrap_or(0) != 0 {
+            break (v[0]["id"].as_str().unwrap().to_string(), pid);
+        }
+        assert!(Instant::now() < deadline, "no running jail in status: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let check = || {
+        let cgroup = fs::read_to_string(format!("/proc/{pasta_pid}/cgroup")).unwrap();
+        assert!(
+            cgroup.contains(&format!("0::/claude-jail/{id}/pasta\n")),
+            "pasta is in the jail's pasta cgroup: {cgroup}"
+        );
+        let cg = claude_jail::cgroup::cgroup2_mount()
+            .unwrap()
+            .join(format!("claude-jail/{id}/pasta"));
+        let out = world
+            .host_command("bpftool")
+            .unwrap()
+            .args(["-j", "cgroup", "show"])
+            .arg(&cg)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        let mut attached: Vec<String> = v
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|p| p["attach_type"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        attached.sort();
+        assert_eq!(
+            attached,
+            [
+                "cgroup_inet4_connect",
+                "cgroup_inet6_connect",
+                "cgroup_inet_egress",
+                "cgroup_udp4_sendmsg",
+                "cgroup_udp6_sendmsg"
+            ],
+            "the five programs are attached to pasta's cgroup"
+        );
+        let pins = jail_tests::jail::host_root(&world)
+            .join("sys/fs/bpf/claude-jail")
+            .join(&id)
+            .join("pasta");
+        let maps = claude_jail::bpf::JailMaps::open(&pins).unwrap();
+        let e = maps.read_entries().unwrap();
+        let resolver = ne4(Ipv4Addr::new(10, 0, 0, 53));
+        assert!(
+            e.deny4.contains_key(&(8, ne4(Ipv4Addr::new(10, 0, 0, 0)))),
+            "pasta's policy denies 10/8"
+        );
+        for proto in [jail_common::PROTO_UDP, jail_common::PROTO_TCP] {
+            assert!(
+                e.allow4_port.contains_key(&(resolver, 53, proto)),
+                "pasta's policy allows the host's resolver on 53/{proto}"
+            );
+        }
+        // (Port 0 is the marker that lets the packet backstop pass non-first fragments of an
+        // address and protocol with an allowed port.)
+        let of_resolver: Vec<_> = e
+            .allow4_port
+            .keys()
+            .filter(|&&(a, _, _)| a == resolver)
+            .collect();
+        assert!(
+            !e.allow4.keys().any(|&(_, a)| a == resolver)
+                && of_resolver.iter().all(|&&(_, p, _)| p == 53 || p == 0),
+            "and nothing else of it: {of_resolver:?}"
+        );
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+    fs::write(&done, "").unwrap();
+    let status = session.wait().unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert!(status.success(), "the jailed command ended normally");
+}
