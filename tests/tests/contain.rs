@@ -404,6 +404,23 @@ setpriv --reuid=65534 --regid=65534 --clear-groups env WHERE=outside HOME=/tmp b
 echo "jail_rc=${PIPESTATUS[0]}"
 sleep 1
 for w in outside inside; do [ -e /tmp/tmux-ran-$w ] && echo "tmux_ran_$w=yes" || echo "tmux_ran_$w=no"; done
+# A tmux server that the user starts only after the launch (no /tmp/tmux-UID at launch time):
+# the jail made that directory itself and covered it, so the late server is out of reach too.
+setpriv --reuid=65534 --regid=65534 --clear-groups tmux kill-server 2>/dev/null
+rm -rf /tmp/tmux-65534
+"$J" run --config /run/claude-sandbox.conf --user nobody -- sh -c '
+  while [ ! -e /tmp/late-started ]; do sleep 0.1; done
+  if tmux new-window "echo ran > /tmp/tmux-ran-late" 2>/dev/null; then echo late_tmux=ok; else echo late_tmux=refused; fi' &
+late=$!
+for i in $(seq 100); do [ -d /tmp/tmux-65534 ] && break; sleep 0.1; done
+setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp tmux new-session -d -s late 'sleep 600' || exit 1
+if setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp tmux has-session -t late 2>/dev/null; then
+  echo late_tmux_outside=ok; else echo late_tmux_outside=refused; fi
+touch /tmp/late-started
+wait $late
+echo "late_rc=$?"
+sleep 1
+[ -e /tmp/tmux-ran-late ] && echo "tmux_ran_late=yes" || echo "tmux_ran_late=no"
 "#;
 
 #[test]
@@ -477,6 +494,18 @@ fn brokers_outside_the_jail_are_masked() {
         "control: {stdout}"
     );
     assert_eq!(get(&m, "inside:tmux", &stdout), "refused", "{stdout}");
+    assert_eq!(
+        get(&m, "late_tmux_outside", &stdout),
+        "ok",
+        "control: the late tmux server runs outside: {stdout}"
+    );
+    assert_eq!(get(&m, "late_rc", &stdout), "0", "{stdout}");
+    assert_eq!(
+        get(&m, "late_tmux", &stdout),
+        "refused",
+        "a tmux server started after the launch is masked too: {stdout}"
+    );
+    assert_eq!(get(&m, "tmux_ran_late", &stdout), "no", "{stdout}");
     assert_eq!(
         get(&m, "tmux_ran_inside", &stdout),
         "no",

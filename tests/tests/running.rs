@@ -432,13 +432,19 @@ fn a_route_that_appears_on_the_host_is_denied_within_a_second() {
     s.wait_for("public refused", |l| l == "public refused");
     let took = t.elapsed();
     eprintln!("route added: refused after {took:?}");
-    assert!(took < within, "the new route was denied only after {took:?}");
+    assert!(
+        took < within,
+        "the new route was denied only after {took:?}"
+    );
     let t = Instant::now();
     ip("route del 203.0.113.0/24 via 192.168.1.1");
     s.wait_for("public ok again", |l| l == "public ok");
     let took = t.elapsed();
     eprintln!("route removed: reachable after {took:?}");
-    assert!(took < within, "the removed route was allowed only after {took:?}");
+    assert!(
+        took < within,
+        "the removed route was allowed only after {took:?}"
+    );
     s.stop();
 }
 
