@@ -486,12 +486,15 @@ impl Drop for Built {
             let _ = kill(init, Signal::SIGKILL);
             let _ = waitpid(init, None);
         }
-        // Whatever the command left running dies before pasta stops.
+        // Whatever the command left running dies before pasta stops: the jail's cgroup is
+        // emptied first, then pasta's. (pasta runs as pid 1 of a PID namespace of its own, which
+        // ignores SIGTERM from outside: SIGKILL through its cgroup is how it stops.)
         for cg in &self.cgroups {
             if let Err(e) = cg.kill_all(Duration::from_secs(5)) {
                 warn("kill the jail's processes", e.into());
             }
         }
+        // Only if it survived that (it is still in its cgroup): signalled by pid.
         if let Some(p) = self.pasta.take() {
             p.stop(Duration::from_secs(2));
         }

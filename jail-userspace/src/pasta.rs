@@ -139,6 +139,8 @@ pub fn args(c: &PastaConfig) -> Vec<String> {
 #[derive(Debug)]
 pub struct Pasta {
     pub pid: u32,
+    /// pasta's own cgroup (its cgroup.procs): only a pid listed there is pasta, and is signalled.
+    cgroup_procs: PathBuf,
 }
 
 /// Starts pasta inside `cgroup_procs`' cgroup (written in the child before exec, so pasta never
@@ -177,7 +179,10 @@ pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Past
         );
     }
     let pid = read_pid(c.pid_file, Duration::from_secs(5))?;
-    Ok(Pasta { pid })
+    Ok(Pasta {
+        pid,
+        cgroup_procs: cgroup_procs.to_path_buf(),
+    })
 }
 
 fn read_pid(path: &Path, wait: Duration) -> Result<u32> {
@@ -197,20 +202,29 @@ fn read_pid(path: &Path, wait: Duration) -> Result<u32> {
 
 impl Pasta {
     /// Stops pasta: SIGTERM, then SIGKILL after `grace`. pasta is not our child (it daemonized),
-    /// so its exit is observed through /proc.
+    /// so its exit is observed through its cgroup: a pid no longer listed there is not pasta any
+    /// more (it may have been reused by an unrelated process), and is never signalled.
     pub fn stop(&self, grace: Duration) {
         let pid = Pid::from_raw(self.pid as i32);
-        if kill(pid, Signal::SIGTERM).is_err() {
+        if !self.running() || kill(pid, Signal::SIGTERM).is_err() {
             return;
         }
         let deadline = Instant::now() + grace;
-        while crate::state::pid_alive(self.pid) {
+        while self.running() {
             if Instant::now() > deadline {
                 let _ = kill(pid, Signal::SIGKILL);
                 break;
             }
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Whether pasta's pid is still in pasta's cgroup.
+    fn running(&self) -> bool {
+        let me = self.pid.to_string();
+        fs::read_to_string(&self.cgroup_procs)
+            .map(|procs| procs.lines().any(|l| l.trim() == me))
+            .unwrap_or(false)
     }
 }
 
