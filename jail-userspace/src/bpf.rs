@@ -93,7 +93,11 @@ pub fn is_bpffs(path: &Path) -> Result<bool> {
 /// open maps. On failure nothing stays attached or pinned.
 pub fn attach(cgroup_dir: &Path, pin_dir: &Path, entries: &MapEntries) -> Result<JailMaps> {
     if pin_dir.exists() {
-        bail!("pin directory {} already exists", pin_dir.display());
+        bail!(
+            "pin directory {} already exists: state of an earlier jail with this id (fix: \
+             `claude-jail gc` removes the state of jails whose launcher is gone)",
+            pin_dir.display()
+        );
     }
     let result = attach_inner(cgroup_dir, pin_dir, entries);
     if result.is_err() {
@@ -129,8 +133,12 @@ fn attach_inner(cgroup_dir: &Path, pin_dir: &Path, entries: &MapEntries) -> Resu
             )
         })?;
         let path = pin_dir.join(link_name);
-        link.pin(&path)
-            .with_context(|| format!("pin link {}", path.display()))?;
+        link.pin(&path).with_context(|| {
+            format!(
+                "pin link {} (fix: bpffs mounted at /sys/fs/bpf, writable by root)",
+                path.display()
+            )
+        })?;
     }
     Ok(jail_maps)
 }
@@ -264,8 +272,12 @@ impl JailMaps {
             |name| {
                 let map = map_from(ebpf, name)?;
                 let path = pin_dir.join(name);
-                map.pin(&path)
-                    .with_context(|| format!("pin map {}", path.display()))?;
+                map.pin(&path).with_context(|| {
+                    format!(
+                        "pin map {} (fix: bpffs mounted at /sys/fs/bpf, writable by root)",
+                        path.display()
+                    )
+                })?;
                 Ok(map)
             },
             true,

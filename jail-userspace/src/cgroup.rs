@@ -37,7 +37,10 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
-    #[error("cgroup {path} still has processes after {waited:?}")]
+    #[error(
+        "cgroup {path} still has processes after {waited:?} (fix: see them in \
+         {path}/cgroup.procs; once they are gone, `claude-jail gc` removes what is left)"
+    )]
     NotEmpty { path: PathBuf, waited: Duration },
 }
 

@@ -215,7 +215,9 @@ fn launch(args: RunArgs) -> Result<i32> {
         anyhow!("{e} (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
     })?;
     built.cgroups.push(jail_cg.clone());
-    let pasta_cg = cgroup::Cgroup::create(&paths.pasta_cgroup(&id))?;
+    let pasta_cg = cgroup::Cgroup::create(&paths.pasta_cgroup(&id)).map_err(|e| {
+        anyhow!("{e} (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
+    })?;
     built.cgroups.push(pasta_cg.clone());
 
     built.pins.push(paths.jail_pins(&id));
