@@ -360,7 +360,8 @@ export CLAUDE_JAIL_PASTA=/mnt/pasta
 J=/mnt/claude-jail
 mount -t tmpfs -o mode=0755 cjt-run /run || exit 1
 mount -t tmpfs -o mode=1777 cjt-tmp /tmp || exit 1
-mkdir -m 0700 /run/claude-jail && mkdir -m 0755 /run/user /run/lock /run/podman /run/screen || exit 1
+mkdir -m 0700 /run/claude-jail && mkdir -m 0755 /run/user /run/lock /run/podman || exit 1
+install -d -m 0777 /run/screen
 install -d -o nobody -g nogroup -m 0700 /run/user/65534 /run/user/65534/systemd /run/user/65534/podman
 install -d -o nobody -g nogroup -m 0700 /run/screen/S-nobody
 install -d -m 1777 /tmp/.X11-unix
@@ -368,6 +369,7 @@ printf 'allow-socket = /run/user/65534/podman/podman.sock\n' > /run/claude-sandb
 pids=""
 cleanup() {
   setpriv --reuid=65534 --regid=65534 --clear-groups tmux kill-server 2>/dev/null
+  setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp screen -S outside -X quit >/dev/null 2>&1
   kill $pids 2>/dev/null; wait 2>/dev/null
 }
 trap cleanup EXIT
@@ -387,6 +389,9 @@ for i in $(seq 50); do
   [ $ok = 1 ] && break; sleep 0.1
 done
 setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp tmux new-session -d -s outside 'sleep 600' || exit 1
+if command -v screen >/dev/null; then
+  setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp screen -dmS outside sleep 600 || exit 1
+fi
 export SOCKETS
 CHECK='
 for s in $SOCKETS; do p=${s%%:*}
@@ -395,7 +400,7 @@ for s in $SOCKETS; do p=${s%%:*}
 done
 if tmux new-window "echo ran > /tmp/tmux-ran-$WHERE" 2>/dev/null; then echo tmux=ok; else echo tmux=refused; fi
 if command -v screen >/dev/null; then
-  if screen -S outside -X stuff x 2>/dev/null; then echo screen=ok; else echo screen=refused; fi
+  if screen -S outside -X stuff x >/dev/null 2>&1; then echo screen=ok; else echo screen=refused; fi
 else echo screen=not-installed; fi
 '
 export CHECK
@@ -511,9 +516,20 @@ fn brokers_outside_the_jail_are_masked() {
         "no",
         "the user's tmux server ran a command for the jail"
     );
-    match get(&m, "inside:screen", &stdout) {
+    // scripts/setup installs screen; elsewhere its socket path is still checked above.
+    match get(&m, "outside:screen", &stdout) {
         "not-installed" => eprintln!("note: screen is not installed; its socket path was checked"),
-        r => assert_eq!(r, "refused"),
+        r => {
+            assert_eq!(
+                r, "ok",
+                "control: screen -X reaches the session outside: {stdout}"
+            );
+            assert_eq!(
+                get(&m, "inside:screen", &stdout),
+                "refused",
+                "the user's screen session is out of the jail's reach: {stdout}"
+            );
+        }
     }
 }
 
