@@ -197,6 +197,9 @@ fn launch(args: RunArgs) -> Result<i32> {
     record.policy_digest = jail_policy.digest();
 
     let id = record.id.clone();
+    // Declared before `built`, so dropped after it: a launch that fails keeps its lock until its
+    // cleanup is done, and a concurrent reload never finds a half-removed jail.
+    let build_lock;
     let mut built = Built::default();
     built.paths = Some(paths.clone());
     built.id = id.clone();
@@ -205,7 +208,7 @@ fn launch(args: RunArgs) -> Result<i32> {
     built.run_dir = Some(run_dir.clone());
     // Held until the jail is complete: a `reload` that finds the record waits for it, and so
     // applies its policy after this launch's, never to maps that do not exist yet.
-    let build_lock = reload::lock(&paths, &id)?;
+    build_lock = reload::lock(&paths, &id)?;
     // Registered before anything of the jail exists: a concurrent launcher's gc then sees this
     // launch as live and never takes its cgroups or pins while they are being built.
     state::write_record(&paths, &record)?;
