@@ -1048,3 +1048,70 @@ fn ping_itself_runs_in_the_jail() {
         "ping works in the jail for allowed destinations and gets nothing from denied ones: {o}\n{e}"
     );
 }
+
+/// A SIGTERM (or Ctrl-C) that reaches the launcher while it is still building the jail stops the
+/// launch before the command starts: exit 128+15, it says so, nothing ran and nothing is left.
+/// pasta is made slow to start (a wrapper that sleeps, then runs the real one) so that the
+/// signal lands in the middle of the build.
+#[test]
+fn a_sigterm_while_the_jail_is_built_stops_it_before_the_command_runs() {
+    use std::time::Duration;
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = write_conf(&world, "claude-sandbox.conf", "").unwrap();
+    let marker = world.dir().join("ran");
+    let started = world.dir().join("pasta-starting");
+    let setup = format!(
+        "mount -t tmpfs -o mode=0755 cjt-slow /mnt || exit 1
+real=$(readlink -f \"$CLAUDE_JAIL_PASTA\")
+printf '#!/bin/bash\\ntouch {started}\\nsleep 2\\nexec -a pasta %s \"$@\"\\n' \"$real\" > /mnt/pasta
+chmod 755 /mnt/pasta
+CLAUDE_JAIL_PASTA=/mnt/pasta; export CLAUDE_JAIL_PASTA",
+        started = started.display()
+    );
+    let touch = format!("touch {}", marker.display());
+    let conf_s = conf.display().to_string();
+    let mut child = claude_jail_after(
+        &world,
+        &setup,
+        &[
+            "run", "--config", &conf_s, "--user", "nobody", "--", "sh", "-c", &touch,
+        ],
+    )
+    .unwrap()
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pasta's wrapper never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The launcher is waiting for pasta now: the jail's cgroups and programs exist.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (o, e) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 15),
+        "the launch stops with 128+SIGTERM: {o}\n{e}"
+    );
+    assert!(
+        e.contains("SIGTERM while the jail was being built: nothing was run"),
+        "and says so: {e}"
+    );
+    assert!(!marker.exists(), "the command never ran");
+    let left = leftovers(&world, &[]);
+    assert!(left.is_empty(), "nothing is left behind: {left:?}");
+}
