@@ -1074,7 +1074,7 @@ CLAUDE_JAIL_PASTA=/mnt/pasta; export CLAUDE_JAIL_PASTA",
     );
     let touch = format!("touch {}", marker.display());
     let conf_s = conf.display().to_string();
-    let mut child = claude_jail_after(
+    let child = claude_jail_after(
         &world,
         &setup,
         &[
