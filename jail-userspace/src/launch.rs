@@ -331,7 +331,11 @@ fn launch(args: RunArgs) -> Result<i32> {
         eprintln!("claude-jail: {sig} while the jail was being built: nothing was run");
         return Ok(128 + sig as i32);
     }
-    init.go()?;
+    if let Err(e) = init.go() {
+        // The init is gone already: what it reported says why.
+        init.started()?;
+        return Err(e);
+    }
     init.started()?;
     let code = supervise::run(init.pid, &mut watch)?;
     built.init = None;
