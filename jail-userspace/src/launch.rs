@@ -414,14 +414,28 @@ pub fn policies(
 
 fn preflight() -> Result<()> {
     use caps::{CapSet, Capability};
+    // Root, and a root that holds what the jail needs: the launcher also writes root-owned
+    // state (/run/claude-jail, bpffs), runs pasta as root and sets the command's ids, so the
+    // three capabilities alone, without uid 0, would fail later and less clearly.
+    if !nix::unistd::geteuid().is_root() {
+        bail!("claude-jail run needs root to build the jail (fix: start it with sudo)");
+    }
     let have = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
-    if !(have(Capability::CAP_SYS_ADMIN)
-        && have(Capability::CAP_NET_ADMIN)
-        && have(Capability::CAP_BPF))
-    {
+    let missing: Vec<&str> = [
+        (Capability::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (Capability::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (Capability::CAP_BPF, "CAP_BPF"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| !have(*c))
+    .map(|(_, n)| n)
+    .collect();
+    if !missing.is_empty() {
         bail!(
-            "claude-jail run needs root (or CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF) to build the \
-             jail (fix: start it with sudo)"
+            "claude-jail run needs root with CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF to build the \
+             jail; this root lacks {} (fix: start it with sudo on the host, not in a container \
+             or under a capability bounding set that drops them)",
+            missing.join(", ")
         );
     }
     if !Path::new("/dev/net/tun").exists() {

@@ -29,11 +29,14 @@ pub struct Target {
 pub enum UserError {
     #[error("--user {0}: no such user (fix: name an existing account)")]
     NoSuchUser(String),
-    #[error("--user needs root: only root may run the command as another user")]
+    #[error(
+        "--user needs root: only root may run the command as another user (fix: start claude-jail \
+         with sudo)"
+    )]
     NotRoot,
-    #[error("SUDO_UID={0}: not a number")]
+    #[error("SUDO_UID={0}: not a number (fix: unset SUDO_UID, or pass --user USER)")]
     BadSudoUid(String),
-    #[error("uid {0} has no passwd entry")]
+    #[error("uid {0} has no passwd entry (fix: pass --user with an account that has one)")]
     NoPasswd(u32),
     #[error(
         "refusing to run the command as root (uid 0): a root process in the jail still owns the \

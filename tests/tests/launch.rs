@@ -974,6 +974,13 @@ fn each_fail_closed_case_exits_125_without_running_the_command() {
     );
     fail_closed(
         &world,
+        "not root",
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups -- sh -c 'exec \"$@\"' sh \"$@\"",
+        &[],
+        "needs root",
+    );
+    fail_closed(
+        &world,
         "bpf refused",
         "exec setpriv --inh-caps=-bpf --bounding-set=-bpf -- sh -c 'exec \"$@\"' sh \"$@\"",
         &[],
