@@ -216,6 +216,21 @@ fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
     }
 }
 
+/// setsockopt with a byte buffer (an int option: `&v.to_ne_bytes()`).
+fn setsockopt(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &[u8]) -> io::Result<()> {
+    // SAFETY: a pointer to a live buffer and its length; the kernel only reads it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            val.as_ptr().cast(),
+            val.len() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 fn first_line(s: TcpStream) -> io::Result<String> {
     s.set_read_timeout(Some(TIMEOUT))?;
     let mut line = String::new();
@@ -422,17 +437,12 @@ fn raw_syn(dest: std::net::SocketAddrV4, src: Ipv4Addr) -> io::Result<String> {
 fn raw_udp(dest: SocketAddr) -> io::Result<String> {
     let fd = socket(family(&dest), libc::SOCK_RAW, libc::IPPROTO_UDP)?;
     if dest.is_ipv6() {
-        let offset: libc::c_int = 6;
-        // SAFETY: setsockopt with a pointer to a live c_int and its size.
-        cvt(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_CHECKSUM,
-                (&offset as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        })?;
+        setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_CHECKSUM,
+            &6i32.to_ne_bytes(),
+        )?;
     }
     let payload = b"raw\n";
     let mut udp = vec![0u8; 8];
@@ -449,19 +459,7 @@ fn raw_udp(dest: SocketAddr) -> io::Result<String> {
 /// checksum over the final destination, so the server accepts the datagram).
 fn raw_udp_ext(dest: std::net::SocketAddrV6, which: libc::c_int) -> io::Result<String> {
     let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
-    let setopt = |name: libc::c_int, val: &[u8]| -> io::Result<()> {
-        // SAFETY: setsockopt with a pointer to a live buffer and its length.
-        cvt(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                name,
-                val.as_ptr().cast(),
-                val.len() as libc::socklen_t,
-            )
-        })
-        .map(drop)
-    };
+    let setopt = |name, val: &[u8]| setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, name, val);
     setopt(libc::IPV6_CHECKSUM, &6i32.to_ne_bytes())?;
     // Next header (the kernel fills it), length 0 (8 bytes), a PadN option of 4 zero bytes.
     setopt(which, &[0, 0, 1, 4, 0, 0, 0, 0])?;
@@ -534,17 +532,7 @@ fn udp_srr(dest: std::net::SocketAddrV4, hop: Ipv4Addr, strict: bool) -> io::Res
     // first hop as the packet's destination and writes DEST into the slot it frees.
     let mut opt = [1u8, if strict { 137 } else { 131 }, 7, 4, 0, 0, 0, 0];
     opt[4..8].copy_from_slice(&hop.octets());
-    // SAFETY: setsockopt with a pointer to a live buffer and its length.
-    cvt(unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_OPTIONS,
-            opt.as_ptr().cast(),
-            opt.len() as libc::socklen_t,
-        )
-    })
-    .map_err(|e| {
+    setsockopt(s.as_raw_fd(), libc::IPPROTO_IP, libc::IP_OPTIONS, &opt).map_err(|e| {
         io::Error::other(format!(
             "IP_OPTIONS {}",
             errno_name(e.raw_os_error().unwrap_or(0))
@@ -682,29 +670,19 @@ fn raw_verdict(case: &str) -> String {
         }
         // A broadcast address (a random case may be one) needs SO_BROADCAST, else the kernel
         // refuses the send itself (EACCES) before the backstop sees the packet.
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt with a pointer to a live c_int and its size.
-        cvt(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_BROADCAST,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        })?;
+        setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BROADCAST,
+            &1i32.to_ne_bytes(),
+        )?;
         if dest.is_ipv6() {
-            let offset: libc::c_int = off;
-            // SAFETY: setsockopt with a pointer to a live c_int and its size.
-            cvt(unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_CHECKSUM,
-                    (&offset as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            })?;
+            setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_CHECKSUM,
+                &libc::c_int::to_ne_bytes(off),
+            )?;
         }
         sendto(fd.as_raw_fd(), &hdr, SocketAddr::new(dest.ip(), 0))
     });
