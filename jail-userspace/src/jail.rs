@@ -425,6 +425,12 @@ fn open_path(p: &Path, extra: nix::fcntl::OFlag) -> Result<OwnedFd> {
 /// Hides one cgroup filesystem of the host: an empty tmpfs over it, the jail's own cgroup2 (the
 /// init sits in a cgroup namespace rooted at the jail cgroup, so that is all it shows) where a
 /// cgroup2 was, then the tmpfs read-only.
+///
+/// The tmpfs comes first in every layout, also where cgroup2 itself is the mount point (a
+/// unified host, `cgroup2_at` = [""]): the kernel refuses to mount a superblock onto the root of
+/// a mount of that same superblock (EBUSY), and the jail's cgroup2 is the host's superblock seen
+/// through the jail's cgroup namespace. Stacked on the tmpfs instead, it hides the host's mount
+/// and the tmpfs below it whole.
 fn cover_cgroup(c: &mask::CgroupCover) -> Result<()> {
     let cgroup2 = |at: &Path| {
         mount(
@@ -436,9 +442,6 @@ fn cover_cgroup(c: &mask::CgroupCover) -> Result<()> {
         )
         .with_context(|| format!("mount the jail's cgroup2 on {}", at.display()))
     };
-    if c.cgroup2_at.iter().any(|r| r.as_os_str().is_empty()) {
-        return cgroup2(&c.at);
-    }
     mount(
         Some("claude-jail-cgroup"),
         &c.at,
@@ -447,11 +450,16 @@ fn cover_cgroup(c: &mask::CgroupCover) -> Result<()> {
         Some("mode=0755,size=64k"),
     )
     .context("mount an empty tmpfs")?;
-    for rel in &c.cgroup2_at {
+    let (in_place, below): (Vec<&PathBuf>, Vec<&PathBuf>) = c
+        .cgroup2_at
+        .iter()
+        .partition(|r| r.as_os_str().is_empty());
+    for rel in below {
         let at = c.at.join(rel);
         std::fs::create_dir_all(&at).with_context(|| format!("mkdir {}", at.display()))?;
         cgroup2(&at)?;
     }
+    // Read-only before anything is stacked on it: a remount at `at` acts on the top mount.
     mount(
         None::<&str>,
         &c.at,
@@ -459,7 +467,11 @@ fn cover_cgroup(c: &mask::CgroupCover) -> Result<()> {
         MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID,
         None::<&str>,
     )
-    .context("make the tmpfs read-only")
+    .context("make the tmpfs read-only")?;
+    if !in_place.is_empty() {
+        cgroup2(&c.at)?;
+    }
+    Ok(())
 }
 
 /// Programs that carry file capabilities but need none in the jail.

@@ -226,10 +226,10 @@ fn normalize(p: &Path) -> PathBuf {
 /// One cgroup filesystem to hide, as found in mountinfo.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CgroupCover {
-    /// The mount point to cover: an empty tmpfs goes here (unless `cgroup2_at` is exactly it).
+    /// The mount point to cover: an empty tmpfs always goes here first.
     pub at: PathBuf,
     /// Where a fresh cgroup2 (rooted at the jail's cgroup namespace) goes, relative to `at`
-    /// (empty: at `at` itself).
+    /// (empty: at `at` itself, stacked on the tmpfs).
     pub cgroup2_at: Vec<PathBuf>,
 }
 
