@@ -450,10 +450,8 @@ fn cover_cgroup(c: &mask::CgroupCover) -> Result<()> {
         Some("mode=0755,size=64k"),
     )
     .context("mount an empty tmpfs")?;
-    let (in_place, below): (Vec<&PathBuf>, Vec<&PathBuf>) = c
-        .cgroup2_at
-        .iter()
-        .partition(|r| r.as_os_str().is_empty());
+    let (in_place, below): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        c.cgroup2_at.iter().partition(|r| r.as_os_str().is_empty());
     for rel in below {
         let at = c.at.join(rel);
         std::fs::create_dir_all(&at).with_context(|| format!("mkdir {}", at.display()))?;

@@ -4,7 +4,9 @@
 //! until every step succeeded):
 //!
 //! 1. read the conf (root-owned, StrictModes), the on/off switch (env wins), the target user;
-//! 2. preflight: root, /dev/net/tun, pasta, cgroup v2, bpffs;
+//! 2. preflight ([`crate::preflight`]): root in the initial user namespace, capabilities,
+//!    /dev/net/tun, a writable cgroup v2, each refusal with the fix for a host or a container;
+//!    then pasta and bpffs;
 //! 3. compile two policies: the jail's (plus pasta's DNS forwarder, port 53 only) and pasta's own
 //!    (plus the host's resolvers, port 53 only);
 //! 4. create the cgroups `claude-jail/<id>/{jail,pasta}`, attach and pin both policies;
@@ -16,11 +18,7 @@
 //! 9. on every exit path: kill what is left in the jail cgroup (cgroup.kill), stop pasta, unmount,
 //!    unpin, remove cgroups, run directory and registry record.
 use std::{
-    ffi::OsString,
-    fs,
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::ExitCode,
+    ffi::OsString, fs, os::unix::fs::PermissionsExt, path::PathBuf, process::ExitCode,
     time::Duration,
 };
 
@@ -177,7 +175,7 @@ fn launch(args: RunArgs) -> Result<i32> {
         return code;
     }
 
-    preflight()?;
+    crate::preflight::check(&crate::preflight::Facts::read())?;
     let pasta_bin = pasta::locate(std::env::var_os(pasta::ENV_PASTA).as_deref())
         .with_context(|| "pasta is the jail's only way out".to_string())?;
     let paths = Paths::system().map_err(|e| anyhow!("{e:#}"))?;
@@ -410,41 +408,6 @@ pub fn policies(
     // `host-port`). The host's loopback is closed by pasta's arguments instead (no mapping).
     let pasta = Policy::build(conf, host).with_extra_allow(resolver_allows.chain(published));
     (jail, pasta)
-}
-
-fn preflight() -> Result<()> {
-    use caps::{CapSet, Capability};
-    // Root, and a root that holds what the jail needs: the launcher also writes root-owned
-    // state (/run/claude-jail, bpffs), runs pasta as root and sets the command's ids, so the
-    // three capabilities alone, without uid 0, would fail later and less clearly.
-    if !nix::unistd::geteuid().is_root() {
-        bail!("claude-jail run needs root to build the jail (fix: start it with sudo)");
-    }
-    let have = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
-    let missing: Vec<&str> = [
-        (Capability::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-        (Capability::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
-        (Capability::CAP_BPF, "CAP_BPF"),
-    ]
-    .into_iter()
-    .filter(|(c, _)| !have(*c))
-    .map(|(_, n)| n)
-    .collect();
-    if !missing.is_empty() {
-        bail!(
-            "claude-jail run needs root with CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF to build the \
-             jail; this root lacks {} (fix: start it with sudo on the host, not in a container \
-             or under a capability bounding set that drops them)",
-            missing.join(", ")
-        );
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        bail!(
-            "/dev/net/tun is missing: pasta needs it to give the jail its network (fix: \
-             `modprobe tun`, or create it with `mknod /dev/net/tun c 10 200`)"
-        );
-    }
-    Ok(())
 }
 
 /// Blocks the signals the launcher handles and returns a signalfd for them. SIGTSTP stays

@@ -4,6 +4,7 @@
 //! - [`conf`]: reads /etc/claude-sandbox.conf (and the environment that overrides it);
 //! - [`hostnet`]: reads the host's addresses, connected subnets and routes;
 //! - [`policy`]: compiles both into the map entries the eBPF programs read;
+//! - [`preflight`]: whether this host or container can run the jail, and the fix if not;
 //! - [`cgroup`]: the jail's cgroup v2 directories;
 //! - [`bpf`]: loads, fills, attaches and pins the eBPF programs and maps;
 //! - [`user`]: the target user and the command's environment;
@@ -32,6 +33,7 @@ pub mod netns;
 pub mod pasta;
 pub mod policy;
 pub mod policy_cmd;
+pub mod preflight;
 pub mod reload;
 pub mod seccomp;
 pub mod state;

@@ -979,12 +979,13 @@ fn each_fail_closed_case_exits_125_without_running_the_command() {
         &[],
         "needs root",
     );
+    // Without CAP_SYS_ADMIN (and CAP_BPF, which it could stand in for).
     fail_closed(
         &world,
-        "bpf refused",
-        "exec setpriv --inh-caps=-bpf --bounding-set=-bpf -- sh -c 'exec \"$@\"' sh \"$@\"",
+        "sys_admin refused",
+        "exec setpriv --inh-caps=-bpf,-sys_admin --bounding-set=-bpf,-sys_admin -- sh -c 'exec \"$@\"' sh \"$@\"",
         &[],
-        "CAP_BPF",
+        "CAP_SYS_ADMIN",
     );
 
     // The escape hatch runs the command with host networking, and says so in one line.

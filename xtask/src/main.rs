@@ -5,6 +5,7 @@
 //! - `build`: build-ebpf, then the `claude-jail` binary that embeds the object;
 //! - `test`: setup, build, `cargo fmt --check`, clippy, then every test (unit and integration) run
 //!   as root inside `unshare --net --mount`, so that no test packet can reach the real network;
+//!   then the tests that start jails once more on the unified cgroup layout, emulated;
 //! - `demo`: setup, build, then a jailed probe in a throwaway fake network;
 //! - `bench`: the performance goals, measured side by side in a fake network (release build).
 use std::{
@@ -216,6 +217,42 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .args(["--net", "--mount", "--"])
         .arg(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["test", "--workspace", "--offline"])
+        .env("CLAUDE_JAIL_BIN", root.join("target/debug/claude-jail"))
+        .env("CLAUDE_JAIL_PASTA", pasta_for_tests(root)?);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    run(&mut cmd)?;
+    unified_pass(root, extra)
+}
+
+/// The tests that start jails, again with the unified cgroup layout (cgroup2 mounted at
+/// /sys/fs/cgroup itself, as on most hosts) emulated in the tests' private mount namespace: this
+/// machine may be hybrid (cgroup2 at /sys/fs/cgroup/unified), and a layout assumption must fail a
+/// test. The cgroup2 superblock is the host's, so the cgroups made there are real ones.
+const JAIL_TESTS: [&str; 6] = [
+    "launch",
+    "contain",
+    "enforce",
+    "running",
+    "lifecycle",
+    "layouts",
+];
+
+fn unified_pass(root: &Path, extra: &[String]) -> Result<()> {
+    eprintln!("xtask: the tests that start jails, on the unified cgroup layout");
+    let mut cmd = Command::new("unshare");
+    cmd.current_dir(root)
+        .args(["--net", "--mount", "--propagation", "private", "--"])
+        .args(["sh", "-c"])
+        .arg("umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$@\"")
+        .arg("sh")
+        .arg(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["test", "-p", "jail-tests", "--offline"]);
+    for t in JAIL_TESTS {
+        cmd.args(["--test", t]);
+    }
+    cmd.env("CLAUDE_JAIL_TEST_CGROUP_LAYOUT", "unified")
         .env("CLAUDE_JAIL_BIN", root.join("target/debug/claude-jail"))
         .env("CLAUDE_JAIL_PASTA", pasta_for_tests(root)?);
     if !extra.is_empty() {
