@@ -78,15 +78,15 @@ pub const CONTAINER_CAPS: &str = "--cap-add=SYS_ADMIN --cap-add=NET_ADMIN --cap-
 
 /// What the user reads after "fix:" when `what` is missing, for `place`.
 fn fix(place: &Place, what: Missing) -> String {
-    let in_container = |setting: &str| {
+    // A container's settings live in devcontainer.json: `runArgs` take effect when the
+    // container is rebuilt, `postStartCommand` each time it starts.
+    let in_container = |setting: &str, key: &str| {
         let Place::Container { engine } = place else {
-            unreachable!()
+            unreachable!("only called for a container")
         };
-        format!(
-            "this is a {engine} container: {setting} (devcontainer.json \"runArgs\"; \
-             docs/devcontainer.md), then rebuild the container"
-        )
+        format!("this is a {engine} container: {setting} (devcontainer.json {key}; docs/devcontainer.md)")
     };
+    let run_args = "\"runArgs\", then rebuild the container";
     match (place, what) {
         (Place::Host, Missing::Root) => "start it with sudo".into(),
         (Place::Container { .. }, Missing::Root) => {
@@ -97,29 +97,36 @@ fn fix(place: &Place, what: Missing) -> String {
         (Place::Host, Missing::Caps) => "start it with sudo on the host, not under a capability \
              bounding set that drops them"
             .into(),
-        (Place::Container { .. }, Missing::Caps) => in_container(&format!(
-            "start the container with {CONTAINER_CAPS} (BPF only where the engine knows it: \
-             the kernel accepts CAP_SYS_ADMIN for bpf() too)"
-        )),
+        (Place::Container { .. }, Missing::Caps) => in_container(
+            &format!(
+                "start the container with {CONTAINER_CAPS} (BPF only where the engine knows it: \
+                 the kernel accepts CAP_SYS_ADMIN for bpf() too)"
+            ),
+            run_args,
+        ),
         (Place::Host, Missing::Tun) => {
             "`modprobe tun`, or create the device: `mknod /dev/net/tun c 10 200`".into()
         }
         (Place::Container { .. }, Missing::Tun) => {
-            in_container("start the container with --device=/dev/net/tun")
+            in_container("start the container with --device=/dev/net/tun", run_args)
         }
-        (Place::Host, Missing::TunRefused) => "make /dev/net/tun usable by root: the device cgroup \
+        (Place::Host, Missing::TunRefused) => {
+            "make /dev/net/tun usable by root: the device cgroup \
              or a security module refuses it"
-            .into(),
-        (Place::Container { .. }, Missing::TunRefused) => {
-            in_container("start the container with --device=/dev/net/tun (a device node alone is refused by the container's device rules)")
+                .into()
         }
+        (Place::Container { .. }, Missing::TunRefused) => in_container(
+            "start the container with --device=/dev/net/tun (a device node alone is refused \
+                 by the container's device rules)",
+            run_args,
+        ),
         (Place::Host, Missing::WritableCgroup) => {
             "remount the cgroup2 hierarchy read-write (`mount -o remount,rw <mount point>`)".into()
         }
         (Place::Container { .. }, Missing::WritableCgroup) => in_container(
-            "give it a writable cgroup2: run `mount -o remount,rw /sys/fs/cgroup` as root in the \
-             container once it is up (devcontainer.json \"postStartCommand\" with sudo; needs \
-             CAP_SYS_ADMIN), or start it with --privileged",
+            "give it a writable cgroup2 with `sudo mount -o remount,rw /sys/fs/cgroup` each time \
+             it starts (CAP_SYS_ADMIN allows it), or start it with --privileged",
+            "\"postStartCommand\"",
         ),
     }
 }

@@ -2,11 +2,21 @@
 //!
 //! - Root without CAP_BPF but with CAP_SYS_ADMIN (docker 20.10 does not know CAP_BPF): the kernel
 //!   accepts bpf() with CAP_SYS_ADMIN, and so does the preflight.
-use std::{fs, os::unix::fs::PermissionsExt};
+//! - A real rootful podman container (Debian's podman, runc), from a local image, started with
+//!   docs/devcontainer.md's run arguments and postStartCommand, in the fake world: the
+//!   container's user starts a jail through sudo; and with each setting missing in turn, the
+//!   refusal names that setting.
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, Output, Stdio},
+};
 
 use jail_tests::{
     have_root,
-    jail::{claude_jail_after, leftovers, write_conf},
+    jail::{claude_jail_after, claude_jail_bin, leftovers, write_conf},
+    pasta::locate_pasta,
     FakeWorld,
 };
 
@@ -49,4 +59,261 @@ fn root_without_cap_bpf_but_with_cap_sys_admin_builds_the_jail() {
         "the public server is reached: {o}"
     );
     assert!(leftovers(&world, &[]).is_empty());
+}
+
+/// The devcontainer run arguments for the eBPF mode: exactly what docs/devcontainer.md gives.
+const RUN_ARGS: [&str; 4] = [
+    "--device=/dev/net/tun",
+    "--cap-add=SYS_ADMIN",
+    "--cap-add=NET_ADMIN",
+    "--cap-add=BPF",
+];
+
+/// docs/devcontainer.md's postStartCommand: the container's cgroup2 made writable.
+const POST_START: &str = "sudo mount -o remount,rw /sys/fs/cgroup";
+
+/// The root filesystem scripts/setup builds (debootstrap minbase; no registry is reachable).
+fn rootfs_tar() -> std::path::PathBuf {
+    let tools = std::env::var_os("CLAUDE_JAIL_TOOLS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools"));
+    let tar = tools.join("container/bookworm-minbase.tar");
+    assert!(
+        tar.is_file(),
+        "{} is missing: `cargo xtask setup` builds it",
+        tar.display()
+    );
+    tar
+}
+
+/// Rootful podman (Debian's 4.3) in the world's host namespaces, with its own storage, run
+/// directory and configuration under the world's directory. Each call runs in a private mount
+/// namespace whose /sys/fs/cgroup is cgroup2 (podman with runc, no systemd, needs a unified
+/// layout; on this hybrid machine it is emulated there).
+struct Podman<'w> {
+    world: &'w FakeWorld,
+    dir: std::path::PathBuf,
+}
+
+impl<'w> Podman<'w> {
+    fn new(world: &'w FakeWorld) -> Podman<'w> {
+        let dir = world.dir().join("podman");
+        fs::create_dir_all(&dir).unwrap();
+        // runc, not crun (crun cannot raise RLIMIT_MEMLOCK here); pinned ulimits; no systemd.
+        fs::write(
+            dir.join("containers.conf"),
+            "[containers]\n\
+             default_ulimits = [\"nofile=20000:20000\", \"nproc=4096:4096\"]\n\
+             pids_limit = 0\n\
+             [engine]\n\
+             cgroup_manager = \"cgroupfs\"\n\
+             runtime = \"runc\"\n\
+             events_logger = \"file\"\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/storage\"\nrunroot = \"{0}/run\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let p = Podman { world, dir };
+        let out = p
+            .cmd(&["import", &rootfs_tar().display().to_string(), IMAGE])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        p
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.world.host_command("unshare").unwrap();
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(
+                "umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup \
+                 && exec podman \"$@\"",
+            )
+            .arg("podman")
+            .args(args)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `podman run` of `script` as the container's user `dev`, in the world's host network
+    /// namespace, with claude-jail and the project's pasta where an installation puts them.
+    fn run(&self, run_args: &[&str], script: &str) -> Output {
+        let pasta = fs::canonicalize(locate_pasta().unwrap()).unwrap();
+        let avx2 = format!("{}.avx2", pasta.display());
+        let mut args: Vec<String> = [
+            "run",
+            "--rm",
+            "--user",
+            "dev",
+            "--hostname",
+            "devbox",
+            "--add-host",
+            "devbox:127.0.1.1",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(format!(
+            "--network=ns:{}",
+            self.world.host_netns_path().display()
+        ));
+        args.extend(run_args.iter().map(|s| s.to_string()));
+        for (from, to) in [
+            (
+                claude_jail_bin().unwrap().display().to_string(),
+                "/usr/local/bin/claude-jail",
+            ),
+            (pasta.display().to_string(), "/usr/local/bin/pasta"),
+            (avx2, "/usr/local/bin/pasta.avx2"),
+        ] {
+            args.push(format!("--volume={from}:{to}:ro"));
+        }
+        args.extend([IMAGE.into(), "bash".into(), "-c".into(), script.into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.cmd(&args).output().unwrap()
+    }
+}
+
+const IMAGE: &str = "localhost/claude-jail-test:bookworm";
+
+#[test]
+fn in_a_rootful_podman_devcontainer_the_jail_starts_and_each_missing_setting_is_named() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let podman = Podman::new(&world);
+    let jailed = format!("{POST_START} && sudo claude-jail run -- bash -c '{PROBE}'");
+
+    // The documented settings: the jail starts as the container's user through sudo, refuses a
+    // LAN host with EPERM and reaches the public server.
+    let out = podman.run(&RUN_ARGS, &jailed);
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("--- documented settings:\n{o}\n{e}");
+    assert!(
+        out.status.success(),
+        "with docs/devcontainer.md's settings the jail starts in the container: {}\n{o}\n{e}",
+        out.status
+    );
+    assert!(
+        o.contains("Operation not permitted"),
+        "a denied range is refused with EPERM in the container's jail: {o}\n{e}"
+    );
+    assert!(
+        o.contains("hello from 203.0.113.10:80"),
+        "the public server is reached: {o}\n{e}"
+    );
+    assert!(
+        world
+            .hits("10.0.0.5".parse::<std::net::IpAddr>().unwrap())
+            .is_empty(),
+        "nothing reached the LAN host"
+    );
+
+    // `--privileged` alone also works (a writable cgroup2 at /sys/fs/cgroup itself: the layout
+    // on which the jail's cgroup cover once failed with EBUSY).
+    let out = podman.run(
+        &["--privileged"],
+        &format!("sudo claude-jail run -- bash -c '{PROBE}'"),
+    );
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success()
+            && o.contains("Operation not permitted")
+            && o.contains("hello from 203.0.113.10:80"),
+        "--privileged: the jail starts and enforces: {}\n{o}\n{e}",
+        out.status
+    );
+
+    // Each prerequisite missing in turn: exit 125, and the message names the setting to add.
+    let without =
+        |arg: &str| -> Vec<&str> { RUN_ARGS.iter().copied().filter(|a| *a != arg).collect() };
+    let no_tun = without("--device=/dev/net/tun");
+    let no_caps: Vec<&str> = vec!["--device=/dev/net/tun"];
+    for (name, args, script, setting) in [
+        (
+            "no tun device",
+            &no_tun[..],
+            jailed.as_str(),
+            "--device=/dev/net/tun",
+        ),
+        (
+            "default capabilities",
+            &no_caps[..],
+            "sudo claude-jail run -- true",
+            "--cap-add=SYS_ADMIN --cap-add=NET_ADMIN --cap-add=BPF",
+        ),
+        (
+            "read-only cgroup2",
+            &RUN_ARGS[..],
+            "sudo claude-jail run -- true",
+            "postStartCommand",
+        ),
+    ] {
+        let out = podman.run(args, script);
+        let e = String::from_utf8_lossy(&out.stderr);
+        eprintln!("--- {name}:\n{e}");
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{name}: the jail cannot be built, exit 125: {e}"
+        );
+        assert!(
+            e.contains(setting) && e.contains("podman container"),
+            "{name}: the message names the container setting to add ({setting}): {e}"
+        );
+        assert!(
+            e.contains("CLAUDE_SANDBOX_EGRESS_JAIL=0"),
+            "{name}: and the escape hatch: {e}"
+        );
+    }
+}
+
+/// In a user namespace (rootless podman; here `unshare --user --map-root-user`) no capability
+/// counts for bpf(): the launch is refused up front, saying why and what to use instead.
+#[test]
+fn in_a_user_namespace_the_refusal_says_ebpf_cannot_load_there() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = write_conf(&world, "claude-sandbox.conf", "").unwrap();
+    let conf = conf.display().to_string();
+    let out = claude_jail_after(
+        &world,
+        "exec unshare --user --map-root-user -- sh -c 'exec \"$@\"' sh \"$@\"",
+        &["run", "--config", &conf, "--user", "nobody", "--", "true"],
+    )
+    .unwrap()
+    .output()
+    .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "refused: {e}");
+    assert!(
+        e.contains("user namespace") && e.contains("initial user namespace"),
+        "the message says why eBPF cannot load here: {e}"
+    );
+    assert!(
+        e.contains("fix:") && e.contains("CLAUDE_SANDBOX_EGRESS_JAIL=0"),
+        "the fix and the escape hatch: {e}"
+    );
 }
