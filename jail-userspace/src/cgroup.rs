@@ -58,17 +58,26 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     find_cgroup2(&text).ok_or(CgroupError::NoCgroup2)
 }
 
-/// The first cgroup2 mount point in a mountinfo text. Fields: `id parent maj:min root mountpoint
-/// options [optional...] - fstype source superoptions`; the mount point has octal escapes.
+/// The cgroup2 mount point in a mountinfo text: the first one mounted read-write, else the first
+/// (a container may show its cgroup2 read-only and a writable one elsewhere). Fields: `id parent
+/// maj:min root mountpoint options [optional...] - fstype source superoptions`; the mount point
+/// has octal escapes.
 fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        let mountpoint = left.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_octal(mountpoint)))
-    })
+    let mounts: Vec<(PathBuf, bool)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            let mut f = left.split_whitespace().skip(4);
+            let mountpoint = f.next()?;
+            let rw = f.next()?.split(',').any(|o| o == "rw");
+            Some((PathBuf::from(unescape_octal(mountpoint)), rw))
+        })
+        .collect();
+    let first_rw = mounts.iter().find(|(_, rw)| *rw);
+    first_rw.or(mounts.first()).map(|(p, _)| p.clone())
 }
 
 /// A mountinfo field with its octal escapes (`\040` for a space) decoded.
@@ -229,6 +238,20 @@ mod tests {
     fn finds_cgroup2_with_optional_fields_and_escapes() {
         let text = "35 24 0:30 / /sys/fs/cgroup\\040x rw,nosuid shared:9 master:1 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(find_cgroup2(text), Some(PathBuf::from("/sys/fs/cgroup x")));
+    }
+
+    #[test]
+    fn a_writable_cgroup2_is_preferred_to_a_read_only_one() {
+        let text = "\
+84 77 0:38 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw
+90 77 0:38 / /run/cg rw,nosuid - cgroup2 cgroup rw
+";
+        assert_eq!(find_cgroup2(text), Some(PathBuf::from("/run/cg")));
+        assert_eq!(
+            find_cgroup2("84 77 0:38 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw\n"),
+            Some(PathBuf::from("/sys/fs/cgroup")),
+            "a read-only one is still found (the preflight then names the fix)"
+        );
     }
 
     #[test]
