@@ -92,9 +92,22 @@ pub fn main() -> ExitCode {
         Command::Policy { config, json } => crate::policy_cmd::run(config, json),
         Command::Reload { config } => crate::reload::command(config),
         Command::Status { json } => crate::status::command(json),
-        Command::Events { follow, json, jail } => crate::state::Paths::system()
-            .and_then(|p| crate::events::command(&p.events_log(), follow, json, jail.as_deref()))
-            .map(|()| ExitCode::SUCCESS),
+        Command::Events { follow, json, jail } => {
+            let caller = crate::caller::Caller::current();
+            caller
+                .need_root("events")
+                .and_then(|()| crate::state::Paths::system())
+                .and_then(|p| {
+                    crate::events::command(
+                        &p.events_log(),
+                        follow,
+                        json,
+                        jail.as_deref(),
+                        caller.sees_only(),
+                    )
+                })
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Gc => crate::status::gc_command(),
     };
     match result {

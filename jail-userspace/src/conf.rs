@@ -34,13 +34,14 @@ pub const ENV_CONF: &str = "CLAUDE_SANDBOX_CONF";
 pub const ENV_EGRESS_JAIL: &str = "CLAUDE_SANDBOX_EGRESS_JAIL";
 
 /// The keys this version knows, in the order the error message lists them.
-const KEYS: [&str; 6] = [
+const KEYS: [&str; 7] = [
     "egress-jail",
     "allow-ip",
     "deny-ip",
     "host-port",
     "publish-port",
     "allow-socket",
+    "pasta",
 ];
 
 /// A transport protocol a port entry may be limited to.
@@ -145,6 +146,8 @@ pub struct Conf {
     pub host_ports: Vec<Located<PortSpec>>,
     pub publish_ports: Vec<Located<PortSpec>>,
     pub allow_sockets: Vec<Located<PathBuf>>,
+    /// `pasta = PATH`: the pasta to run (as root, so it is trust-checked like this file).
+    pub pasta: Option<Located<PathBuf>>,
 }
 
 impl Conf {
@@ -159,6 +162,7 @@ impl Conf {
             host_ports: Vec::new(),
             publish_ports: Vec::new(),
             allow_sockets: Vec::new(),
+            pasta: None,
         }
     }
 }
@@ -191,6 +195,36 @@ pub enum ConfError {
         value: String,
         msg: String,
     },
+}
+
+impl ConfError {
+    /// This error as `caller` may see it: a delegated caller (a user through sudo) who cannot
+    /// read the file is told which line is wrong, never what it says.
+    pub fn shown_to(self, caller: crate::caller::Caller) -> ConfError {
+        let crate::caller::Caller::Delegated { uid, .. } = caller else {
+            return self;
+        };
+        match self {
+            ConfError::Line { path, line, .. } if !readable_by(&path, uid) => ConfError::Line {
+                msg: format!(
+                    "invalid (what it says is not shown: uid {uid} cannot read this file; fix: \
+                     ask an administrator to run `claude-jail policy`)"
+                ),
+                path,
+                line,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Whether `uid` can read `path` by its mode alone (owner or other bits; a group bit is not
+/// trusted to include the caller).
+fn readable_by(path: &Path, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.mode() & 0o004 != 0 || (m.uid() == uid && m.mode() & 0o400 != 0))
+        .unwrap_or(false)
 }
 
 /// Whether [`load`] checks who can write the file.
@@ -408,6 +442,17 @@ fn parse_line(conf: &mut Conf, line: usize, s: &str) -> Result<(), String> {
         Some(v) if !v.is_empty() => v,
         _ => return Err(format!("{key} needs a value")),
     };
+    if key == "pasta" {
+        let p = PathBuf::from(value);
+        if !p.is_absolute() {
+            return Err(format!("pasta needs an absolute path, not `{value}`"));
+        }
+        if let Some(prev) = &conf.pasta {
+            return Err(format!("pasta is already set on line {}", prev.line));
+        }
+        conf.pasta = Some(Located::at(line, p));
+        return Ok(());
+    }
     if key == "allow-socket" {
         // Paths may contain spaces; they cannot contain `#`, which starts a comment.
         let p = PathBuf::from(value);
@@ -1051,6 +1096,7 @@ mod tests {
             Just("host-port"),
             Just("publish-port"),
             Just("allow-socket"),
+            Just("pasta"),
             Just("x"),
             Just("")
         ];

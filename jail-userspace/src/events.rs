@@ -445,13 +445,29 @@ impl Tail {
 }
 
 /// `claude-jail events [--follow] [--json] [--jail ID]`.
-pub fn command(log: &Path, follow: bool, json: bool, jail: Option<&str>) -> Result<()> {
+/// `only_uid`: a user behind sudo sees the records of their own jails only: those whose
+/// process ran as them, and the notes of a jail once one of its records did.
+pub fn command(
+    log: &Path,
+    follow: bool,
+    json: bool,
+    jail: Option<&str>,
+    only_uid: Option<u32>,
+) -> Result<()> {
+    let mut own_jails: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut print = |line: &str| {
         let Ok(r) = serde_json::from_str::<Record>(line) else {
             return;
         };
         if jail.is_some_and(|j| j != r.jail) {
             return;
+        }
+        if let Some(uid) = only_uid {
+            if r.uid == Some(uid) {
+                own_jails.insert(r.jail.clone());
+            } else if r.uid.is_some() || !own_jails.contains(&r.jail) {
+                return;
+            }
         }
         if json {
             // Re-serialised, control characters (C0 and C1) escaped.

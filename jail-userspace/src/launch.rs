@@ -34,7 +34,9 @@ use nix::{
 };
 
 use crate::{
-    bpf, cgroup,
+    bpf,
+    caller::Caller,
+    cgroup,
     conf::{self, AllowEntry, PortSpec, Proto, Trust},
     events,
     hostnet::HostNet,
@@ -73,9 +75,14 @@ fn launch(args: RunArgs) -> Result<i32> {
     // the jail is being built is read (below) before the command would start, and a SIGTERM
     // forwarded to the init is queued for it, never discarded.
     let signals = block_signals()?;
-    let conf_path = conf::conf_path(args.config, std::env::var_os(conf::ENV_CONF).as_deref());
+    // A normal user behind sudo/pkexec chooses neither the conf nor another user.
+    let caller = Caller::current();
+    let env_conf = std::env::var_os(conf::ENV_CONF);
+    caller.check_conf_choice(args.config.as_deref(), env_conf.as_deref())?;
+    caller.check_user_choice(args.user.as_deref())?;
+    let conf_path = conf::conf_path(args.config, env_conf.as_deref());
     let env_switch = std::env::var_os(conf::ENV_EGRESS_JAIL);
-    let conf = match conf::load(&conf_path, Trust::Strict) {
+    let conf = match conf::load(&conf_path, Trust::Strict).map_err(|e| e.shown_to(caller)) {
         Ok(c) => c,
         // The escape hatch works even when the conf is what is broken: the jail is off, and the
         // conf's only other use is the jail.
@@ -176,7 +183,7 @@ fn launch(args: RunArgs) -> Result<i32> {
     }
 
     crate::preflight::check(&crate::preflight::Facts::read())?;
-    let pasta_bin = pasta::locate(std::env::var_os(pasta::ENV_PASTA).as_deref())
+    let pasta_bin = pasta::locate(caller, &conf)
         .with_context(|| "pasta is the jail's only way out".to_string())?;
     let paths = Paths::system().map_err(|e| anyhow!("{e:#}"))?;
     state::private_dir(&paths.run)?;

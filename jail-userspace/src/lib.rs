@@ -1,6 +1,7 @@
 //! claude-jail: an egress jail for AI coding agents.
 //!
 //! The modules follow the responsibilities of a launch, in order:
+//! - [`caller`]: who asked (root, or a user through sudo/pkexec) and what that caller may choose;
 //! - [`conf`]: reads /etc/claude-sandbox.conf (and the environment that overrides it);
 //! - [`hostnet`]: reads the host's addresses, connected subnets and routes;
 //! - [`policy`]: compiles both into the map entries the eBPF programs read;
@@ -20,6 +21,7 @@
 //! - [`sys`]: the few system calls that need `unsafe`;
 //! - [`cli`]: the command line.
 pub mod bpf;
+pub mod caller;
 pub mod cgroup;
 pub mod cli;
 pub mod conf;

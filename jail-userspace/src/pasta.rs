@@ -33,34 +33,83 @@ pub const DNS_FORWARDER: Ipv4Addr = Ipv4Addr::new(240, 0, 0, 53);
 /// set-up builds one).
 pub const ENV_PASTA: &str = "CLAUDE_JAIL_PASTA";
 
-/// The pasta binary: $CLAUDE_JAIL_PASTA, else `pasta` on PATH; returned with symlinks resolved.
+/// Where an installation puts the pasta claude-jail needs (`cargo xtask install`, the .deb).
+pub const INSTALLED: [&str; 2] = [
+    "/usr/libexec/claude-jail/pasta",
+    "/usr/local/libexec/claude-jail/pasta",
+];
+
+/// Directories searched for `pasta` when the caller is not root itself: fixed, never the
+/// caller's PATH.
+const SYSTEM_DIRS: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/usr/sbin", "/bin"];
+
+/// The options the jail passes that old pasta builds lack (bookworm's passt 2023-03 has neither).
+const NEEDED_OPTIONS: [&str; 2] = ["--map-host-loopback", "--map-guest-addr"];
+
+/// The pasta binary, returned with symlinks resolved. In order: $CLAUDE_JAIL_PASTA (root itself
+/// only: nothing from a sudo caller's environment decides what runs as root), the conf's `pasta =
+/// PATH`, an installed location ([`INSTALLED`]), then `pasta` on PATH (root itself) or in fixed
+/// system directories (a delegated caller).
 ///
 /// pasta runs as root in the host's namespaces, so it gets the same trust check as the conf:
 /// the file and its directories owned by root and writable by nobody else (else an agent that
 /// writes `export CLAUDE_JAIL_PASTA=~/x` into the user's shell profile would get root at the next
 /// `sudo claude-jail run`). pasta re-executes itself as `<path>.avx2` when the CPU has AVX2, so
-/// that file, when present, is checked too.
-pub fn locate(env: Option<&std::ffi::OsStr>) -> Result<PathBuf> {
-    let found = if let Some(p) = env.filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        if !is_executable(&p) {
-            bail!(
-                "{ENV_PASTA}={}: not an executable file (fix: point {ENV_PASTA} at pasta, or \
-                 unset it and install the passt package)",
-                p.display()
-            );
+/// that file, when present, is checked too. Then it is asked once for its options: a pasta that
+/// lacks one the jail passes is refused in one line, before anything is built.
+pub fn locate(caller: crate::caller::Caller, conf: &crate::conf::Conf) -> Result<PathBuf> {
+    let env = std::env::var_os(ENV_PASTA).filter(|p| !p.is_empty());
+    if env.is_some() && !caller.is_root() {
+        eprintln!(
+            "claude-jail: note: {ENV_PASTA} is ignored for a caller behind sudo or pkexec (set \
+             `pasta = PATH` in {} instead)",
+            conf.path.display()
+        );
+    }
+    let found = match (&env, &conf.pasta) {
+        (Some(p), _) if caller.is_root() => {
+            let p = PathBuf::from(p);
+            if !is_executable(&p) {
+                bail!(
+                    "{ENV_PASTA}={}: not an executable file (fix: point {ENV_PASTA} at pasta, or \
+                     unset it)",
+                    p.display()
+                );
+            }
+            p
         }
-        p
-    } else {
-        let path =
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-        std::env::split_paths(&path)
-            .map(|d| d.join("pasta"))
-            .find(|p| is_executable(p))
-            .context(
-                "pasta not found on PATH (fix: install the passt package, or set \
-                 CLAUDE_JAIL_PASTA)",
-            )?
+        (_, Some(l)) => {
+            if !is_executable(&l.value) {
+                bail!(
+                    "{}:{}: pasta = {}: not an executable file (fix: name claude-jail's pasta, \
+                     e.g. {})",
+                    conf.path.display(),
+                    l.line,
+                    l.value.display(),
+                    INSTALLED[0]
+                );
+            }
+            l.value.clone()
+        }
+        _ => {
+            let path: std::ffi::OsString = if caller.is_root() {
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+            } else {
+                std::env::join_paths(SYSTEM_DIRS).unwrap_or_default()
+            };
+            INSTALLED
+                .iter()
+                .map(PathBuf::from)
+                .chain(std::env::split_paths(&path).map(|d| d.join("pasta")))
+                .find(|p| is_executable(p))
+                .with_context(|| {
+                    format!(
+                        "pasta not found (fix: `cargo xtask install` puts claude-jail's pasta in \
+                         {}; or name one with `pasta = PATH` in the conf)",
+                        INSTALLED[0]
+                    )
+                })?
+        }
     };
     let real = crate::conf::check_trusted(&found)
         .map_err(|e| anyhow::anyhow!("{e} (pasta runs as root)"))?;
@@ -69,8 +118,38 @@ pub fn locate(env: Option<&std::ffi::OsStr>) -> Result<PathBuf> {
         crate::conf::check_trusted(&avx2)
             .map_err(|e| anyhow::anyhow!("{e} (pasta runs it as root on AVX2 CPUs)"))?;
     }
+    check_options(&real)?;
     Ok(real)
 }
+
+/// Asks `binary` (trusted by now) for its usage and refuses it, in one line, if it lacks an
+/// option the jail passes: such a pasta would otherwise fail at start and print its whole usage.
+pub fn check_options(binary: &Path) -> Result<()> {
+    let out = Command::new(binary)
+        .arg0("pasta")
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {} --help", binary.display()))?;
+    let usage = [out.stdout, out.stderr].concat();
+    let usage = String::from_utf8_lossy(&usage);
+    let missing: Vec<&str> = NEEDED_OPTIONS
+        .into_iter()
+        .filter(|o| !usage.contains(o))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "pasta at {} is too old: it lacks {}, which close its openings to the host (Debian \
+             12's passt is such a one) (fix: `cargo xtask install` puts claude-jail's pasta in {}; \
+             or name a newer one with `pasta = PATH` in the conf)",
+            binary.display(),
+            missing.join(" and "),
+            INSTALLED[0]
+        );
+    }
+    Ok(())
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     fs::metadata(p)
@@ -173,19 +252,15 @@ pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Past
         .output()
         .with_context(|| format!("start pasta ({})", binary.display()))?;
     if !out.status.success() {
+        // pasta's own words, but never its whole usage or log: the last lines say why.
         let log = fs::read_to_string(c.log_file).unwrap_or_default();
+        let said = format!("{}\n{}", String::from_utf8_lossy(&out.stderr), log);
         bail!(
-            "pasta ({}) failed ({}): {}{}\n(fix: a pasta that knows every option above, such as \
-             the one scripts/setup builds into .tools/bin, named by {ENV_PASTA}; bookworm's \
-             passt package is too old)",
+            "pasta ({}) failed ({}): {} (fix: the reason above; the whole log is {})",
             binary.display(),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            if log.is_empty() {
-                String::new()
-            } else {
-                format!("\npasta log:\n{}", log.trim())
-            }
+            last_lines(&said, 3),
+            c.log_file.display()
         );
     }
     let pid = read_pid(c.pid_file, Duration::from_secs(5))?;
@@ -193,6 +268,17 @@ pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Past
         pid,
         cgroup_procs: cgroup_procs.to_path_buf(),
     })
+}
+
+/// The last `n` non-empty lines of `text`, joined with " / ", each cut at 200 characters.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Failed to send"))
+        .map(|l| l.chars().take(200).collect())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
 }
 
 fn read_pid(path: &Path, wait: Duration) -> Result<u32> {

@@ -15,8 +15,11 @@ use crate::{
 };
 
 pub fn run(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
-    let path = conf::conf_path(config, std::env::var_os(conf::ENV_CONF).as_deref());
-    let conf = conf::load(&path, Trust::Any)?;
+    let caller = crate::caller::Caller::current();
+    let env_conf = std::env::var_os(conf::ENV_CONF);
+    caller.check_conf_choice(config.as_deref(), env_conf.as_deref())?;
+    let path = conf::conf_path(config, env_conf.as_deref());
+    let conf = conf::load(&path, Trust::Any).map_err(|e| e.shown_to(caller))?;
     let switch = conf::jail_enabled(&conf, std::env::var_os(conf::ENV_EGRESS_JAIL).as_deref())?;
     let host = HostNet::read().context("reading the host's addresses and routes")?;
     let proxies = proxy_env(std::env::vars_os());

@@ -120,9 +120,15 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
     if !nix::unistd::geteuid().is_root() {
         bail!("only root can reload: the jails' pinned maps belong to root (fix: sudo claude-jail reload)");
     }
-    let path = conf::conf_path(config, std::env::var_os(conf::ENV_CONF).as_deref());
+    let caller = crate::caller::Caller::current();
+    let env_conf = std::env::var_os(conf::ENV_CONF);
+    caller.check_conf_choice(config.as_deref(), env_conf.as_deref())?;
+    let path = conf::conf_path(config, env_conf.as_deref());
     // Invalid: nothing changes anywhere.
-    let conf = load_conf(&path)?;
+    let conf = load_conf(&path).map_err(|e| match e.downcast::<conf::ConfError>() {
+        Ok(c) => anyhow::Error::from(c.shown_to(caller)),
+        Err(e) => e,
+    })?;
     let switch = conf::jail_enabled(&conf, None)?;
     if !switch.enabled {
         println!(

@@ -44,6 +44,8 @@ impl From<Counters> for CountersOut {
 }
 
 pub fn command(json: bool) -> Result<ExitCode> {
+    let caller = crate::caller::Caller::current();
+    caller.need_root("status")?;
     let paths = Paths::system()?;
     let mut entries = Vec::new();
     for rec in state::list_records(&paths)? {
@@ -54,6 +56,10 @@ pub fn command(json: bool) -> Result<ExitCode> {
                 continue;
             }
         };
+        // A user behind sudo sees their own jails only (others' commands are theirs).
+        if caller.sees_only().is_some_and(|uid| uid != rec.uid) {
+            continue;
+        }
         let running = state::pid_alive(rec.launcher_pid);
         let counters = if rec.jailed {
             JailMaps::open(&paths.jail_pins(&rec.id))
@@ -131,6 +137,7 @@ pub fn command(json: bool) -> Result<ExitCode> {
 }
 
 pub fn gc_command() -> Result<ExitCode> {
+    crate::caller::Caller::current().need_root("gc")?;
     let paths = Paths::system()?;
     let report = gc::collect(&paths, true);
     for id in &report.removed {

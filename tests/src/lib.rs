@@ -18,6 +18,7 @@ pub mod netns;
 pub mod pasta;
 pub mod probe;
 pub mod servers;
+pub mod sudo;
 pub mod world;
 
 pub use capture::{Capture, Packet};

@@ -7,11 +7,7 @@
 //! greets with `hello from ADDR:PORT`, so "reached" means a real server answered, and
 //! `world.hits` shows the fake host saw nothing for what was refused.
 use std::{
-    collections::BTreeMap,
-    fs,
-    net::IpAddr,
-    os::unix::fs::{chown, PermissionsExt},
-    path::Path,
+    collections::BTreeMap, fs, net::IpAddr, os::unix::fs::PermissionsExt, path::Path,
     process::Output,
 };
 
@@ -694,116 +690,39 @@ fn host_port_and_publish_port_open_one_port_in_one_direction() {
     );
 }
 
-/// Copies of the passwd, group and shadow files with `cjuser` (uid 4242), and a sudoers.
-fn sudo_setup(world: &FakeWorld) -> (String, std::path::PathBuf) {
-    let d = world.dir().join("etc");
-    fs::create_dir_all(&d).unwrap();
-    let home = world.dir().join("home-cjuser");
-    fs::create_dir_all(home.join(".local/bin")).unwrap();
-    let mut passwd = fs::read_to_string("/etc/passwd").unwrap();
-    passwd.push_str(&format!(
-        "cjuser:x:4242:4242:cj test user:{}:/bin/bash\n",
-        home.display()
-    ));
-    let mut group = fs::read_to_string("/etc/group").unwrap();
-    group.push_str("cjuser:x:4242:\ncjextra:x:4343:cjuser\n");
-    let mut shadow = fs::read_to_string("/etc/shadow").unwrap_or_default();
-    shadow.push_str("cjuser:!:19000:0:99999:7:::\n");
-    fs::write(d.join("passwd"), passwd).unwrap();
-    fs::write(d.join("group"), group).unwrap();
-    fs::write(d.join("shadow"), shadow).unwrap();
-    fs::set_permissions(d.join("shadow"), fs::Permissions::from_mode(0o640)).unwrap();
-    fs::write(
-        d.join("sudoers"),
-        "Defaults secure_path=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\n\
-         Defaults env_keep+=\"SSH_AUTH_SOCK CLAUDE_JAIL_PASTA\"\n\
-         Defaults !lecture\n\
-         root ALL=(ALL:ALL) ALL\n\
-         cjuser ALL=(root) NOPASSWD: ALL\n",
-    )
-    .unwrap();
-    fs::set_permissions(d.join("sudoers"), fs::Permissions::from_mode(0o440)).unwrap();
-    fs::write(home.join(".profile"), "PATH=\"$HOME/.local/bin:$PATH\"\n").unwrap();
-    fs::write(
-        home.join(".local/bin/cjcmd"),
-        "#!/bin/sh\necho \"CJCMD uid=$(id -u) home=$HOME user=$USER groups=$(id -G)\"\n\
-         echo \"AGENT $(printf 'hello-agent\\n' | timeout 5 socat -t2 - UNIX-CONNECT:$SSH_AUTH_SOCK 2>&1)\"\n\
-         if [ -x /usr/bin/ssh-add ]; then echo \"SSHADD $(ssh-add -l 2>&1)\"; fi\n",
-    )
-    .unwrap();
-    fs::set_permissions(
-        home.join(".local/bin/cjcmd"),
-        fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    for p in [
-        home.clone(),
-        home.join(".local"),
-        home.join(".local/bin"),
-        home.join(".local/bin/cjcmd"),
-        home.join(".profile"),
-    ] {
-        chown(&p, Some(4242), Some(4242)).unwrap();
-    }
-    // The world's directory is 0700 root by default: the user must reach its home.
-    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    let setup = format!(
-        "for f in passwd group shadow sudoers; do mount --bind {d}/$f /etc/$f || exit 1; done",
-        d = d.display()
-    );
-    (setup, home)
-}
-
 #[test]
 fn sudo_from_a_normal_account_finds_local_bin_home_and_ssh_agent() {
     if !have_root() {
         return;
     }
     let world = FakeWorld::builder().build().unwrap();
-    let conf = write_conf(&world, "claude-sandbox.conf", "").unwrap();
-    let (setup, home) = sudo_setup(&world);
+    let sudo = jail_tests::sudo::Sudo::new(&world, "", "").unwrap();
+    let home = sudo.home.clone();
     let sock = home.join("agent.sock");
     // An SSH agent (or an echo server standing in for it) at a user-owned socket, as the user.
     let agent = if Path::new("/usr/bin/ssh-agent").exists() {
         format!(
-            "eval \"$(setpriv --reuid 4242 --regid 4242 --init-groups -- ssh-agent -s -a {s})\" >/dev/null || exit 1\n\
+            "eval \"$(as_user ssh-agent -s -a {s})\" >/dev/null || exit 1\n\
              AGENT_PID=$SSH_AGENT_PID",
             s = sock.display()
         )
     } else {
         format!(
-            "setpriv --reuid 4242 --regid 4242 --init-groups -- socat UNIX-LISTEN:{s},fork EXEC:cat &\n\
-             AGENT_PID=$!; sleep 0.3",
+            "as_user socat UNIX-LISTEN:{s},fork EXEC:cat &\n\
+             AGENT_PID=$!; while [ ! -S {s} ]; do sleep 0.05; done",
             s = sock.display()
         )
     };
-    let pasta = jail_tests::pasta::locate_pasta().unwrap();
+    // The conf is /etc/claude-sandbox.conf (a caller behind sudo gets no other), and pasta is
+    // named there: sudo's env_reset drops CLAUDE_JAIL_PASTA.
     let script = format!(
-        "{setup}\n{agent}\n\
-         SSH_AUTH_SOCK={s} CLAUDE_JAIL_PASTA={pasta} setpriv --reuid 4242 --regid 4242 --init-groups -- \
-           sudo -n {bin} run --config {conf} -- cjcmd; rc=$?\n\
+        "{agent}\n\
+         SSH_AUTH_SOCK={s} as_user sudo -n $CJ run -- cjcmd; rc=$?\n\
          kill $AGENT_PID 2>/dev/null\n\
          exit $rc",
         s = sock.display(),
-        pasta = pasta.display(),
-        bin = jail_tests::jail::claude_jail_bin().unwrap().display(),
-        conf = conf.display(),
     );
-    let out = world
-        .host_command("unshare")
-        .unwrap()
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = sudo.command(&world, &script).unwrap().output().unwrap();
     let (stdout, stderr) = text(&out);
     assert!(
         out.status.success(),
