@@ -735,7 +735,7 @@ mod tests {
     fn every_rejected_form_has_its_message() {
         let f = "/etc/claude-sandbox.conf";
         let cases: &[(&str, String)] = &[
-            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, allow-ip, deny-ip, host-port, publish-port, allow-socket)")),
+            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, allow-ip, deny-ip, host-port, publish-port, allow-socket, pasta)")),
             ("allow-ip", format!("{f}:1: allow-ip needs a value")),
             ("allow-ip =", format!("{f}:1: allow-ip needs a value")),
             ("= 1", format!("{f}:1: expected `key = value`, found `= 1`")),
@@ -777,6 +777,8 @@ mod tests {
             ("publish-port = 8080/icmp", format!("{f}:1: `icmp` is not a protocol: use tcp or udp")),
             ("publish-port", format!("{f}:1: publish-port needs a value")),
             ("allow-socket = run/x.sock", format!("{f}:1: allow-socket needs an absolute path, not `run/x.sock`")),
+            ("pasta = pasta", format!("{f}:1: pasta needs an absolute path, not `pasta`")),
+            ("pasta = /a\npasta = /b", format!("{f}:2: pasta is already set on line 1")),
             ("# ok\n\nallow-ip = nope", format!("{f}:3: `nope` is not an IP address or CIDR")),
         ];
         for (text, want) in cases {
