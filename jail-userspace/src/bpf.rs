@@ -143,6 +143,25 @@ fn attach_inner(cgroup_dir: &Path, pin_dir: &Path, entries: &MapEntries) -> Resu
     Ok(jail_maps)
 }
 
+/// For `claude-jail check`: loads the object, has the kernel verify the five programs, and
+/// attaches each to `cgroup_dir` (an empty cgroup made for the check). Nothing is pinned: the
+/// links are dropped, and so detached, on return.
+pub fn probe(cgroup_dir: &Path) -> Result<()> {
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .map_err(|e| anyhow!(e).context("load the eBPF object: the kernel refused it"))?;
+    for (name, _) in PROGRAMS {
+        load_program(&mut ebpf, name)?;
+    }
+    let cgroup = fs::File::open(cgroup_dir)
+        .with_context(|| format!("open cgroup {}", cgroup_dir.display()))?;
+    for (name, _) in PROGRAMS {
+        attach_program(&mut ebpf, name, &cgroup)
+            .with_context(|| format!("attach {name} to cgroup {}", cgroup_dir.display()))?;
+    }
+    Ok(())
+}
+
 fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     let prog = ebpf
         .program_mut(name)

@@ -61,6 +61,16 @@ pub enum Command {
     },
     /// Remove the state of jails whose launcher is gone.
     Gc,
+    /// Whether a jail can start here: one line per prerequisite, each failure with its fix.
+    /// Exit 0 only when a jail can start.
+    Check {
+        /// Configuration file (default: $CLAUDE_SANDBOX_CONF, else /etc/claude-sandbox.conf).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective policy: every allow and deny entry and where it came from.
     Policy {
         /// Configuration file (default: $CLAUDE_SANDBOX_CONF, else /etc/claude-sandbox.conf).
@@ -109,6 +119,7 @@ pub fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
         }
         Command::Gc => crate::status::gc_command(),
+        Command::Check { config, json } => crate::check::command(config, json),
     };
     match result {
         Ok(code) => code,

@@ -17,12 +17,14 @@
 //! - [`launch`]: `claude-jail run`, in order, with cleanup on every path;
 //! - [`supervise`]: the launcher's loop while the command runs (signals, events, host changes);
 //! - [`events`], [`reload`], [`status`]: the audit trail, live policy updates, the jail list;
+//! - [`check`]: `claude-jail check`, every prerequisite of a launch tried and reported;
 //! - [`gc`]: removing what a launcher that is gone left behind;
 //! - [`sys`]: the few system calls that need `unsafe`;
 //! - [`cli`]: the command line.
 pub mod bpf;
 pub mod caller;
 pub mod cgroup;
+pub mod check;
 pub mod cli;
 pub mod conf;
 pub mod events;

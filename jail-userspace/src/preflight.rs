@@ -140,15 +140,20 @@ enum Missing {
     WritableCgroup,
 }
 
-/// Refuses, naming the fix for this place, unless this process can build an eBPF jail: uid 0 in
-/// the initial user namespace, CAP_SYS_ADMIN and CAP_NET_ADMIN (bpf() takes CAP_BPF or
-/// CAP_SYS_ADMIN: the kernel's bpf_capable()), a usable /dev/net/tun and a writable cgroup2.
+/// Refuses, naming the fix for this place, unless this process can build an eBPF jail: the
+/// first of [`privileges`], [`tun`] and [`cgroup2`] that fails.
 pub fn check(facts: &Facts) -> Result<()> {
+    privileges(facts)?;
+    tun(facts)?;
+    cgroup2(facts)?;
+    Ok(())
+}
+
+/// uid 0 in the initial user namespace, CAP_SYS_ADMIN and CAP_NET_ADMIN (bpf() takes CAP_BPF or
+/// CAP_SYS_ADMIN: the kernel's bpf_capable()). Ok: what was found.
+pub fn privileges(facts: &Facts) -> Result<String> {
     use caps::{CapSet, Capability};
     let place = facts.place();
-    // Root, and a root that holds what the jail needs: the launcher also writes root-owned
-    // state (/run/claude-jail, bpffs), runs pasta as root and sets the command's ids, so the
-    // capabilities alone, without uid 0, would fail later and less clearly.
     if !facts.initial_user_ns() {
         bail!(
             "claude-jail run cannot build its eBPF jail in a user namespace (uid map {:?}{}): the \
@@ -168,6 +173,9 @@ pub fn check(facts: &Facts) -> Result<()> {
             }
         );
     }
+    // Root, and a root that holds what the jail needs: the launcher also writes root-owned
+    // state (/run/claude-jail, bpffs), runs pasta as root and sets the command's ids, so the
+    // capabilities alone, without uid 0, would fail later and less clearly.
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "claude-jail run needs root to build the jail (fix: {})",
@@ -194,6 +202,23 @@ pub fn check(facts: &Facts) -> Result<()> {
             fix(&place, Missing::Caps)
         );
     }
+    Ok(format!(
+        "root in the initial user namespace with CAP_SYS_ADMIN, CAP_NET_ADMIN{} ({})",
+        if have(Capability::CAP_BPF) {
+            ", CAP_BPF"
+        } else {
+            " (standing in for CAP_BPF)"
+        },
+        match place {
+            Place::Host => "host".to_string(),
+            Place::Container { engine } => format!("{engine} container"),
+        }
+    ))
+}
+
+/// /dev/net/tun exists and opens read-write (pasta makes its tap device there).
+pub fn tun(facts: &Facts) -> Result<String> {
+    let place = facts.place();
     let tun = Path::new("/dev/net/tun");
     if !tun.exists() {
         bail!(
@@ -208,6 +233,12 @@ pub fn check(facts: &Facts) -> Result<()> {
             fix(&place, Missing::TunRefused)
         );
     }
+    Ok("/dev/net/tun opens".into())
+}
+
+/// A cgroup2 hierarchy, mounted read-write (found in /proc/self/mountinfo).
+pub fn cgroup2(facts: &Facts) -> Result<String> {
+    let place = facts.place();
     let cg = crate::cgroup::cgroup2_mount()?;
     let ro = nix::sys::statvfs::statvfs(&cg)
         .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
@@ -220,7 +251,7 @@ pub fn check(facts: &Facts) -> Result<()> {
             fix(&place, Missing::WritableCgroup)
         );
     }
-    Ok(())
+    Ok(format!("cgroup2 at {}, writable", cg.display()))
 }
 
 #[cfg(test)]

@@ -46,6 +46,36 @@ pub fn clone_process(flags: CloneFlags, child: impl FnMut() -> isize) -> Result<
     unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
 }
 
+/// TUNSETIFF on `tun` (an open /dev/net/tun): creates the tap device `name` (at most 15 bytes)
+/// in the calling thread's network namespace, as pasta does. Used by `claude-jail check`.
+pub fn tun_set_iff(tun: std::os::fd::BorrowedFd<'_>, name: &str) -> Result<(), Errno> {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(Errno::EINVAL);
+    }
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads (and may write back) a struct ifreq, which `IfReq` lays out (name,
+    // then the flags union member, padded to the kernel's 40 bytes); it lives across the call.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&tun),
+            libc::TUNSETIFF as _,
+            &mut req as *mut IfReq,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
 /// Installs a seccomp filter on the calling thread. The caller has set no_new_privs.
 pub fn install_seccomp(filter: &[libc::sock_filter]) -> Result<(), Errno> {
     let prog = libc::sock_fprog {
