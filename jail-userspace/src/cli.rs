@@ -3,10 +3,20 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+/// The version, the git commit it was built from and the SHA-256 of the eBPF object it embeds.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CLAUDE_JAIL_GIT_COMMIT"),
+    ", eBPF object sha256 ",
+    env!("CLAUDE_JAIL_EBPF_SHA256"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "claude-jail",
-    version,
+    version = VERSION,
     about = "Run an AI coding agent in an egress jail: its own network namespace, pasta, and eBPF \
              programs that refuse internal destinations."
 )]
@@ -28,11 +38,10 @@ pub enum Command {
         #[arg(long, value_name = "USER")]
         user: Option<String>,
         /// The command and its arguments.
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "COMMAND"
-        )]
+        // The first word of the command may not start with `-`: a mistyped option of run's
+        // (`--confg`) is refused instead of being run as a command. After it (or after `--`),
+        // every word is the command's, verbatim: `run claude --print hi`, `run -- -x`.
+        #[arg(trailing_var_arg = true, value_name = "COMMAND")]
         command: Vec<std::ffi::OsString>,
     },
     /// Bring every running jail to the configuration's current policy (root only).
@@ -86,7 +95,23 @@ pub enum Command {
 const EXIT_FAILURE: u8 = 1;
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors; a usage error of `run` exits 125 (the jail
+            // was not built, as `podman run` does), of any other subcommand 2.
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ if std::env::args_os().nth(1).as_deref() == Some("run".as_ref()) => {
+                    ExitCode::from(crate::jail::EXIT_JAIL_FAILED as u8)
+                }
+                _ => ExitCode::from(2),
+            };
+        }
+    };
     let result = match cli.command {
         Command::Run {
             config,
@@ -127,5 +152,62 @@ pub fn main() -> ExitCode {
             eprintln!("claude-jail: error: {e:#}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_command(args: &[&str]) -> Result<Vec<String>, clap::error::ErrorKind> {
+        let cli = Cli::try_parse_from(args).map_err(|e| e.kind())?;
+        match cli.command {
+            Command::Run { command, .. } => Ok(command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()),
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn the_command_and_its_options_pass_verbatim_and_a_mistyped_option_is_refused() {
+        assert_eq!(
+            run_command(&["claude-jail", "run", "claude", "--print", "hi"]).unwrap(),
+            ["claude", "--print", "hi"]
+        );
+        assert_eq!(
+            run_command(&["claude-jail", "run", "--", "-x", "--user", "y"]).unwrap(),
+            ["-x", "--user", "y"]
+        );
+        assert_eq!(
+            run_command(&[
+                "claude-jail",
+                "run",
+                "--user",
+                "dev",
+                "claude",
+                "--config",
+                "c"
+            ])
+            .unwrap(),
+            ["claude", "--config", "c"],
+            "options after the command are the command's"
+        );
+        assert_eq!(
+            run_command(&["claude-jail", "run", "--confg", "x"]),
+            Err(clap::error::ErrorKind::UnknownArgument)
+        );
+    }
+
+    #[test]
+    fn the_version_names_the_commit_and_the_ebpf_object() {
+        assert!(VERSION.contains("commit ") && VERSION.contains("eBPF object sha256 "));
+        let hash = VERSION
+            .rsplit("sha256 ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')');
+        assert_eq!(hash.len(), 64, "{VERSION}");
     }
 }

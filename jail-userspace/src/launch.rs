@@ -125,6 +125,7 @@ fn launch(args: RunArgs) -> Result<i32> {
         conf: conf_path.display().to_string(),
         switch_source: switch.source.clone(),
         policy_digest: String::new(),
+        conf_digest: String::new(),
         pasta_pid: 0,
         own_addrs: Vec::new(),
     };
@@ -200,6 +201,7 @@ fn launch(args: RunArgs) -> Result<i32> {
         bail!("{msg}");
     }
     record.policy_digest = jail_policy.digest();
+    record.conf_digest = Policy::build(&conf, &host).digest();
 
     let id = record.id.clone();
     // Declared before `built`, so dropped after it: a launch that fails keeps its lock until its

@@ -174,6 +174,7 @@ fn apply_to_record(paths: &Paths, rec: JailRecord, conf: &Conf, host: &HostNet) 
         let policy = apply(paths, rec, conf, host)?;
         rec.conf = conf.path.display().to_string();
         rec.policy_digest = policy.digest();
+        rec.conf_digest = crate::policy::Policy::build(conf, host).digest();
         Ok(())
     });
     match done {

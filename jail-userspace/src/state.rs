@@ -130,7 +130,12 @@ pub struct JailRecord {
     /// The configuration file and the source of the on/off switch.
     pub conf: String,
     pub switch_source: String,
+    /// The digest of this jail's maps (the conf's policy plus the jail's own entries).
     pub policy_digest: String,
+    /// The digest `claude-jail policy` prints for the same conf and host network: what an
+    /// admin compares.
+    #[serde(default)]
+    pub conf_digest: String,
     pub pasta_pid: u32,
     /// The jail's own addresses (pasta's copy of the host's), allowed to the jail: they are local
     /// in its namespace.
@@ -240,6 +245,7 @@ mod tests {
             conf: "/etc/claude-sandbox.conf".into(),
             switch_source: "default".into(),
             policy_digest: "abc".into(),
+            conf_digest: String::new(),
             pasta_pid: 4,
             own_addrs: vec!["192.168.1.100".parse().unwrap()],
         };

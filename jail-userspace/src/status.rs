@@ -97,11 +97,16 @@ pub fn command(json: bool) -> Result<ExitCode> {
             r.uid,
             r.launcher_pid,
             r.init_pid,
-            r.started,
+            crate::sys::local_time(r.started as i64),
             escape(&r.command.join(" ")),
         );
         println!(
-            "    policy {} from {} (switch: {})",
+            "    policy {} (maps {}) from {} (switch: {})",
+            if r.conf_digest.is_empty() {
+                "-"
+            } else {
+                &r.conf_digest
+            },
             if r.policy_digest.is_empty() {
                 "-"
             } else {

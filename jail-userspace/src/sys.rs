@@ -76,6 +76,27 @@ pub fn tun_set_iff(tun: std::os::fd::BorrowedFd<'_>, name: &str) -> Result<(), E
     Errno::result(r).map(drop)
 }
 
+/// `secs` (Unix time) as local time, `YYYY-MM-DD HH:MM:SS ZONE` (the zone from TZ or
+/// /etc/localtime, as `date` shows it).
+pub fn local_time(secs: i64) -> String {
+    // SAFETY: localtime_r writes only into libc's zone state (glibc reads TZ once) and `tm`, a
+    // zeroed local; strftime writes at most `buf.len()` bytes into `buf` and returns how many.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            return secs.to_string();
+        }
+        let mut buf = [0u8; 64];
+        let n = libc::strftime(
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            c"%Y-%m-%d %H:%M:%S %Z".as_ptr(),
+            &tm,
+        );
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
 /// Installs a seccomp filter on the calling thread. The caller has set no_new_privs.
 pub fn install_seccomp(filter: &[libc::sock_filter]) -> Result<(), Errno> {
     let prog = libc::sock_fprog {

@@ -27,11 +27,15 @@ fn check_is_green_where_a_jail_starts_and_names_the_fix_where_it_cannot() {
     assert!(out.status.success(), "all green here: {o}\n{e}");
     for name in ["conf", "privileges", "tun", "cgroup2", "ebpf", "pasta"] {
         assert!(
-            o.lines().any(|l| l.starts_with("ok") && l.split_whitespace().nth(1) == Some(name)),
+            o.lines()
+                .any(|l| l.starts_with("ok") && l.split_whitespace().nth(1) == Some(name)),
             "an ok line for {name}: {o}"
         );
     }
-    assert!(leftovers(&world, &[]).is_empty(), "the check leaves nothing");
+    assert!(
+        leftovers(&world, &[]).is_empty(),
+        "the check leaves nothing"
+    );
     let cg = claude_jail::cgroup::cgroup2_mount()
         .unwrap()
         .join(claude_jail::cgroup::PARENT);
@@ -42,7 +46,10 @@ fn check_is_green_where_a_jail_starts_and_names_the_fix_where_it_cannot() {
                 .collect()
         })
         .unwrap_or_default();
-    assert!(probes.is_empty(), "the probe's cgroup is removed: {probes:?}");
+    assert!(
+        probes.is_empty(),
+        "the probe's cgroup is removed: {probes:?}"
+    );
 
     // The same as JSON.
     let out = claude_jail(&world, &["check", "--json", "--config", &conf])
@@ -70,7 +77,8 @@ fn check_is_green_where_a_jail_starts_and_names_the_fix_where_it_cannot() {
         "the tun line fails with its fix: {o}"
     );
     assert!(
-        o.lines().any(|l| l.starts_with("ok") && l.contains(" ebpf ")),
+        o.lines()
+            .any(|l| l.starts_with("ok") && l.contains(" ebpf ")),
         "the other lines are still tried: {o}"
     );
 
@@ -83,7 +91,8 @@ fn check_is_green_where_a_jail_starts_and_names_the_fix_where_it_cannot() {
     let o = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{o}");
     assert!(
-        o.lines().any(|l| l.starts_with("FAIL") && l.contains("bad.conf:1:")),
+        o.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("bad.conf:1:")),
         "the conf line names the file and line: {o}"
     );
 
@@ -91,7 +100,14 @@ fn check_is_green_where_a_jail_starts_and_names_the_fix_where_it_cannot() {
     let out = world
         .host_command("setpriv")
         .unwrap()
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
         .arg(jail_tests::jail::claude_jail_bin().unwrap())
         .args(["check", "--config", &conf])
         .output()
@@ -102,5 +118,95 @@ fn check_is_green_where_a_jail_starts_and_names_the_fix_where_it_cannot() {
         o.lines()
             .any(|l| l.starts_with("FAIL") && l.contains(" sudo ") && l.contains("fix:")),
         "the sudo line fails with its fix: {o}"
+    );
+}
+
+/// CLI conventions (issue 12, item 6): a mistyped option of `run` is refused (125, as `podman
+/// run`), never run as the command; other usage errors exit 2; `status` shows the digest that
+/// `policy` prints for the same conf, and a local start time.
+#[test]
+fn usage_errors_and_status_speak_as_the_rest_of_the_tool() {
+    let bin = jail_tests::jail::claude_jail_bin().unwrap();
+    let code = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(args)
+            .env("CLAUDE_SANDBOX_EGRESS_JAIL", "0")
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(
+        code(&["run", "--confg", "x"]),
+        Some(125),
+        "mistyped run option"
+    );
+    assert_eq!(
+        code(&["run", "--usr", "dev"]),
+        Some(125),
+        "mistyped run option"
+    );
+    assert_eq!(code(&["status", "--bogus"]), Some(2), "other usage errors");
+    assert_eq!(code(&["--version"]), Some(0));
+
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = write_conf(&world, "claude-sandbox.conf", "allow-ip = 10.1.2.3\n").unwrap();
+    let conf = conf.display().to_string();
+    let mut jail = claude_jail(
+        &world,
+        &[
+            "run",
+            "--config",
+            &conf,
+            "--user",
+            "nobody",
+            "--",
+            "bash",
+            "-c",
+            "echo UP; read -r _",
+        ],
+    )
+    .unwrap()
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut up = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(jail.stdout.as_mut().unwrap()),
+        &mut up,
+    )
+    .unwrap();
+    assert_eq!(up.trim(), "UP");
+    let status = claude_jail(&world, &["status"]).unwrap().output().unwrap();
+    let policy = claude_jail(&world, &["policy", "--config", &conf])
+        .unwrap()
+        .output()
+        .unwrap();
+    drop(jail.stdin.take());
+    let _ = jail.wait();
+    let status = String::from_utf8_lossy(&status.stdout);
+    let policy = String::from_utf8_lossy(&policy.stdout);
+    let digest = policy
+        .lines()
+        .find_map(|l| l.strip_prefix("digest: "))
+        .unwrap_or_else(|| panic!("policy prints a digest: {policy}"));
+    assert!(
+        status.contains(&format!("policy {digest} ")),
+        "status shows policy's digest {digest}: {status}"
+    );
+    let year = status
+        .split("started=")
+        .nth(1)
+        .and_then(|s| s.get(..4))
+        .unwrap_or("");
+    assert!(
+        year.starts_with("20") && year.parse::<u32>().is_ok(),
+        "the start time is a date, not Unix seconds: {status}"
     );
 }
