@@ -71,13 +71,15 @@ const RUN_ARGS: [&str; 4] = [
 
 /// docs/devcontainer.md's postStartCommand: the container's cgroup2 made writable.
 const POST_START: &str = "sudo mount -o remount,rw /sys/fs/cgroup";
+/// The same, run as root.
+const POST_START_ROOT: &str = "mount -o remount,rw /sys/fs/cgroup";
 
 /// The root filesystem scripts/setup builds (debootstrap minbase; no registry is reachable).
 fn rootfs_tar() -> std::path::PathBuf {
     let tools = std::env::var_os("CLAUDE_JAIL_TOOLS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools"));
-    let tar = tools.join("container/bookworm-minbase.tar");
+    let tar = tools.join("container/bookworm-minbase-2.tar");
     assert!(
         tar.is_file(),
         "{} is missing: `cargo xtask setup` builds it",
@@ -152,11 +154,30 @@ impl<'w> Podman<'w> {
     fn run(&self, run_args: &[&str], script: &str) -> Output {
         let pasta = fs::canonicalize(locate_pasta().unwrap()).unwrap();
         let avx2 = format!("{}.avx2", pasta.display());
+        let mut volumes = vec![];
+        for (from, to) in [
+            (
+                claude_jail_bin().unwrap().display().to_string(),
+                "/usr/local/bin/claude-jail",
+            ),
+            (pasta.display().to_string(), "/usr/local/bin/pasta"),
+            (avx2, "/usr/local/bin/pasta.avx2"),
+        ] {
+            volumes.push(format!("--volume={from}:{to}:ro"));
+        }
+        let mut all: Vec<&str> = run_args.to_vec();
+        all.extend(volumes.iter().map(String::as_str));
+        self.run_as("dev", &all, script)
+    }
+
+    /// `podman run` of `script` as `user`, in the world's host network namespace, with
+    /// `run_args`.
+    fn run_as(&self, user: &str, run_args: &[&str], script: &str) -> Output {
         let mut args: Vec<String> = [
             "run",
             "--rm",
             "--user",
-            "dev",
+            user,
             "--hostname",
             "devbox",
             "--add-host",
@@ -169,16 +190,6 @@ impl<'w> Podman<'w> {
             self.world.host_netns_path().display()
         ));
         args.extend(run_args.iter().map(|s| s.to_string()));
-        for (from, to) in [
-            (
-                claude_jail_bin().unwrap().display().to_string(),
-                "/usr/local/bin/claude-jail",
-            ),
-            (pasta.display().to_string(), "/usr/local/bin/pasta"),
-            (avx2, "/usr/local/bin/pasta.avx2"),
-        ] {
-            args.push(format!("--volume={from}:{to}:ro"));
-        }
         args.extend([IMAGE.into(), "bash".into(), "-c".into(), script.into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.cmd(&args).output().unwrap()
@@ -315,5 +326,118 @@ fn in_a_user_namespace_the_refusal_says_ebpf_cannot_load_there() {
     assert!(
         e.contains("fix:") && e.contains("CLAUDE_SANDBOX_EGRESS_JAIL=0"),
         "the fix and the escape hatch: {e}"
+    );
+}
+
+/// The Debian package `cargo xtask deb` builds (xtask test builds it before the tests).
+fn deb_package() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
+    let deb = fs::read_dir(&dir).ok().and_then(|d| {
+        d.flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+    });
+    deb.unwrap_or_else(|| {
+        panic!(
+            "no .deb in {}: `cargo xtask deb` builds it (`cargo xtask test` does first)",
+            dir.display()
+        )
+    })
+}
+
+/// Issue 12's "Done when", on a clean Debian (a fresh container from the minbase image): the
+/// .deb installs; `claude-jail check` is all green; a normal user in the claude-jail group (and
+/// with no other sudo rule) types `claude` (a fake claude where npm puts the real one) and is
+/// jailed, arguments verbatim; `CLAUDE_SANDBOX_EGRESS_JAIL=0 claude` runs unjailed and says so;
+/// a user outside the group is refused with the fix; `man claude-jail` works and the
+/// completions load in bash.
+#[test]
+fn the_debian_package_makes_every_users_claude_jailed_on_a_clean_machine() {
+    if !have_root() {
+        return;
+    }
+    let deb = deb_package();
+    let world = FakeWorld::builder().build().unwrap();
+    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let podman = Podman::new(&world);
+    let fake_claude = r#"#!/bin/bash
+echo "FAKE-CLAUDE args=[$*] uid=$(id -u) nnp=$(awk '/^NoNewPrivs/ {print $2}' /proc/self/status)"
+echo "LAN $( (exec 3<>/dev/tcp/10.0.0.5/80 && head -n1 <&3) 2>&1 | head -c 120)"
+"#;
+    let script = format!(
+        "set -e\n\
+         dpkg -i /mnt/claude-jail.deb >/dev/null\n\
+         rm /etc/sudoers.d/dev\n\
+         usermod -aG claude-jail dev\n\
+         useradd --create-home --shell /bin/bash outsider\n\
+         {POST_START_ROOT}\n\
+         cat > /usr/local/bin/claude <<'FAKE'\n{fake_claude}FAKE\n\
+         chmod 755 /usr/local/bin/claude\n\
+         set +e\n\
+         echo '== check'; claude-jail check; echo \"check-exit=$?\"\n\
+         echo '== jailed'; su -l dev -c 'claude --print \"two words\"'; echo \"jailed-exit=$?\"\n\
+         echo '== off'; su -l dev -c 'CLAUDE_SANDBOX_EGRESS_JAIL=0 claude -x' 2>&1; echo \"off-exit=$?\"\n\
+         echo '== outsider'; su -l outsider -c 'claude' 2>&1; echo \"outsider-exit=$?\"\n\
+         echo '== man'; MANPAGER=cat man claude-jail 2>&1 | head -n 20\n\
+         echo '== completion'; bash -c '. /usr/share/bash-completion/bash_completion; \
+           _completion_loader claude-jail; complete -p claude-jail' 2>&1\n"
+    );
+    let volume = format!("--volume={}:/mnt/claude-jail.deb:ro", deb.display());
+    let mut args: Vec<&str> = RUN_ARGS.to_vec();
+    args.push(&volume);
+    let out = podman.run_as("root", &args, &script);
+    let o = String::from_utf8_lossy(&out.stdout);
+    let e = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- package test:\n{o}\n{e}");
+    let section = |name: &str| -> String {
+        o.split(&format!("== {name}\n"))
+            .nth(1)
+            .unwrap_or("")
+            .split("\n== ")
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let check = section("check");
+    assert!(
+        check.contains("check-exit=0") && !check.contains("FAIL"),
+        "claude-jail check is all green after installing the package: {check}\n{e}"
+    );
+    let jailed = section("jailed");
+    assert!(
+        jailed.contains("FAKE-CLAUDE args=[--print two words] uid=1000 nnp=1"),
+        "the user's claude runs jailed, as the user, arguments verbatim: {jailed}\n{e}"
+    );
+    assert!(
+        jailed.contains("LAN") && jailed.contains("Operation not permitted"),
+        "and the LAN is refused from it: {jailed}"
+    );
+    assert!(jailed.contains("jailed-exit=0"), "{jailed}");
+    let off = section("off");
+    assert!(
+        off.contains("FAKE-CLAUDE args=[-x] uid=1000") && off.contains("OFF"),
+        "the escape hatch runs claude unjailed and says so: {off}"
+    );
+    assert!(
+        off.contains("hello from 10.0.0.5:80"),
+        "with host networking: {off}"
+    );
+    let outsider = section("outsider");
+    assert!(
+        outsider.contains("outsider-exit=125")
+            && outsider.contains("claude-jail group")
+            && outsider.contains("CLAUDE_SANDBOX_EGRESS_JAIL=0")
+            && !outsider.contains("FAKE-CLAUDE"),
+        "a user outside the group is refused with the fix and the escape hatch: {outsider}"
+    );
+    assert!(
+        section("man").contains("claude-jail - Run an AI coding agent"),
+        "man claude-jail works: {}",
+        section("man")
+    );
+    assert!(
+        section("completion").contains("claude-jail"),
+        "the bash completion loads: {}",
+        section("completion")
     );
 }

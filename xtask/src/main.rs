@@ -7,7 +7,10 @@
 //!   as root inside `unshare --net --mount`, so that no test packet can reach the real network;
 //!   then the tests that start jails once more on the unified cgroup layout, emulated;
 //! - `demo`: setup, build, then a jailed probe in a throwaway fake network;
-//! - `bench`: the performance goals, measured side by side in a fake network (release build).
+//! - `bench`: the performance goals, measured side by side in a fake network (release build);
+//! - `install [--prefix P] [--destdir D]`: the binary, its pasta, the `claude` shim, man pages,
+//!   completions, the sudoers rule and an example conf (never over an existing one);
+//! - `deb`: the same as a Debian package in target/debian.
 use std::{
     env,
     ffi::OsStr,
@@ -44,6 +47,18 @@ enum Task {
     /// Benchmarks (release build, in a fake network): the packet backstop's cost on bulk TCP,
     /// and reloading 10,000 allow entries; printed as ratios measured side by side.
     Bench,
+    /// Install claude-jail: the binary, its pasta, the `claude` shim, man pages, completions,
+    /// the sudoers rule for the claude-jail group, and /etc/claude-sandbox.conf if absent.
+    Install {
+        /// Installation prefix.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Stage into this directory instead of / (for packaging); no group is created.
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+    },
+    /// Build the Debian package target/debian/claude-jail_VERSION_ARCH.deb.
+    Deb,
 }
 
 fn main() -> Result<()> {
@@ -58,6 +73,8 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&root, &args),
         Task::Demo => demo(&root),
         Task::Bench => bench(&root),
+        Task::Install { prefix, destdir } => install(&root, &prefix, destdir.as_deref(), true),
+        Task::Deb => deb(&root).map(|p| eprintln!("xtask: built {}", p.display())),
     }
 }
 
@@ -212,6 +229,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     // Build everything first, with the network; then run the tests without it.
     run(cargo(root).args(["build", "--workspace", "--bins"]))?;
     run(cargo(root).args(["test", "--workspace", "--no-run"]))?;
+    // The package the container test installs on a clean Debian.
+    deb(root)?;
     let mut cmd = Command::new("unshare");
     cmd.current_dir(root)
         .args(["--net", "--mount", "--"])
@@ -307,6 +326,203 @@ fn bench(root: &Path) -> Result<()> {
         .env("CLAUDE_JAIL_BIN", root.join("target/release/claude-jail"))
         .env("CLAUDE_JAIL_PASTA", pasta_for_tests(root)?);
     run(&mut cmd)
+}
+
+/// Builds what an installation carries (release) and puts it under `destdir` (or /) with
+/// `prefix`. /etc/claude-sandbox.conf is written only when there is none; `real` (installing
+/// into /) also creates the claude-jail group and checks the sudoers rule with visudo.
+fn install(root: &Path, prefix: &Path, destdir: Option<&Path>, real: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    setup(root)?;
+    build_ebpf(root)?;
+    run(cargo(root).args(["build", "--release", "-p", "jail-userspace", "--bins"]))?;
+    if !prefix.is_absolute() {
+        bail!("--prefix must be absolute, not {}", prefix.display());
+    }
+    let stage = |p: &Path| -> PathBuf {
+        match destdir {
+            Some(d) => d.join(p.strip_prefix("/").unwrap_or(p)),
+            None => p.to_path_buf(),
+        }
+    };
+    let bindir = prefix.join("bin");
+    let libexec = prefix.join("libexec/claude-jail");
+    let shimdir = prefix.join("lib/claude-jail/shim");
+    let share = prefix.join("share");
+    let pasta = libexec.join("pasta");
+    let fill = |text: &str| -> String {
+        text.replace("@BINDIR@", &bindir.display().to_string())
+            .replace("@SHIMDIR@", &shimdir.display().to_string())
+            .replace("@PASTA@", &pasta.display().to_string())
+    };
+    let put = |dest: &Path, bytes: &[u8], mode: u32| -> Result<()> {
+        let dest = stage(dest);
+        std::fs::create_dir_all(dest.parent().context("no parent")?)?;
+        let tmp = dest.with_extension("xtask-new");
+        std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, &dest).with_context(|| format!("install {}", dest.display()))?;
+        eprintln!("xtask: installed {}", dest.display());
+        Ok(())
+    };
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let pkg = root.join("packaging");
+    put(
+        &bindir.join("claude-jail"),
+        &read(&root.join("target/release/claude-jail"))?,
+        0o755,
+    )?;
+    // pasta: the one scripts/setup builds (bookworm's is too old). passt re-executes itself as
+    // `<its path>.avx2` on AVX2 CPUs.
+    let tools = tools_bin(root);
+    put(&pasta, &read(&tools.join("passt"))?, 0o755)?;
+    put(
+        &libexec.join("pasta.avx2"),
+        &read(&tools.join("passt.avx2"))?,
+        0o755,
+    )?;
+    put(
+        &shimdir.join("claude"),
+        fill(&String::from_utf8(read(&pkg.join("claude"))?)?).as_bytes(),
+        0o755,
+    )?;
+    // Man pages and completions, from the clap definitions.
+    let gen = root.join("target/release/docgen-out");
+    let _ = std::fs::remove_dir_all(&gen);
+    run(Command::new(root.join("target/release/claude-jail-docgen")).arg(&gen))?;
+    for entry in std::fs::read_dir(gen.join("man1"))? {
+        let entry = entry?;
+        put(
+            &share.join("man/man1").join(entry.file_name()),
+            &read(&entry.path())?,
+            0o644,
+        )?;
+    }
+    let comp = gen.join("completions");
+    put(
+        &share.join("bash-completion/completions/claude-jail"),
+        &read(&comp.join("claude-jail.bash"))?,
+        0o644,
+    )?;
+    put(
+        &share.join("zsh/vendor-completions/_claude-jail"),
+        &read(&comp.join("_claude-jail"))?,
+        0o644,
+    )?;
+    put(
+        &share.join("fish/vendor_completions.d/claude-jail.fish"),
+        &read(&comp.join("claude-jail.fish"))?,
+        0o644,
+    )?;
+    let example = fill(&String::from_utf8(read(&pkg.join("claude-sandbox.conf"))?)?);
+    // Outside the two prefixes claude-jail looks in by itself, the conf names the pasta.
+    let example = if ["/usr", "/usr/local"]
+        .iter()
+        .any(|p| prefix == Path::new(p))
+    {
+        example
+    } else {
+        example.replace("#pasta = ", "pasta = ")
+    };
+    put(
+        &share.join("doc/claude-jail/claude-sandbox.conf.example"),
+        example.as_bytes(),
+        0o644,
+    )?;
+    let conf = Path::new("/etc/claude-sandbox.conf");
+    if stage(conf).exists() {
+        eprintln!("xtask: kept the existing {}", stage(conf).display());
+    } else if destdir.is_none() || real {
+        put(conf, example.as_bytes(), 0o644)?;
+    }
+    let sudoers = fill(&String::from_utf8(read(&pkg.join("sudoers"))?)?);
+    let check = root.join("target/release/sudoers-check");
+    std::fs::write(&check, &sudoers)?;
+    run(Command::new("visudo").args(["-c", "-q", "-f"]).arg(&check))
+        .context("the sudoers rule does not parse")?;
+    put(
+        Path::new("/etc/sudoers.d/claude-jail"),
+        sudoers.as_bytes(),
+        0o440,
+    )?;
+    put(
+        Path::new("/etc/profile.d/claude-jail.sh"),
+        fill(&String::from_utf8(read(&pkg.join("profile.sh"))?)?).as_bytes(),
+        0o644,
+    )?;
+    if destdir.is_none() {
+        let has_group = Command::new("getent")
+            .args(["group", "claude-jail"])
+            .stdout(std::process::Stdio::null())
+            .status()?
+            .success();
+        if !has_group {
+            run(Command::new("groupadd").args(["--system", "claude-jail"]))?;
+        }
+        eprintln!(
+            "xtask: installed. Add users to the claude-jail group (`usermod -aG claude-jail USER`); \
+             from their next login `claude` runs in the jail. `claude-jail check` says whether a jail \
+             can start here."
+        );
+    }
+    Ok(())
+}
+
+/// The Debian package: `install` staged with prefix /usr, plus control and postinst (which makes
+/// the claude-jail group and copies the example conf to /etc only when there is none).
+fn deb(root: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let version = env!("CARGO_PKG_VERSION");
+    let arch = String::from_utf8(
+        Command::new("dpkg")
+            .arg("--print-architecture")
+            .output()
+            .context("dpkg --print-architecture")?
+            .stdout,
+    )?
+    .trim()
+    .to_string();
+    let out = root.join("target/debian");
+    let stage = out.join(format!("claude-jail_{version}_{arch}"));
+    let _ = std::fs::remove_dir_all(&stage);
+    install(root, Path::new("/usr"), Some(&stage), false)?;
+    let debian = stage.join("DEBIAN");
+    std::fs::create_dir_all(&debian)?;
+    std::fs::write(
+        debian.join("control"),
+        format!(
+            "Package: claude-jail\n\
+             Version: {version}\n\
+             Architecture: {arch}\n\
+             Maintainer: claude-jail developers <claude-jail@localhost>\n\
+             Depends: libc6, sudo, passwd\n\
+             Section: admin\n\
+             Priority: optional\n\
+             Description: egress jail for AI coding agents\n \
+             claude-jail runs Claude Code (or any command) in its own network namespace whose only\n \
+             way out is pasta, with eBPF cgroup programs refusing internal destinations.\n"
+        ),
+    )?;
+    std::fs::write(
+        debian.join("conffiles"),
+        "/etc/sudoers.d/claude-jail
+/etc/profile.d/claude-jail.sh
+",
+    )?;
+    std::fs::copy(
+        root.join("packaging/debian/postinst"),
+        debian.join("postinst"),
+    )?;
+    std::fs::set_permissions(
+        debian.join("postinst"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    let deb = out.join(format!("claude-jail_{version}_{arch}.deb"));
+    run(Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&stage)
+        .arg(&deb))?;
+    Ok(deb)
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
