@@ -1,0 +1,404 @@
+//! Every route the host has (issue 11), in the fake world: ranges the host reaches through
+//! policy routing (tables chosen by `ip rule`), its local (AnyIP) ranges, at launch and added
+//! while the jail runs.
+//!
+//! The VPNs here are routes in tables of their own, selected by rules, the way Tailscale (table
+//! 52), strongSwan (220), wg-quick and NetworkManager install them. Their "far side" is an
+//! address on the inet namespace's loopback, reached through the uplink gateway, so that
+//! without the jail the range is reachable from the host (and was, from the jail, before).
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::{Duration, Instant},
+};
+
+use jail_tests::{
+    have_root,
+    jail::{claude_jail, run_jailed, write_conf},
+    servers::{Behaviour, Listener, Servers},
+    FakeWorld,
+};
+
+/// How long a host change may take to reach the jail: the launcher applies it within a second;
+/// the rest is one round of the probe loop on a loaded machine.
+const WITHIN: Duration = Duration::from_millis(1500);
+
+/// `ip ARGS` in the world's host namespace.
+fn host_ip(world: &FakeWorld, args: &str) {
+    let out = world
+        .host_command("ip")
+        .unwrap()
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "host: ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Adds `addrs` to the inet namespace's loopback and serves TCP `port` on each (the far side
+/// of a VPN).
+fn serve_in_inet(world: &FakeWorld, addrs: &[IpAddr], port: u16) -> Servers {
+    let mut batch = String::new();
+    for a in addrs {
+        let len = if a.is_ipv4() { 32 } else { 128 };
+        let nodad = if a.is_ipv4() { "" } else { " nodad" };
+        batch.push_str(&format!("addr add {a}/{len} dev lo{nodad}\n"));
+    }
+    world.inet().ip_batch(&batch).unwrap();
+    let listeners = world
+        .in_inet(|| {
+            addrs
+                .iter()
+                .map(|a| Listener::tcp(SocketAddr::new(*a, port), Behaviour::Greet))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .unwrap()
+        .unwrap();
+    Servers::start(listeners).unwrap()
+}
+
+/// Hits of `servers` on address `a`.
+fn hits_on(servers: &Servers, a: IpAddr) -> usize {
+    let t = jail_tests::servers::Target::from(a);
+    servers.hits().iter().filter(|h| t.matches(h.local)).count()
+}
+
+/// One TCP connect per target and round, printed as `<label> ok`, `<label> refused` (EPERM:
+/// the jail's programs) or `<label> failed <error>` (anything else, a 3 s timeout included).
+/// `dest` is `host/port`.
+fn probe_script(targets: &[(&str, &str)]) -> String {
+    let mut s = String::from(
+        "probe() { local out; if out=$(timeout 3 bash -c \"exec 3<>/dev/tcp/$2\" 2>&1); then echo \"$1 ok\"; \
+         else case \"$out\" in *'not permitted'*) echo \"$1 refused\";; \
+         *) echo \"$1 failed ${out//$'\\n'/ }\";; esac; fi; }\n",
+    );
+    s.push_str("while true; do ");
+    for (label, dest) in targets {
+        s.push_str(&format!("probe {label} {dest}; "));
+    }
+    s.push_str("sleep 0.05; done");
+    s
+}
+
+/// A jailed bash script running in the background; its stdout lines arrive on a channel.
+struct Session {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Session {
+    fn start(world: &FakeWorld, conf: &Path, script: &str) -> Session {
+        let conf = conf.display().to_string();
+        let mut child = claude_jail(
+            world,
+            &[
+                "run", "--config", &conf, "--user", "nobody", "--", "bash", "-c", script,
+            ],
+        )
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let stderr = thread::spawn(move || {
+            let mut s = String::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                s.push_str(&line);
+                s.push('\n');
+            }
+            s
+        });
+        Session {
+            child,
+            lines: rx,
+            stderr: Some(stderr),
+        }
+    }
+
+    fn launcher(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits (30 s at most) for a line satisfying `pred`; returns the lines seen before it too.
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                let hit = pred(&l);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+        }
+        panic!(
+            "no line '{what}' within 30 s; saw: {:?}",
+            &seen[seen.len().saturating_sub(10)..]
+        );
+    }
+
+    /// The outcome of each label in the next complete round of [`probe_script`] (starting with
+    /// the first label).
+    fn round(&self, labels: &[&str]) -> BTreeMap<String, String> {
+        let first = format!("{} ", labels[0]);
+        let last = format!("{} ", labels[labels.len() - 1]);
+        let start = self.wait_for("start of a round", |l| l.starts_with(&first));
+        let mut lines = vec![start.last().cloned().unwrap_or_default()];
+        lines.extend(self.wait_for("end of a round", |l| l.starts_with(&last)));
+        lines
+            .iter()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(label, outcome)| (label.to_string(), outcome.to_string()))
+            .collect()
+    }
+
+    /// SIGTERM to the launcher (forwarded to the command), then the exit and stderr.
+    fn stop(mut self) -> (Vec<String>, String) {
+        self.terminate();
+        let rest: Vec<String> = self.lines.iter().collect();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        (rest, stderr)
+    }
+
+    fn terminate(&mut self) {
+        let pid = self.launcher();
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A test that panics still ends its jail (the launcher cleans up on SIGTERM).
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn empty_conf(world: &FakeWorld) -> PathBuf {
+    write_conf(world, "claude-sandbox.conf", "# defaults\n").unwrap()
+}
+
+/// Asserts `label` has `want` in a round; `why` says what the case is.
+fn expect(round: &BTreeMap<String, String>, label: &str, want: &str, why: &str) {
+    assert_eq!(
+        round.get(label).map(String::as_str),
+        Some(want),
+        "{label} ({why}): round {round:?}"
+    );
+}
+
+#[test]
+fn policy_routed_vpn_ranges_are_refused_at_launch_and_when_added_later() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().ipv6(true).build().unwrap();
+    let far: Vec<IpAddr> = [
+        "198.19.0.10",
+        "2001:db8:19::10",
+        "198.19.1.10",
+        "2001:db8:1a::10",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    let vpn = serve_in_inet(&world, &far, 80);
+    // Up before the launch: a range in table 100, selected by a `to` rule, both families.
+    for c in [
+        "route add 198.19.0.0/24 via 192.168.1.1 dev uplink0 table 100",
+        "rule add to 198.19.0.0/24 lookup 100",
+        "-6 route add 2001:db8:19::/48 via 2001:db8:1::1 dev uplink0 table 100",
+        "-6 rule add to 2001:db8:19::/48 lookup 100",
+    ] {
+        host_ip(&world, c);
+    }
+    let conf = empty_conf(&world);
+    let labels = ["vpn4", "vpn6", "new4", "new6", "public"];
+    let s = Session::start(
+        &world,
+        &conf,
+        &probe_script(&[
+            ("vpn4", "198.19.0.10/80"),
+            ("vpn6", "2001:db8:19::10/80"),
+            ("new4", "198.19.1.10/80"),
+            ("new6", "2001:db8:1a::10/80"),
+            ("public", "203.0.113.10/80"),
+        ]),
+    );
+    let r = s.round(&labels);
+    expect(
+        &r,
+        "vpn4",
+        "refused",
+        "IPv4 VPN range in table 100 at launch",
+    );
+    expect(
+        &r,
+        "vpn6",
+        "refused",
+        "IPv6 VPN range in table 100 at launch",
+    );
+    expect(&r, "new4", "ok", "not routed specially yet");
+    expect(&r, "new6", "ok", "not routed specially yet");
+    expect(&r, "public", "ok", "the internet");
+
+    s.stop();
+    for a in &far[..2] {
+        assert_eq!(hits_on(&vpn, *a), 0, "nothing reached {a} behind the VPN");
+    }
+}
+
+#[test]
+fn tables_selected_by_source_or_firewall_mark_are_refused() {
+    if !have_root() {
+        return;
+    }
+    // A rule's selector decides which traffic uses its table, not whether the table's networks
+    // are reachable from the host: pasta's connections are the host's own, and a source address
+    // (chosen by the kernel from the first lookup), a mark (set by the host's firewall) or an
+    // interface binding can put them under such a rule. So every table a rule selects counts.
+    let world = FakeWorld::builder().build().unwrap();
+    let far: Vec<IpAddr> = ["198.19.2.10", "198.19.3.10", "198.19.4.10"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let vpn = serve_in_inet(&world, &far, 80);
+    for c in [
+        // Source-based routing on the host's own address (multi-homed hosts, strongSwan).
+        "route add 198.19.2.0/24 via 192.168.1.1 table 101",
+        "rule add from 192.168.1.100 lookup 101",
+        // wg-quick and Mullvad mark their traffic; a rule on the mark picks the table.
+        "route add 198.19.3.0/24 via 192.168.1.1 table 102",
+        "rule add fwmark 0xca6c lookup 102",
+        // Input interface (forwarded traffic).
+        "route add 198.19.4.0/24 via 192.168.1.1 table 103",
+        "rule add iif uplink0 lookup 103",
+    ] {
+        host_ip(&world, c);
+    }
+    let conf = empty_conf(&world);
+    let script = probe_script(&[
+        ("from", "198.19.2.10/80"),
+        ("fwmark", "198.19.3.10/80"),
+        ("iif", "198.19.4.10/80"),
+        ("public", "203.0.113.10/80"),
+    ])
+    .replace("while true; do ", "")
+    .replace("sleep 0.05; done", "");
+    let out = run_jailed(&world, &conf, &script).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: BTreeMap<String, String> = stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    expect(
+        &r,
+        "from",
+        "refused",
+        &format!("`from` rule's table; {stderr}"),
+    );
+    expect(&r, "fwmark", "refused", "`fwmark` rule's table");
+    expect(&r, "iif", "refused", "`iif` rule's table");
+    expect(&r, "public", "ok", "the internet");
+    for a in &far {
+        assert_eq!(hits_on(&vpn, *a), 0, "nothing reached {a}");
+    }
+}
+
+#[test]
+fn anyip_local_ranges_are_the_hosts_own_and_refused() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().ipv6(true).build().unwrap();
+    // A service of the host on every address (dual-stack), as in the issue.
+    let any: SocketAddr = "[::]:8082".parse().unwrap();
+    let host_service = world
+        .in_host(|| Listener::tcp(any, Behaviour::Greet))
+        .unwrap()
+        .unwrap();
+    let host_service = Servers::start(vec![host_service]).unwrap();
+    host_ip(&world, "route add local 198.18.0.0/24 dev lo");
+    host_ip(&world, "-6 route add local 2001:db8:aa::/64 dev lo");
+    let conf = empty_conf(&world);
+    let labels = ["any4", "any6", "new4", "public"];
+    let s = Session::start(
+        &world,
+        &conf,
+        &probe_script(&[
+            ("any4", "198.18.0.5/8082"),
+            ("any6", "2001:db8:aa::5/8082"),
+            ("new4", "198.18.1.5/8082"),
+            ("public", "203.0.113.10/80"),
+        ]),
+    );
+    let r = s.round(&labels);
+    expect(
+        &r,
+        "any4",
+        "refused",
+        "an IPv4 AnyIP range is the host's own",
+    );
+    expect(
+        &r,
+        "any6",
+        "refused",
+        "an IPv6 AnyIP range is the host's own",
+    );
+    expect(&r, "public", "ok", "the internet");
+    // new4 is routed to the internet (and unanswered there: `failed`) until it is made local.
+    let t = Instant::now();
+    host_ip(&world, "route add local 198.18.1.0/24 dev lo");
+    s.wait_for("new4 refused", |l| l == "new4 refused");
+    let took = t.elapsed();
+    eprintln!("AnyIP route added: refused after {took:?}");
+    assert!(
+        took < WITHIN,
+        "the local route was followed only after {took:?}"
+    );
+    s.stop();
+    // (198.18.1.5 is left out: a connect admitted while it was the internet's, still sending
+    // SYNs when the route was added, may reach the service; new connects are refused.)
+    for a in ["198.18.0.5", "2001:db8:aa::5"] {
+        assert_eq!(
+            hits_on(&host_service, a.parse().unwrap()),
+            0,
+            "the host's service was not reached through {a}"
+        );
+    }
+}
