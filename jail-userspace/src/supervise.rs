@@ -5,8 +5,8 @@
 //!   SIGQUIT came from the terminal and reached the command directly, so they are ignored here;
 //! - SIGUSR1 reloads the jail from the conf its registry record names;
 //! - the jail's ring buffer of refusals is drained, aggregated and logged (never to the terminal);
-//! - rtnetlink address and route changes re-derive the host part of the deny set (debounced by
-//!   [`NETLINK_DEBOUNCE`], well inside the one second the issue allows).
+//! - rtnetlink link, address, route (any table) and rule changes re-derive the host part of the
+//!   deny set (debounced by [`NETLINK_DEBOUNCE`], well inside the one second the issue allows).
 use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::Path,
@@ -44,6 +44,10 @@ const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+// Rule changes (linux/rtnetlink.h, RTNLGRP_*): group numbers, joined with NETLINK_ADD_MEMBERSHIP
+// (RTNLGRP_IPV6_RULE has no RTMGRP_ mask).
+const RTNLGRP_IPV4_RULE: u32 = 8;
+const RTNLGRP_IPV6_RULE: u32 = 19;
 
 /// What the loop watches, besides the init.
 pub struct Watch<'a> {
@@ -253,7 +257,9 @@ fn refresh(j: &mut JailWatch, reread: bool, host_changed: bool) {
     let _ = events::append(&j.paths.events_log(), &[note]);
 }
 
-/// An rtnetlink socket subscribed to the host's address and route changes.
+/// An rtnetlink socket subscribed to the host's link, address, route and rule changes. Route
+/// notifications cover every table (a table that appears later included); rule notifications
+/// bring a table into the deny set when a rule starts selecting it ([`HostNet`]).
 pub fn netlink_socket() -> Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
     s.bind(&SocketAddr::new(
@@ -264,6 +270,9 @@ pub fn netlink_socket() -> Result<Socket> {
             | RTMGRP_IPV6_IFADDR
             | RTMGRP_IPV6_ROUTE,
     ))?;
+    for group in [RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE] {
+        s.add_membership(group)?;
+    }
     s.set_non_blocking(true)?;
     Ok(s)
 }

@@ -275,6 +275,49 @@ fn policy_routed_vpn_ranges_are_refused_at_launch_and_when_added_later() {
     expect(&r, "new6", "ok", "not routed specially yet");
     expect(&r, "public", "ok", "the internet");
 
+    // IPv4, mid-session: the route first, into a table no rule selects yet (nothing changes),
+    // then the rule that selects it: the rule change alone must reach the jail.
+    host_ip(&world, "route add 198.19.1.0/24 via 192.168.1.1 table 200");
+    let r = s.round(&labels);
+    expect(
+        &r,
+        "new4",
+        "ok",
+        "a table no rule selects is not the host's routing",
+    );
+    // Past the launcher's debounce: the refresh this route caused is done, and only the rule's
+    // own notification can bring the next one.
+    thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    host_ip(&world, "rule add to 198.19.1.0/24 lookup 200");
+    s.wait_for("new4 refused", |l| l == "new4 refused");
+    let took = t.elapsed();
+    eprintln!("IPv4 rule added: refused after {took:?}");
+    assert!(took < WITHIN, "the rule was followed only after {took:?}");
+
+    // IPv6, mid-session: the rule first, to a table that does not exist yet, then the table's
+    // first route: a table that appears after the launch.
+    host_ip(&world, "-6 rule add to 2001:db8:1a::/48 lookup 201");
+    let t = Instant::now();
+    host_ip(
+        &world,
+        "-6 route add 2001:db8:1a::/48 via 2001:db8:1::1 dev uplink0 table 201",
+    );
+    s.wait_for("new6 refused", |l| l == "new6 refused");
+    let took = t.elapsed();
+    eprintln!("IPv6 table appeared: refused after {took:?}");
+    assert!(
+        took < WITHIN,
+        "the new table was followed only after {took:?}"
+    );
+
+    // And back: the rule removed, the range is the internet's again.
+    host_ip(&world, "rule del to 198.19.1.0/24 lookup 200");
+    s.wait_for("new4 ok again", |l| l == "new4 ok");
+    let r = s.round(&labels);
+    expect(&r, "vpn4", "refused", "still");
+    expect(&r, "new6", "refused", "still");
+    expect(&r, "public", "ok", "the internet throughout");
     s.stop();
     for a in &far[..2] {
         assert_eq!(hits_on(&vpn, *a), 0, "nothing reached {a} behind the VPN");
