@@ -4,7 +4,9 @@
 //! - SIGTERM and SIGHUP are forwarded to the init, which passes them to the command; SIGINT and
 //!   SIGQUIT came from the terminal and reached the command directly, so they are ignored here;
 //! - SIGUSR1 reloads the jail from the conf its registry record names;
-//! - the jail's ring buffer of refusals is drained, aggregated and logged (never to the terminal);
+//! - the jail's ring buffer of refusals is drained, aggregated and logged (never to the terminal),
+//!   and each rise of the kernel's count of events the buffer could not hold is logged as a
+//!   `dropped` record;
 //! - rtnetlink link, address, route (any table) and rule changes re-derive the host part of the
 //!   deny set (debounced by [`NETLINK_DEBOUNCE`], well inside the one second the issue allows).
 use std::{
@@ -27,6 +29,7 @@ use nix::{
 };
 
 use crate::{
+    bpf::JailMaps,
     conf::Conf,
     events::{self, Aggregator, Record},
     hostnet::HostNet,
@@ -80,13 +83,17 @@ pub struct JailWatch {
 /// Waits for `child` (the init, or an unjailed command) and returns its exit status.
 pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
     let netlink = w.jail.as_mut().and_then(|j| j.netlink.take());
+    // The jail's pinned counters, for the events its ring buffer could not hold.
+    let mut counters = None;
     let mut next_flush = Instant::now() + FLUSH_EVERY;
     let mut host_changed: Option<Instant> = None;
     loop {
         if let Some(code) = reap(child)? {
             if let Some(j) = &mut w.jail {
+                // The init is reaped only after every process of its PID namespace is gone:
+                // nothing in the jail refuses anything after this last look.
                 drain(j);
-                flush(j);
+                flush(j, &mut counters);
             }
             return Ok(code);
         }
@@ -139,7 +146,7 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
             refresh(j, reload_asked, host_due);
         }
         if now >= next_flush {
-            flush(j);
+            flush(j, &mut counters);
             next_flush = now + FLUSH_EVERY;
         }
     }
@@ -184,9 +191,19 @@ fn drain(j: &mut JailWatch) {
     }
 }
 
-fn flush(j: &mut JailWatch) {
+/// Writes the window's records, then a `dropped` record if the kernel's count of events it could
+/// not queue has risen since the last look.
+fn flush(j: &mut JailWatch, counters: &mut Option<JailMaps>) {
     let policy = &j.policy;
-    let records = j.aggregator.flush(|rule| policy.describe(rule));
+    let mut records = j.aggregator.flush(|rule| policy.describe(rule));
+    if counters.is_none() {
+        // Opened once; until it opens, the drops stay counted in the kernel and are written at
+        // the next look that succeeds.
+        *counters = JailMaps::open(&j.paths.jail_pins(&j.id)).ok();
+    }
+    if let Some(c) = counters.as_ref().and_then(|m| m.counters().ok()) {
+        records.extend(j.aggregator.dropped_since(c.events_dropped));
+    }
     if let Err(e) = events::append(&j.paths.events_log(), &records) {
         // Not onto the session's terminal now; the counters still count.
         j.log_error.get_or_insert_with(|| format!("{e:#}"));

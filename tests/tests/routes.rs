@@ -1,6 +1,7 @@
 //! Every route the host has (issue 11), in the fake world: ranges the host reaches through
 //! policy routing (tables chosen by `ip rule`), its local (AnyIP) ranges, at launch and added
-//! while the jail runs.
+//! while the jail runs; and an audit trail that accounts for the events the kernel could not
+//! queue.
 //!
 //! The VPNs here are routes in tables of their own, selected by rules, the way Tailscale (table
 //! 52), strongSwan (220), wg-quick and NetworkManager install them. Their "far side" is an
@@ -8,8 +9,10 @@
 //! without the jail the range is reachable from the host (and was, from the jail, before).
 use std::{
     collections::BTreeMap,
+    fs,
     io::{BufRead, BufReader},
     net::{IpAddr, SocketAddr},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Stdio},
     sync::mpsc::{self, Receiver},
@@ -19,7 +22,7 @@ use std::{
 
 use jail_tests::{
     have_root,
-    jail::{claude_jail, run_jailed, write_conf},
+    jail::{claude_jail, host_root, run_jailed, write_conf},
     servers::{Behaviour, Listener, Servers},
     FakeWorld,
 };
@@ -444,4 +447,151 @@ fn anyip_local_ranges_are_the_hosts_own_and_refused() {
             "the host's service was not reached through {a}"
         );
     }
+}
+
+/// `claude-jail events --json --jail ID`, parsed.
+fn events_of(world: &FakeWorld, id: &str) -> Vec<serde_json::Value> {
+    let out = claude_jail(world, &["events", "--json", "--jail", id])
+        .unwrap()
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn sum_of(records: &[serde_json::Value], kind: &str) -> u64 {
+    records
+        .iter()
+        .filter(|r| r["kind"] == kind)
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_flood_that_overflows_the_event_buffer_is_accounted_for_in_the_log() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = empty_conf(&world);
+    let go_flood = world.dir().join("go-flood");
+    let go_scan = world.dir().join("go-scan");
+    // The flood: 20,000 refused UDP connects to one destination, far more than the ring buffer
+    // holds (256 KiB, 72 bytes an event). The launcher is stopped (SIGSTOP) while it runs, so
+    // that the buffer overflows whatever the machine's load, as it does for a faster flood on
+    // a busy host. Then, with the launcher running again, the attempt the flood would have
+    // buried: it must be in the log, and the log must count what it lost.
+    let script = format!(
+        "echo ready; while [ ! -e {flood} ]; do sleep 0.05; done; \
+         for i in $(seq 1 20000); do {{ exec 3<>/dev/udp/10.0.0.5/9; }} 2>/dev/null; done; \
+         echo flooded; while [ ! -e {scan} ]; do sleep 0.05; done; \
+         {{ exec 3<>/dev/tcp/172.16.0.5/4444; }} 2>/dev/null || echo refused-after; echo done",
+        flood = go_flood.display(),
+        scan = go_scan.display()
+    );
+    let s = Session::start(&world, &conf, &script);
+    s.wait_for("ready", |l| l == "ready");
+    nix::sys::signal::kill(s.launcher(), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    fs::write(&go_flood, "").unwrap();
+    s.wait_for("flooded", |l| l == "flooded");
+    let status = || -> serde_json::Value {
+        let out = claude_jail(&world, &["status", "--json"])
+            .unwrap()
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
+    };
+    let st = status();
+    let id = st["id"].as_str().unwrap().to_string();
+    let dropped_now = st["counters"]["events_dropped"].as_u64().unwrap();
+    assert!(
+        dropped_now > 10_000,
+        "the flood overflowed the ring buffer: {st}"
+    );
+    nix::sys::signal::kill(s.launcher(), nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    // The launcher writes the loss as soon as it sees the counter rise, while the jail runs.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let records = events_of(&world, &id);
+        if sum_of(&records, "dropped") == dropped_now {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `dropped` record counting {dropped_now} lost events within 5 s: {:?}",
+            records
+                .iter()
+                .filter(|r| r["kind"] != "refused")
+                .collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    fs::write(&go_scan, "").unwrap();
+    let seen = s.wait_for("done", |l| l == "done");
+    assert!(
+        seen.iter().any(|l| l == "refused-after"),
+        "172.16.0.5 is refused: {seen:?}"
+    );
+    let (_, stderr) = s.stop();
+
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("claude-jail: refused "))
+        .unwrap_or_else(|| panic!("no summary line: {stderr}"));
+    let refused: u64 = summary
+        .strip_prefix("claude-jail: refused ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(
+        refused, 20_001,
+        "the kernel refused every attempt: {summary}"
+    );
+
+    let records = events_of(&world, &id);
+    let (logged, suppressed, dropped) = (
+        sum_of(&records, "refused"),
+        sum_of(&records, "suppressed"),
+        sum_of(&records, "dropped"),
+    );
+    assert_eq!(
+        logged + suppressed + dropped,
+        refused,
+        "refused + suppressed + dropped in the log = the kernel's refused counter \
+         ({logged} + {suppressed} + {dropped})"
+    );
+    assert!(
+        dropped >= dropped_now,
+        "the loss is counted: {dropped} < {dropped_now}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "refused" && r["addr"] == "172.16.0.5" && r["port"] == 4444),
+        "the attempt after the flood is in the log one by one"
+    );
+    assert!(
+        summary.contains(&format!("{} not logged one by one", dropped + suppressed)),
+        "the summary says how many attempts were not logged one by one: {summary}"
+    );
+
+    // `claude-jail events` shows the loss.
+    let out = claude_jail(&world, &["events", "--jail", &id])
+        .unwrap()
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains(" dropped count=")),
+        "events shows the dropped record: {text}"
+    );
+
+    // The log's directory is root's alone.
+    let dir = host_root(&world).join("var/log/claude-jail");
+    let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{} is 0{mode:o}", dir.display());
 }
