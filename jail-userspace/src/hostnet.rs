@@ -124,7 +124,16 @@ impl HostNet {
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut req = RuleMessage::default();
             req.header.family = fam;
-            for msg in nl.dump("rule", RouteNetlinkMessage::GetRule(req))? {
+            let msgs = match nl.dump("rule", RouteNetlinkMessage::GetRule(req)) {
+                Ok(m) => m,
+                // The kernel has no rules for this family (IPv6 disabled at boot, or a kernel
+                // without policy routing): its main and local tables are all there is.
+                Err(HostNetError::Refused { code, .. }) if code.abs() == libc::EAFNOSUPPORT => {
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
+            for msg in msgs {
                 if let RouteNetlinkMessage::NewRule(r) = msg {
                     rules.push(r);
                 }
