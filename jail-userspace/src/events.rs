@@ -7,7 +7,9 @@
 //! A port scan of 10,000 attempts must not flood the disk or the terminal: identical attempts
 //! within a flush window become one record with a `count`, at most [`MAX_RECORDS_PER_FLUSH`]
 //! records are written per window, and what is left out is written as one `suppressed` record.
-//! The running session's terminal never gets these lines.
+//! Events the kernel could not queue (a full ring buffer) are counted by it; the launcher writes
+//! each rise of that counter as a `dropped` record, so that the log's counts add up to the
+//! kernel's refusals. The running session's terminal never gets these lines.
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
@@ -142,6 +144,10 @@ pub struct Aggregator {
     jail_pids: BTreeMap<u32, Option<u32>>,
     /// Refusals seen in total (for the launcher's exit summary).
     pub total: u64,
+    /// Refusals written only as a count in `suppressed` records, in total.
+    pub suppressed: u64,
+    /// Events the kernel dropped (its counter) that `dropped` records account for so far.
+    pub dropped: u64,
 }
 
 impl Aggregator {
@@ -151,7 +157,28 @@ impl Aggregator {
             pending: BTreeMap::new(),
             jail_pids: BTreeMap::new(),
             total: 0,
+            suppressed: 0,
+            dropped: 0,
         }
+    }
+
+    /// A `dropped` record for the events the kernel dropped since the last one, given its
+    /// counter (which only grows): a full ring buffer loses the events, never their count, and
+    /// the log says how many are missing.
+    pub fn dropped_since(&mut self, kernel_dropped: u64) -> Option<Record> {
+        let n = kernel_dropped
+            .checked_sub(self.dropped)
+            .filter(|&n| n > 0)?;
+        self.dropped = kernel_dropped;
+        Some(Record::note(
+            &self.jail,
+            "dropped",
+            n,
+            format!(
+                "{n} more refusals were not logged one by one: the kernel's event buffer was full \
+                 (the jail refused them all; the kernel counted them)"
+            ),
+        ))
     }
 
     pub fn add(&mut self, e: Event) {
@@ -205,6 +232,7 @@ impl Aggregator {
                 detail: None,
             });
         }
+        self.suppressed += suppressed;
         if suppressed > 0 {
             out.push(Record::note(
                 &self.jail,
@@ -217,13 +245,37 @@ impl Aggregator {
     }
 }
 
+/// The launcher's one line at the end of a session, when anything was refused: how many
+/// attempts, how many of them the log holds only as counts (`dropped`: lost from the full event
+/// buffer; `suppressed`: over the per-window cap), and how to read the log.
+pub fn summary(jail: &str, refused: u64, dropped: u64, suppressed: u64) -> Option<String> {
+    if refused == 0 {
+        return None;
+    }
+    let unlogged = dropped + suppressed;
+    let detail = if unlogged == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({unlogged} not logged one by one: {dropped} lost when the event buffer was full, \
+             {suppressed} over the log's rate cap; the log counts them)"
+        )
+    };
+    Some(format!(
+        "claude-jail: refused {refused} connection attempt{}{detail}; claude-jail events --jail {jail}",
+        if refused == 1 { "" } else { "s" }
+    ))
+}
+
 /// Appends records to the log, rotating it past [`MAX_LOG_BYTES`].
 pub fn append(log: &Path, records: &[Record]) -> Result<()> {
     if records.is_empty() {
         return Ok(());
     }
     if let Some(dir) = log.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        // Root-only, also when an older version made it 0755: the names in it (rotations) are
+        // nobody else's business, and the jailed user must not list them.
+        crate::state::private_dir(dir)?;
     }
     if fs::metadata(log)
         .map(|m| m.len() > MAX_LOG_BYTES)
@@ -560,6 +612,41 @@ mod tests {
     }
 
     #[test]
+    fn drops_are_recorded_once_each_with_their_count() {
+        let mut a = Aggregator::new("j");
+        assert!(
+            a.dropped_since(0).is_none(),
+            "nothing dropped, nothing written"
+        );
+        let r = a.dropped_since(2300).expect("a rise is recorded");
+        assert_eq!((r.kind.as_str(), r.count), ("dropped", 2300));
+        assert!(
+            a.dropped_since(2300).is_none(),
+            "the same drops are not counted twice"
+        );
+        assert_eq!(a.dropped_since(2310).map(|r| r.count), Some(10));
+        assert_eq!(a.dropped, 2310);
+        assert!(render(&r).contains("dropped count=2300"), "{}", render(&r));
+    }
+
+    #[test]
+    fn the_summary_says_how_many_attempts_were_not_logged_one_by_one() {
+        assert_eq!(summary("id", 0, 0, 0), None);
+        assert_eq!(
+            summary("id", 1, 0, 0).unwrap(),
+            "claude-jail: refused 1 connection attempt; claude-jail events --jail id"
+        );
+        let s = summary("id", 3_200_000, 2_300_000, 50).unwrap();
+        assert!(
+            s.contains(
+                "refused 3200000 connection attempts (2300050 not logged one by one: 2300000 lost"
+            ),
+            "{s}"
+        );
+        assert!(s.ends_with("--jail id"), "the id is the last word: {s}");
+    }
+
+    #[test]
     fn control_characters_are_escaped() {
         assert_eq!(escape("a\x1b[2Jb\n\\"), "a\\u{1b}[2Jb\\u{a}\\\\");
     }
@@ -676,6 +763,18 @@ mod tests {
         push(&log, "first\n");
         assert_eq!(lines_of(&mut t), ["first"]);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_log_directory_is_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cj-events-mode-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        append(&dir.join("events.jsonl"), &[refused("x")]).unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(mode, 0o700, "a 0755 log directory is made 0700");
     }
 
     #[test]

@@ -1,10 +1,20 @@
-//! The host's own network, read over rtnetlink: what the jail must not reach besides the default
-//! deny ranges. Every address of the host but loopback, every connected subnet, and every
-//! destination of a non-default route in the main table (a VPN, a site range in public space).
+//! The host's own network as the kernel routes it, read over rtnetlink: what the jail must not
+//! reach besides the default deny ranges.
 //!
-//! This reads the network namespace of the calling thread.
+//! - every address of the host but loopback, and every connected subnet;
+//! - the destination of every non-default route of every routing table that some `ip rule` can
+//!   send traffic to (a VPN, a site range in public space), whatever the rule's selectors
+//!   (`to`, `from`, `fwmark`, `iif`, `oif`, ...): Tailscale, strongSwan, wg-quick and
+//!   NetworkManager put their routes in tables of their own, selected by such rules. The main
+//!   and local tables always count. Blackhole, unreachable, prohibit and throw routes count too
+//!   (nothing is reachable there, so denying costs nothing) and so do broadcast routes;
+//! - every local (and anycast) route of those tables: `ip route add local 198.18.0.0/24 dev lo`
+//!   (AnyIP) makes the whole range the host's own address.
+//!
+//! See docs/design.md, "The host's network". This reads the network namespace of the calling
+//! thread.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -16,6 +26,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
+    rule::{RuleAction, RuleAttribute, RuleMessage},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -29,9 +40,14 @@ pub struct HostNet {
     /// The connected subnet of each address (`192.168.1.100/24` -> `192.168.1.0/24`), except
     /// where it is the address itself (a /32 or /128).
     pub subnets: Vec<(IpNet, String)>,
-    /// Destinations of the main table's routes, with their output device when there is one.
-    /// Default routes are left out, and so are routes shorter than /8 (see [`is_default_split`]).
+    /// Destinations of the routes of every table a rule can select (see the module
+    /// documentation), with their output device when there is one. Default routes are left
+    /// out, and so are routes shorter than /8 (see [`is_default_split`]).
     pub routes: Vec<(IpNet, Option<String>)>,
+    /// Destinations of local and anycast routes of those tables (AnyIP ranges): the host accepts
+    /// them as its own. Loopback and prefixes already in `addrs` are left out; shorter than /8
+    /// as for `routes`.
+    pub local: Vec<(IpNet, Option<String>)>,
     /// The routes left out as pieces of a default route, for `policy` to show.
     pub default_splits: Vec<(IpNet, Option<String>)>,
 }
@@ -49,8 +65,10 @@ pub enum HostNetError {
     Interrupted(&'static str),
 }
 
-/// The main routing table's id.
-const RT_TABLE_MAIN: u32 = netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN as u32;
+/// The main and local routing tables' ids (linux/rtnetlink.h): always read, whatever the rules
+/// say (they are the tables of a host without policy routing; denying is the safe side).
+const RT_TABLE_MAIN: u32 = 254;
+const RT_TABLE_LOCAL: u32 = 255;
 
 /// A route shorter than /8 is a piece of a default route (OpenVPN's `def1` adds 0.0.0.0/1 and
 /// 128.0.0.0/1; its IPv6 equivalent ::/3 and 2000::/4): denying it would deny most of the
@@ -102,19 +120,43 @@ impl HostNet {
                 }
             }
         }
+        let mut rules = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut req = RuleMessage::default();
+            req.header.family = fam;
+            let msgs = match nl.dump("rule", RouteNetlinkMessage::GetRule(req)) {
+                Ok(m) => m,
+                // The kernel has no rules for this family (IPv6 disabled at boot, or a kernel
+                // without policy routing): its main and local tables are all there is.
+                Err(HostNetError::Refused { code, .. }) if code.abs() == libc::EAFNOSUPPORT => {
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
+            for msg in msgs {
+                if let RouteNetlinkMessage::NewRule(r) = msg {
+                    rules.push(r);
+                }
+            }
+        }
+        let tables = Tables::of_rules(&rules);
         let mut routes = Vec::new();
+        let mut local = Vec::new();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut req = RouteMessage::default();
             req.header.address_family = fam;
+            // A dump without a table filter returns the routes of every table.
             for msg in nl.dump("route", RouteNetlinkMessage::GetRoute(req))? {
                 if let RouteNetlinkMessage::NewRoute(r) = msg {
-                    if let Some((net, oif)) = route_of(&r) {
-                        routes.push((net, oif.map(ifname)));
+                    match route_of(&r, &tables) {
+                        Some((RouteClass::Routed, net, oif)) => routes.push((net, oif.map(ifname))),
+                        Some((RouteClass::Local, net, oif)) => local.push((net, oif.map(ifname))),
+                        None => {}
                     }
                 }
             }
         }
-        Ok(HostNet::from_parts(addrs, routes))
+        Ok(HostNet::from_observed(addrs, routes, local))
     }
 
     /// Builds the lists from raw observations: `(local address, peer-or-local address,
@@ -122,6 +164,15 @@ impl HostNet {
     pub fn from_parts(
         addrs: Vec<(IpAddr, IpAddr, u8, String)>,
         routes: Vec<(IpNet, Option<String>)>,
+    ) -> HostNet {
+        HostNet::from_observed(addrs, routes, Vec::new())
+    }
+
+    /// [`HostNet::from_parts`] with the destinations of local routes too. Pure, for tests.
+    pub fn from_observed(
+        addrs: Vec<(IpAddr, IpAddr, u8, String)>,
+        routes: Vec<(IpNet, Option<String>)>,
+        local: Vec<(IpNet, Option<String>)>,
     ) -> HostNet {
         let mut out = HostNet::default();
         for (local, prefix_addr, len, ifname) in addrs {
@@ -136,26 +187,97 @@ impl HostNet {
                 out.subnets.push((subnet, ifname));
             }
         }
-        for (net, dev) in routes {
+        for (is_local, (net, dev)) in routes
+            .into_iter()
+            .map(|r| (false, r))
+            .chain(local.into_iter().map(|r| (true, r)))
+        {
             let net = net.trunc();
             if net.prefix_len() == 0 {
                 continue;
             }
             if is_default_split(&net) {
                 out.default_splits.push((net, dev));
-            } else if !subnet_overlaps_loopback(&net) {
+            } else if is_loopback(&net) || subnet_overlaps_loopback(&net) {
+                continue;
+            } else if !is_local {
                 out.routes.push((net, dev));
+            } else if !out.addrs.iter().any(|(a, _)| *a == net) {
+                // The local route of each address is the address again: kept once, as that.
+                out.local.push((net, dev));
             }
         }
         for v in [&mut out.addrs, &mut out.subnets] {
             v.sort();
             v.dedup();
         }
-        for v in [&mut out.routes, &mut out.default_splits] {
+        for v in [&mut out.routes, &mut out.local, &mut out.default_splits] {
             v.sort();
             v.dedup();
         }
         out
+    }
+}
+
+/// The routing tables traffic can be looked up in, per family: those some rule sends traffic to
+/// (`lookup N`, whatever selects the traffic: `to`, `from`, `fwmark`, `iif`, `oif`, `uidrange`,
+/// `not` ...), plus main and local. A selector narrows which traffic uses the table, not whether
+/// the table's networks are reachable from the host: pasta's connections are the host's own, and
+/// a mark, a source address or an interface binding can put them under any of these rules
+/// (wg-quick's `not fwmark` rule matches all unmarked traffic). A VRF rule (`l3mdev`) takes its
+/// table from the device: with one, every table counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tables {
+    v4: BTreeSet<u32>,
+    v6: BTreeSet<u32>,
+    all_v4: bool,
+    all_v6: bool,
+}
+
+impl Tables {
+    /// The tables the rules of a dump (both families) select.
+    pub fn of_rules(rules: &[RuleMessage]) -> Tables {
+        let mut t = Tables::default();
+        for v in [&mut t.v4, &mut t.v6] {
+            v.extend([RT_TABLE_MAIN, RT_TABLE_LOCAL]);
+        }
+        for r in rules {
+            let (set, all) = match r.header.family {
+                AddressFamily::Inet => (&mut t.v4, &mut t.all_v4),
+                AddressFamily::Inet6 => (&mut t.v6, &mut t.all_v6),
+                _ => continue,
+            };
+            if r.attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::L3MDev(true)))
+            {
+                *all = true;
+            }
+            if r.header.action != RuleAction::ToTable {
+                continue;
+            }
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RuleAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if table != 0 {
+                set.insert(table);
+            }
+        }
+        t
+    }
+
+    /// Whether a route of `table` (of `family`) can carry the host's traffic.
+    pub fn selects(&self, family: AddressFamily, table: u32) -> bool {
+        match family {
+            AddressFamily::Inet => self.all_v4 || self.v4.contains(&table),
+            AddressFamily::Inet6 => self.all_v6 || self.v6.contains(&table),
+            _ => false,
+        }
     }
 }
 
@@ -184,9 +306,19 @@ fn address_of(a: &AddressMessage) -> Option<(IpAddr, IpAddr, u8)> {
     Some((local, address.unwrap_or(local), a.header.prefix_len))
 }
 
-/// The destination and output interface of a route of the main table, unless it is a default
-/// route or a local, broadcast, anycast or multicast one.
-fn route_of(r: &RouteMessage) -> Option<(IpNet, Option<u32>)> {
+/// What a route makes of its destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RouteClass {
+    /// Reached through the host (unicast), or refused by it (blackhole, unreachable, prohibit,
+    /// throw), or its broadcast: a routed range.
+    Routed,
+    /// Delivered to the host itself (local, anycast): the host's own addresses.
+    Local,
+}
+
+/// The class, destination and output interface of a route of a table that `tables` selects,
+/// unless it is a default route or a multicast one (multicast is denied by default).
+fn route_of(r: &RouteMessage, tables: &Tables) -> Option<(RouteClass, IpNet, Option<u32>)> {
     let table = r
         .attributes
         .iter()
@@ -195,15 +327,14 @@ fn route_of(r: &RouteMessage) -> Option<(IpNet, Option<u32>)> {
             _ => None,
         })
         .unwrap_or(u32::from(r.header.table));
-    if table != RT_TABLE_MAIN {
+    if !tables.selects(r.header.address_family, table) {
         return None;
     }
-    if matches!(
-        r.header.kind,
-        RouteType::Local | RouteType::Broadcast | RouteType::Anycast | RouteType::Multicast
-    ) {
-        return None;
-    }
+    let class = match r.header.kind {
+        RouteType::Local | RouteType::Anycast => RouteClass::Local,
+        RouteType::Multicast => return None,
+        _ => RouteClass::Routed,
+    };
     let len = r.header.destination_prefix_length;
     if len == 0 {
         return None;
@@ -219,7 +350,7 @@ fn route_of(r: &RouteMessage) -> Option<(IpNet, Option<u32>)> {
         }
     }
     let net = IpNet::new(dst?, len).ok()?;
-    Some((net, oif))
+    Some((class, net, oif))
 }
 
 /// A NETLINK_ROUTE socket for dump requests.
@@ -367,6 +498,125 @@ mod tests {
         assert_eq!(splits, vec!["0.0.0.0/1", "128.0.0.0/1", "2000::/3"]);
     }
 
+    #[test]
+    fn local_routes_are_host_addresses_once() {
+        let h = HostNet::from_observed(
+            vec![(ip("192.168.1.100"), ip("192.168.1.100"), 24, "eth0".into())],
+            vec![(net("192.168.1.255/32"), Some("eth0".into()))],
+            vec![
+                (net("192.168.1.100/32"), Some("eth0".into())),
+                (net("198.18.0.0/24"), Some("lo".into())),
+                (net("2001:db8:aa::/64"), Some("lo".into())),
+                (net("127.0.0.0/8"), Some("lo".into())),
+                (net("127.0.0.1/32"), Some("lo".into())),
+                (net("::1/128"), Some("lo".into())),
+                (net("0.0.0.0/4"), Some("lo".into())),
+            ],
+        );
+        let local: Vec<_> = h.local.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(local, vec!["198.18.0.0/24", "2001:db8:aa::/64"]);
+        assert_eq!(
+            h.default_splits,
+            vec![(net("0.0.0.0/4"), Some("lo".into()))]
+        );
+        assert_eq!(
+            h.routes,
+            vec![(net("192.168.1.255/32"), Some("eth0".into()))]
+        );
+    }
+
+    #[test]
+    fn pastas_policy_denies_the_same_host_entries_as_the_jails() {
+        // pasta connects from the host: a range the host routes through a VPN table, or owns
+        // through an AnyIP route, must be refused to it as to the jail.
+        let h = HostNet::from_observed(
+            vec![],
+            vec![
+                (net("198.19.0.0/24"), Some("vpn0".into())),
+                (net("2001:db8:19::/48"), Some("vpn0".into())),
+            ],
+            vec![
+                (net("198.18.0.0/24"), Some("lo".into())),
+                (net("2001:db8:aa::/64"), Some("lo".into())),
+            ],
+        );
+        let conf = crate::conf::Conf::empty(std::path::Path::new("t"));
+        let (jail, pasta) = crate::launch::policies(&conf, &h, &[], &[]);
+        for a in [
+            "198.19.0.10",
+            "2001:db8:19::10",
+            "198.18.0.5",
+            "2001:db8:aa::5",
+        ] {
+            for (who, p) in [("jail", &jail), ("pasta", &pasta)] {
+                assert!(
+                    !p.decide(ip(a), 80, jail_common::PROTO_TCP).allowed,
+                    "{who} may not reach {a}"
+                );
+            }
+        }
+    }
+
+    fn rule(
+        family: AddressFamily,
+        action: RuleAction,
+        table: u8,
+        attrs: Vec<RuleAttribute>,
+    ) -> RuleMessage {
+        let mut r = RuleMessage::default();
+        r.header.family = family;
+        r.header.action = action;
+        r.header.table = table;
+        r.attributes = attrs;
+        r
+    }
+
+    #[test]
+    fn rules_select_tables_per_family() {
+        use AddressFamily::{Inet, Inet6};
+        let t = Tables::of_rules(&[
+            rule(Inet, RuleAction::ToTable, 52, vec![]),
+            rule(
+                Inet,
+                RuleAction::ToTable,
+                0,
+                vec![RuleAttribute::Table(1000)],
+            ),
+            rule(Inet, RuleAction::Goto, 0, vec![RuleAttribute::Goto(5)]),
+            rule(Inet, RuleAction::Blackhole, 60, vec![]),
+            rule(
+                Inet6,
+                RuleAction::ToTable,
+                220,
+                vec![RuleAttribute::FwMark(1)],
+            ),
+        ]);
+        for (f, n, want) in [
+            (Inet, 254, true),
+            (Inet, 255, true),
+            (Inet6, 254, true),
+            (Inet, 52, true),
+            (Inet, 1000, true),
+            (Inet, 60, false),
+            (Inet, 220, false),
+            (Inet6, 220, true),
+            (Inet6, 52, false),
+        ] {
+            assert_eq!(t.selects(f, n), want, "family {f:?} table {n}");
+        }
+        let vrf = Tables::of_rules(&[rule(
+            Inet,
+            RuleAction::ToTable,
+            0,
+            vec![RuleAttribute::L3MDev(true)],
+        )]);
+        assert!(
+            vrf.selects(Inet, 7),
+            "an l3mdev rule makes every table count"
+        );
+        assert!(!vrf.selects(Inet6, 7));
+    }
+
     /// Runs `ip ARGS` in the calling thread's network namespace (a child inherits it).
     fn ip_cmd(args: &str) -> Result<(), String> {
         let out = Command::new("ip")
@@ -421,6 +671,25 @@ mod tests {
                 "route add default via 10.9.0.2",
                 "route add 203.0.113.0/24 dev v0 table 100",
                 "-6 route add 2001:db8:77::/48 via fd00:9::2",
+                // Policy routing: tables selected by `to`, `from`, `fwmark` and `iif` rules,
+                // and an IPv6 one; table 100 above has no rule.
+                "route add 198.19.1.0/24 via 10.9.0.2 table 101",
+                "rule add to 198.19.1.0/24 lookup 101",
+                "route add 198.19.2.0/24 via 10.9.0.2 table 102",
+                "rule add from 10.9.0.1 lookup 102",
+                "route add 198.19.3.0/24 via 10.9.0.2 table 103",
+                "rule add fwmark 0xca6c lookup 103",
+                "route add 198.19.4.0/24 via 10.9.0.2 table 104",
+                "rule add iif v0 lookup 104",
+                "-6 route add 2001:db8:88::/48 via fd00:9::2 table 105",
+                "-6 rule add to 2001:db8:88::/48 lookup 105",
+                // An IPv4 rule selects no IPv6 table of the same number.
+                "-6 route add 2001:db8:99::/48 via fd00:9::2 table 101",
+                // AnyIP, and what the host cannot reach.
+                "route add local 198.18.5.0/24 dev lo",
+                "-6 route add local 2001:db8:aa::/64 dev lo",
+                "route add blackhole 198.19.9.0/24",
+                "route add unreachable 198.19.10.0/24 table 101",
             ] {
                 ip_cmd(c)?;
             }
@@ -474,9 +743,42 @@ mod tests {
                 "route {n} via {d} in {routes:?}"
             );
         }
+        for (n, d) in [
+            ("198.19.1.0/24", Some("v0")),
+            ("198.19.2.0/24", Some("v0")),
+            ("198.19.3.0/24", Some("v0")),
+            ("198.19.4.0/24", Some("v0")),
+            ("2001:db8:88::/48", Some("v0")),
+            ("198.19.9.0/24", None),
+            ("198.19.10.0/24", None),
+            ("10.9.255.255/32", Some("v0")),
+        ] {
+            assert!(
+                routes.contains(&(n.to_string(), d.map(str::to_string))),
+                "route {n} (table a rule selects, or blackhole/unreachable/broadcast) in {routes:?}"
+            );
+        }
         assert!(
             !routes.iter().any(|(n, _)| n == "203.0.113.0/24"),
-            "table 100 is not the main table"
+            "no rule selects table 100"
+        );
+        assert!(
+            !routes.iter().any(|(n, _)| n == "2001:db8:99::/48"),
+            "an IPv4 rule selects no IPv6 table"
+        );
+        let local: Vec<_> = h.local.iter().map(|(n, _)| n.to_string()).collect();
+        for n in ["198.18.5.0/24", "2001:db8:aa::/64"] {
+            assert!(local.contains(&n.to_string()), "AnyIP {n} in {local:?}");
+        }
+        assert!(
+            !local
+                .iter()
+                .any(|n| n.starts_with("127.") || n == "::1/128"),
+            "no loopback: {local:?}"
+        );
+        assert!(
+            !local.contains(&"10.9.0.1/32".to_string()),
+            "an address's own local route is the address, kept once: {local:?}"
         );
         assert!(
             !routes.iter().any(|(n, _)| n == "0.0.0.0/0"),

@@ -346,17 +346,16 @@ fn launch(args: RunArgs) -> Result<i32> {
     init.started()?;
     let code = supervise::run(init.pid, &mut watch)?;
     built.init = None;
-    let refused = jail_maps.counters().map(|c| c.total_refused()).unwrap_or(0);
+    let counters = jail_maps.counters().unwrap_or_default();
+    let suppressed = watch.jail.as_ref().map_or(0, |j| j.aggregator.suppressed);
     let log_error = watch.jail.as_mut().and_then(|j| j.log_error.take());
     drop(built);
     if let Some(e) = log_error {
         eprintln!("claude-jail: warning: some refusals could not be written to the event log: {e}");
     }
-    if refused > 0 {
-        eprintln!(
-            "claude-jail: refused {refused} connection attempt{}; claude-jail events --jail {id}",
-            if refused == 1 { "" } else { "s" }
-        );
+    let refused = counters.total_refused();
+    if let Some(line) = events::summary(&id, refused, counters.events_dropped, suppressed) {
+        eprintln!("{line}");
     }
     Ok(code)
 }

@@ -104,6 +104,10 @@ pub enum Source {
     HostRoute {
         dev: Option<String>,
     },
+    /// A local route's range (AnyIP): the host's own addresses.
+    HostLocal {
+        dev: Option<String>,
+    },
     /// A DNS resolver of the host (pasta's own policy).
     Resolver,
     /// Added by claude-jail itself; the text says why.
@@ -119,6 +123,8 @@ impl fmt::Display for Source {
             Source::HostSubnet { ifname } => write!(f, "host subnet of {ifname}"),
             Source::HostRoute { dev: Some(d) } => write!(f, "host route via {d}"),
             Source::HostRoute { dev: None } => f.write_str("host route"),
+            Source::HostLocal { dev: Some(d) } => write!(f, "host local route on {d}"),
+            Source::HostLocal { dev: None } => f.write_str("host local route"),
             Source::Resolver => f.write_str("host DNS resolver"),
             Source::Builtin(why) => write!(f, "builtin: {why}"),
         }
@@ -412,7 +418,7 @@ pub struct Policy {
 
 impl Policy {
     /// The jail's policy: loopback, the conf's allows, the default and conf denies, then the
-    /// host's addresses, connected subnets and routes.
+    /// host's addresses, connected subnets, routes and local (AnyIP) ranges.
     pub fn build(conf: &Conf, host: &HostNet) -> Policy {
         let conf_src = |line| Source::Conf {
             path: conf.path.clone(),
@@ -457,6 +463,10 @@ impl Policy {
             .chain(host.routes.iter().map(|(net, dev)| {
                 let dev = dev.clone();
                 (*net, Source::HostRoute { dev })
+            }))
+            .chain(host.local.iter().map(|(net, dev)| {
+                let dev = dev.clone();
+                (*net, Source::HostLocal { dev })
             }));
         let mut skipped = Vec::new();
         for (net, source) in host_denies {
@@ -880,6 +890,28 @@ mod tests {
 
     fn allowed(p: &Policy, a: &str, port: u16, proto: u8) -> bool {
         p.decide(ip(a), port, proto).allowed
+    }
+
+    #[test]
+    fn anyip_local_ranges_are_denied_as_the_hosts_own() {
+        let h = HostNet::from_observed(
+            vec![],
+            vec![],
+            vec![
+                (net("198.18.0.0/24"), Some("lo".into())),
+                (net("2001:db8:aa::/64"), Some("lo".into())),
+            ],
+        );
+        let p = Policy::build(&conf(""), &h);
+        for a in ["198.18.0.5", "2001:db8:aa::5"] {
+            let d = p.decide(ip(a), 8082, PROTO_TCP);
+            assert!(!d.allowed, "{a} is the host's own (AnyIP)");
+        }
+        assert!(p
+            .rules()
+            .iter()
+            .any(|r| r.source.to_string() == "host local route on lo"));
+        assert!(allowed(&p, "198.18.1.5", 80, PROTO_TCP));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! /sys/fs/bpf/claude-jail/<id>/pasta/     pinned maps and links of pasta's policy
 //! <cgroup2>/claude-jail/<id>/jail         the command's cgroup
 //! <cgroup2>/claude-jail/<id>/pasta        pasta's cgroup
-//! /var/log/claude-jail/events.jsonl       the audit trail (size-capped, one rotation)
+//! /var/log/claude-jail/                   root-only (0700, made so at each write)
+//!   events.jsonl                          the audit trail (0600, size-capped, one rotation)
 //! ```
 //!
 //! Everything is under fixed, root-owned paths: the jailed user can read none of it and write

@@ -4,9 +4,11 @@
 //! - SIGTERM and SIGHUP are forwarded to the init, which passes them to the command; SIGINT and
 //!   SIGQUIT came from the terminal and reached the command directly, so they are ignored here;
 //! - SIGUSR1 reloads the jail from the conf its registry record names;
-//! - the jail's ring buffer of refusals is drained, aggregated and logged (never to the terminal);
-//! - rtnetlink address and route changes re-derive the host part of the deny set (debounced by
-//!   [`NETLINK_DEBOUNCE`], well inside the one second the issue allows).
+//! - the jail's ring buffer of refusals is drained, aggregated and logged (never to the terminal),
+//!   and each rise of the kernel's count of events the buffer could not hold is logged as a
+//!   `dropped` record;
+//! - rtnetlink link, address, route (any table) and rule changes re-derive the host part of the
+//!   deny set (debounced by [`NETLINK_DEBOUNCE`], well inside the one second the issue allows).
 use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::Path,
@@ -27,6 +29,7 @@ use nix::{
 };
 
 use crate::{
+    bpf::JailMaps,
     conf::Conf,
     events::{self, Aggregator, Record},
     hostnet::HostNet,
@@ -44,6 +47,10 @@ const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+// Rule changes (linux/rtnetlink.h, RTNLGRP_*): group numbers, joined with NETLINK_ADD_MEMBERSHIP
+// (RTNLGRP_IPV6_RULE has no RTMGRP_ mask).
+const RTNLGRP_IPV4_RULE: u32 = 8;
+const RTNLGRP_IPV6_RULE: u32 = 19;
 
 /// What the loop watches, besides the init.
 pub struct Watch<'a> {
@@ -76,13 +83,17 @@ pub struct JailWatch {
 /// Waits for `child` (the init, or an unjailed command) and returns its exit status.
 pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
     let netlink = w.jail.as_mut().and_then(|j| j.netlink.take());
+    // The jail's pinned counters, for the events its ring buffer could not hold.
+    let mut counters = None;
     let mut next_flush = Instant::now() + FLUSH_EVERY;
     let mut host_changed: Option<Instant> = None;
     loop {
         if let Some(code) = reap(child)? {
             if let Some(j) = &mut w.jail {
+                // The init is reaped only after every process of its PID namespace is gone:
+                // nothing in the jail refuses anything after this last look.
                 drain(j);
-                flush(j);
+                flush(j, &mut counters);
             }
             return Ok(code);
         }
@@ -135,7 +146,7 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
             refresh(j, reload_asked, host_due);
         }
         if now >= next_flush {
-            flush(j);
+            flush(j, &mut counters);
             next_flush = now + FLUSH_EVERY;
         }
     }
@@ -180,9 +191,19 @@ fn drain(j: &mut JailWatch) {
     }
 }
 
-fn flush(j: &mut JailWatch) {
+/// Writes the window's records, then a `dropped` record if the kernel's count of events it could
+/// not queue has risen since the last look.
+fn flush(j: &mut JailWatch, counters: &mut Option<JailMaps>) {
     let policy = &j.policy;
-    let records = j.aggregator.flush(|rule| policy.describe(rule));
+    let mut records = j.aggregator.flush(|rule| policy.describe(rule));
+    if counters.is_none() {
+        // Opened once; until it opens, the drops stay counted in the kernel and are written at
+        // the next look that succeeds.
+        *counters = JailMaps::open(&j.paths.jail_pins(&j.id)).ok();
+    }
+    if let Some(c) = counters.as_ref().and_then(|m| m.counters().ok()) {
+        records.extend(j.aggregator.dropped_since(c.events_dropped));
+    }
     if let Err(e) = events::append(&j.paths.events_log(), &records) {
         // Not onto the session's terminal now; the counters still count.
         j.log_error.get_or_insert_with(|| format!("{e:#}"));
@@ -253,7 +274,9 @@ fn refresh(j: &mut JailWatch, reread: bool, host_changed: bool) {
     let _ = events::append(&j.paths.events_log(), &[note]);
 }
 
-/// An rtnetlink socket subscribed to the host's address and route changes.
+/// An rtnetlink socket subscribed to the host's link, address, route and rule changes. Route
+/// notifications cover every table (a table that appears later included); rule notifications
+/// bring a table into the deny set when a rule starts selecting it ([`HostNet`]).
 pub fn netlink_socket() -> Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
     s.bind(&SocketAddr::new(
@@ -264,6 +287,9 @@ pub fn netlink_socket() -> Result<Socket> {
             | RTMGRP_IPV6_IFADDR
             | RTMGRP_IPV6_ROUTE,
     ))?;
+    for group in [RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE] {
+        s.add_membership(group)?;
+    }
     s.set_non_blocking(true)?;
     Ok(s)
 }
