@@ -70,6 +70,31 @@ pub enum Command {
     },
     /// Remove the state of jails whose launcher is gone.
     Gc,
+    /// Start a fresh jail and audit it from inside and out: the programs attached to its cgroup,
+    /// the command's capabilities empty, the kernel's maps equal to the conf's policy, one
+    /// refused connect per denied range (EPERM before any packet), DNS resolving.
+    Verify {
+        /// Configuration file (default: $CLAUDE_SANDBOX_CONF, else /etc/claude-sandbox.conf).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Run the jail as USER (root only; default: the user behind sudo).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// The name to resolve through the jail's DNS.
+        #[arg(long, value_name = "NAME", default_value = "example.com")]
+        resolve: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The inside half of `verify` (runs in the jail as the user).
+    #[command(hide = true)]
+    VerifyInside {
+        #[arg(long)]
+        resolve: String,
+        #[arg(long)]
+        refused: Vec<String>,
+    },
     /// Whether a jail can start here: one line per prerequisite, each failure with its fix.
     /// Exit 0 only when a jail can start.
     Check {
@@ -145,6 +170,13 @@ pub fn main() -> ExitCode {
         }
         Command::Gc => crate::status::gc_command(),
         Command::Check { config, json } => crate::check::command(config, json),
+        Command::Verify {
+            config,
+            user,
+            resolve,
+            json,
+        } => crate::verify::command(config, user, &resolve, json),
+        Command::VerifyInside { resolve, refused } => crate::verify::inside(&resolve, &refused),
     };
     match result {
         Ok(code) => code,

@@ -18,6 +18,7 @@
 //! - [`supervise`]: the launcher's loop while the command runs (signals, events, host changes);
 //! - [`events`], [`reload`], [`status`]: the audit trail, live policy updates, the jail list;
 //! - [`check`]: `claude-jail check`, every prerequisite of a launch tried and reported;
+//! - [`verify`]: `claude-jail verify`, an auditor's table from inside a fresh jail;
 //! - [`gc`]: removing what a launcher that is gone left behind;
 //! - [`sys`]: the few system calls that need `unsafe`;
 //! - [`cli`]: the command line.
@@ -45,3 +46,4 @@ pub mod status;
 pub mod supervise;
 pub mod sys;
 pub mod user;
+pub mod verify;

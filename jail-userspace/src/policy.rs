@@ -295,6 +295,13 @@ impl MapEntries {
             })
     }
 
+    /// 16 hex digits of the SHA-256 of these entries (rule ids included), as [`Policy::digest`]:
+    /// `claude-jail verify` compares what the kernel's maps hold with what the launch compiled.
+    pub fn digest(&self) -> String {
+        let h = Sha256::digest(self.canonical().as_bytes());
+        h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
     /// A canonical text form, one entry per line: what [`Policy::digest`] hashes.
     fn canonical(&self) -> String {
         use fmt::Write;
@@ -549,8 +556,7 @@ impl Policy {
     /// 16 hex digits of the SHA-256 of the map entries (rule ids included): equal digests mean
     /// equal maps.
     pub fn digest(&self) -> String {
-        let h = Sha256::digest(self.entries.canonical().as_bytes());
-        h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        self.entries.digest()
     }
 
     fn compile(&self) -> MapEntries {

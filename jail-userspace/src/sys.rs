@@ -97,6 +97,51 @@ pub fn local_time(secs: i64) -> String {
     }
 }
 
+/// How many programs are attached to the cgroup `cgroup` for `attach_type` (the kernel's enum
+/// bpf_attach_type), by BPF_PROG_QUERY. Used by `claude-jail verify`.
+pub fn prog_query_count(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    attach_type: u32,
+) -> Result<u32, Errno> {
+    // The `query` member of the kernel's union bpf_attr (include/uapi/linux/bpf.h), up to
+    // `revision`; the kernel requires every byte it does not know to be zero.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let mut ids = [0u32; 64];
+    let mut q = Query {
+        target_fd: std::os::fd::AsRawFd::as_raw_fd(&cgroup) as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `q` is a zero-padded bpf_attr prefix that lives across the call, its size is
+    // passed, and `prog_ids` points at `ids`, which holds `prog_cnt` entries the kernel may fill.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &mut q as *mut Query,
+            std::mem::size_of::<Query>(),
+        )
+    };
+    Errno::result(r).map(|_| q.prog_cnt)
+}
+
 /// Installs a seccomp filter on the calling thread. The caller has set no_new_privs.
 pub fn install_seccomp(filter: &[libc::sock_filter]) -> Result<(), Errno> {
     let prog = libc::sock_fprog {

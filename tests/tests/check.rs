@@ -210,3 +210,74 @@ fn usage_errors_and_status_speak_as_the_rest_of_the_tool() {
         "the start time is a date, not Unix seconds: {status}"
     );
 }
+
+/// `claude-jail verify` (issue 12, item 5): from inside a fresh jail, every line ok: the five
+/// programs attached, no capability, the kernel's maps equal to the compiled policy, each denied
+/// range refused with EPERM before any packet (the fake LAN sees nothing), DNS resolving; a
+/// range the conf allows is not probed.
+#[test]
+fn verify_audits_a_fresh_jail_from_inside_and_out() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = write_conf(&world, "claude-sandbox.conf", "allow-ip = 172.16.0.1\n").unwrap();
+    let conf = conf.display().to_string();
+    let capture = world.capture().unwrap();
+    let out = claude_jail(
+        &world,
+        &[
+            "verify",
+            "--config",
+            &conf,
+            "--user",
+            "nobody",
+            "--resolve",
+            "public.test.example",
+        ],
+    )
+    .unwrap()
+    .output()
+    .unwrap();
+    let o = String::from_utf8_lossy(&out.stdout);
+    let e = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- verify:\n{o}\n{e}");
+    assert!(out.status.success(), "verified: {o}\n{e}");
+    for name in [
+        "capabilities",
+        "programs",
+        "policy",
+        "dns",
+        "refuse 10/8",
+        "refuse 10/8 (UDP)",
+        "refuse 192.168/16",
+        "refuse 169.254.169.254 (cloud metadata)",
+        "refuse fc00::/7 (ULA)",
+        "refuse ::ffff:10.0.0.1 (IPv4-mapped)",
+    ] {
+        assert!(
+            o.lines().any(|l| l.starts_with(&format!("ok    {name}: "))),
+            "an ok line for {name}: {o}"
+        );
+    }
+    assert!(
+        o.contains("refuse 172.16/12: 172.16.0.1:80 is allowed by the conf: not probed"),
+        "a range the conf allows is not probed: {o}"
+    );
+    assert!(
+        o.contains("EPERM, before any packet"),
+        "refusals are EPERM: {o}"
+    );
+    let packets = capture.packets();
+    let probed: Vec<std::net::IpAddr> =
+        ["10.0.0.1", "192.168.0.1", "169.254.169.254", "100.64.0.1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+    assert!(
+        packets.iter().all(|p| !probed.contains(&p.dst)),
+        "no probe packet left the jail: {packets:?}"
+    );
+    assert!(leftovers(&world, &[]).is_empty(), "the verify jail is gone");
+}
