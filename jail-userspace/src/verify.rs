@@ -283,7 +283,7 @@ pub fn inside(resolve: &str, refused: &[String]) -> Result<ExitCode> {
     };
     let caps: Vec<String> = ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
         .iter()
-        .filter(|k| field(k).trim_start_matches('0') != "")
+        .filter(|k| !field(k).trim_start_matches('0').is_empty())
         .map(|k| format!("{k} {}", field(k)))
         .collect();
     say(
