@@ -291,7 +291,8 @@ fn setup_mounts(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Covers one broker path. The path is opened without following a final symlink and its type
+/// Covers one broker path, or pins a directory above one ([`Kind::Pin`]; [`mask::plan`] puts the
+/// pins first). The path is opened without following a final symlink and its type
 /// checked, and the mount goes onto that very file (/proc/self/fd/N): a path the user swapped
 /// for a symlink since the launcher looked cannot redirect the mount. A path that is gone, or
 /// no longer what it was, has nothing left to hide.
@@ -402,6 +403,18 @@ fn apply_mask(m: &Mask) -> Result<()> {
                 .with_context(|| format!("keep {} (allow-socket)", rel.display()))?;
             }
             ro(&root, MsFlags::empty())?;
+        }
+        Kind::Pin if fmt == libc::S_IFDIR => {
+            // Onto itself, recursively (what is mounted below stays visible): a mount point the
+            // jail cannot rename or remove. It stays writable: only its name is fixed.
+            mount(
+                Some(&here),
+                &here,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .context("bind the directory onto itself")?;
         }
         _ => {}
     }

@@ -30,6 +30,9 @@ pub enum Kind {
     Socket,
     /// A directory of sockets: an empty read-only tmpfs is mounted over it.
     Dir,
+    /// A directory above a masked path that the user could rename: bound onto itself, so that
+    /// it is a mount point in the jail, which the kernel refuses to rename or remove (EBUSY).
+    Pin,
 }
 
 /// One path to cover in the jail's mount namespace.
@@ -126,7 +129,63 @@ pub fn plan(target: &Target, keep: &[PathBuf]) -> Vec<Mask> {
         .map(|(p, k, w)| (resolve_parent(&p), k, w))
         .collect();
     let keep: Vec<PathBuf> = keep.iter().map(|p| resolve_parent(&normalize(p))).collect();
-    select(found, &keep)
+    let masks = select(found, &keep);
+    let mut out = pins(&masks, |dir| user_may_write(dir, target));
+    out.extend(masks);
+    out
+}
+
+/// The directories to pin so that no masked path can be moved from inside the jail: every
+/// directory above a masked path whose parent directory the user may write (`may_write`),
+/// shallowest first (a pin is a bind mount of the directory onto itself, and must go on before
+/// the mounts below it). The masked paths themselves are mount points already.
+///
+/// Why: a mask is taken by path at each launch. Were `~/.ssh` movable in the jail, the agent
+/// could rename it (`mv ~/.ssh ~/.cfg-ssh`); the socket masked by this launch would then sit at a
+/// path the next launch never scans, and be reachable there. A mount point cannot be renamed or
+/// removed (EBUSY), and a hard link across mounts is refused (EXDEV): every name a masked socket
+/// had at launch still names it at the next launch.
+pub fn pins(masks: &[Mask], may_write: impl Fn(&Path) -> bool) -> Vec<Mask> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for m in masks {
+        for a in m.path.ancestors().skip(1) {
+            let Some(parent) = a.parent() else { break };
+            if masks.iter().any(|o| o.path == a) || dirs.iter().any(|d| d == a) {
+                continue;
+            }
+            if may_write(parent) {
+                dirs.push(a.to_path_buf());
+            }
+        }
+    }
+    dirs.sort();
+    dirs.into_iter()
+        .map(|path| Mask {
+            path,
+            kind: Kind::Pin,
+            what: "directory above a masked socket",
+            keep: Vec::new(),
+        })
+        .collect()
+}
+
+/// Whether `target` may write in `dir` (create, rename or remove its entries), by its mode bits:
+/// owner, then group (primary or supplementary), then others. Root may write anywhere.
+fn user_may_write(dir: &Path, target: &Target) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(st) = fs::symlink_metadata(dir) else {
+        return false;
+    };
+    let mode = st.mode();
+    if target.uid == 0 {
+        true
+    } else if st.uid() == target.uid {
+        mode & 0o200 != 0
+    } else if st.gid() == target.gid || target.groups.contains(&st.gid()) {
+        mode & 0o020 != 0
+    } else {
+        mode & 0o002 != 0
+    }
 }
 
 /// The paths that stay reachable: every `allow-socket` of the conf, and the ssh agent socket
@@ -412,6 +471,37 @@ mod tests {
         assert_eq!(m[0].keep, vec![PathBuf::from("podman.sock")]);
         assert_eq!(m[1].path, Path::new("/tmp/tmux-1000"));
         assert!(m[1].keep.is_empty());
+    }
+
+    #[test]
+    fn directories_the_user_could_rename_above_a_mask_are_pinned_shallowest_first() {
+        let mask = |p: &str, kind| Mask {
+            path: p.into(),
+            kind,
+            what: "",
+            keep: vec![],
+        };
+        let masks = vec![
+            mask("/home/u/.ssh/cm-a", Kind::Socket),
+            mask("/home/u/.ssh/sockets", Kind::Dir),
+            mask("/tmp/tmux-1000", Kind::Dir),
+            mask("/home/u/w/x/y.sock", Kind::Socket),
+        ];
+        // The user may write in their home and below, and in /tmp; not in /home or /.
+        let writable = |d: &Path| d.starts_with("/home/u") || d == Path::new("/tmp");
+        let p = pins(&masks, writable);
+        let paths: Vec<&Path> = p.iter().map(|m| m.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                Path::new("/home/u/.ssh"),
+                Path::new("/home/u/w"),
+                Path::new("/home/u/w/x"),
+            ],
+            "/tmp/tmux-1000 is a mount point itself; /home/u sits in /home, which the user \
+             cannot write"
+        );
+        assert!(p.iter().all(|m| m.kind == Kind::Pin));
     }
 
     #[test]

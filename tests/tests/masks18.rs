@@ -1,0 +1,162 @@
+//! Issue 18: masks that hold from one session to the next, and the launcher around the jail.
+//!
+//! Safety: every script runs in the world's host namespaces plus a private mount namespace with
+//! tmpfs over /run and /tmp and a private /etc/passwd that adds the test's user (`cjt18`, uid
+//! 61018, home /tmp/home/cjt18): nothing touches the real filesystem or the real user database.
+//! The only sockets connected are the test's own unix listeners.
+use std::{
+    collections::HashMap,
+    process::{Output, Stdio},
+};
+
+use jail_tests::{have_root, jail::claude_jail_bin, pasta::locate_pasta, FakeWorld};
+
+/// Shared set-up, sourced by every script: binaries copied out of /tmp, tmpfs over /run and
+/// /tmp, the user `cjt18` with a home and ~/.ssh, a conf, `listen PATH NAME UID` (a socat
+/// listener answering `reached-NAME`), `reach PATH` (prints `reached-NAME` or `refused`), and
+/// `J` (claude-jail). `$1`: claude-jail.
+const PRELUDE: &str = r#"
+set -u
+mount -t tmpfs -o mode=0755 cjt-bin /mnt || exit 1
+cp "$1" /mnt/claude-jail || exit 1
+P=$(readlink -f "$CLAUDE_JAIL_PASTA")
+cp "$P" /mnt/passt || exit 1
+[ -e "$P.avx2" ] && { cp "$P.avx2" /mnt/passt.avx2; ln -s passt.avx2 /mnt/pasta.avx2; }
+ln -s passt /mnt/pasta
+export CLAUDE_JAIL_PASTA=/mnt/pasta
+J=/mnt/claude-jail
+mount -t tmpfs -o mode=0755 cjt-run /run || exit 1
+mount -t tmpfs -o mode=1777 cjt-tmp /tmp || exit 1
+mkdir -m 0700 /run/claude-jail && mkdir -m 0755 /run/user /run/lock || exit 1
+U=61018
+H=/tmp/home/cjt18
+cp /etc/passwd /run/passwd18 && echo "cjt18:x:$U:$U:cjt18:$H:/bin/sh" >> /run/passwd18
+cp /etc/group /run/group18 && echo "cjt18:x:$U:" >> /run/group18
+mount --bind /run/passwd18 /etc/passwd && mount --bind /run/group18 /etc/group || exit 1
+install -d -m 0755 /tmp/home && install -d -o $U -g $U -m 0700 $H $H/.ssh || exit 1
+printf 'Host *\n  ControlPath ~/.ssh/cm-%%r@%%h:%%p\n' > $H/.ssh/config && chown $U:$U $H/.ssh/config
+: > /run/claude-sandbox.conf
+C=/run/claude-sandbox.conf
+pids=""
+cleanup() { kill $pids 2>/dev/null; wait 2>/dev/null; }
+trap cleanup EXIT
+listen() { # PATH NAME UID (socat cannot parse a ':' in a path, as ssh's `%h:%p` makes: the
+  # socket is bound under another name, then renamed; a listener is found by its inode)
+  setpriv --reuid=$3 --regid=$3 --clear-groups \
+    socat UNIX-LISTEN:"$(dirname "$1")/listen.tmp",fork,mode=0600 SYSTEM:"echo reached-$2" 2>/dev/null &
+  pids="$pids $!"
+  for i in $(seq 50); do [ -S "$(dirname "$1")/listen.tmp" ] && break; sleep 0.1; done
+  mv "$(dirname "$1")/listen.tmp" "$1"
+}
+# socat reads `\:` as a colon of the path.
+REACH='reach() { r=$(timeout 5 socat -T2 - UNIX-CONNECT:"${1//:/\\:}" </dev/null 2>&1 | head -1)
+  case "$r" in reached-*) echo "$r";; *) echo refused;; esac; }'
+eval "$REACH"
+export REACH
+asuser() { setpriv --reuid=$U --regid=$U --clear-groups env HOME=$H "$@"; }
+"#;
+
+fn run_script(world: &FakeWorld, body: &str) -> (Output, HashMap<String, String>, String) {
+    let script = format!("{PRELUDE}\n{body}");
+    let out = world
+        .host_command("unshare")
+        .unwrap()
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "bash",
+            "-c",
+            &script,
+            "masks18",
+        ])
+        .arg(claude_jail_bin().unwrap())
+        .env("CLAUDE_JAIL_PASTA", locate_pasta().unwrap())
+        .env_remove("CLAUDE_SANDBOX_EGRESS_JAIL")
+        .env_remove("CLAUDE_SANDBOX_CONF")
+        .env_remove("SSH_AUTH_SOCK")
+        // The checkout may be under /tmp, which the script covers.
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{stdout}\n{stderr}");
+    let kv = stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    (out, kv, format!("{stdout}\n{stderr}"))
+}
+
+fn get<'a>(m: &'a HashMap<String, String>, k: &str, all: &str) -> &'a str {
+    m.get(k)
+        .unwrap_or_else(|| panic!("no {k}= in the output:\n{all}"))
+}
+
+/// Item 1: the agent renames ~/.ssh (the issue's `mv ~/.ssh ~/.cfg-ssh`), moves the masked socket
+/// itself, or hard-links it, in one session; in the next session every path it tried must still
+/// be out of reach. Before the fix the rename succeeded and the next jail reached the moved
+/// ControlMaster at ~/.cfg-ssh. (The hard link was refused already, EXDEV across the mask's
+/// mount: it is checked so that it stays so.)
+#[test]
+fn a_masked_control_master_stays_unreachable_in_the_next_session_whatever_is_renamed() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let (out, m, all) = run_script(
+        &world,
+        r#"
+S='cm-git@corp:22'
+listen "$H/.ssh/$S" master $U
+echo "outside=$(asuser bash -c "$REACH; reach '$H/.ssh/$S'")"
+"$J" run --config $C --user cjt18 -- env REACH="$REACH" bash -c '
+  S=$0
+  mv ~/.ssh ~/.cfg-ssh 2>/dev/null; echo "mv_dir_rc=$?"
+  mv ~/.ssh/$S ~/moved 2>/dev/null; echo "mv_sock_rc=$?"
+  ln ~/.ssh/$S ~/linked 2>/dev/null; echo "ln_rc=$?"
+  echo x >> ~/.ssh/known_hosts; echo "write_rc=$?"
+  eval "$REACH"; echo "first=$(reach ~/.ssh/$S)"' "$S"
+echo "jail1_rc=$?"
+echo "cfg_ssh=$(test -S $H/.cfg-ssh/$S && echo moved || echo no)"
+"$J" run --config $C --user cjt18 -- env REACH="$REACH" bash -c '
+  S=$0; eval "$REACH"
+  for p in ~/.ssh/$S ~/.cfg-ssh/$S ~/moved ~/linked; do echo "next:${p#$HOME/}=$(reach $p)"; done' "$S"
+echo "jail2_rc=$?"
+"#,
+    );
+    assert!(out.status.success(), "script failed:\n{all}");
+    assert_eq!(get(&m, "outside", &all), "reached-master", "control");
+    assert_eq!(get(&m, "jail1_rc", &all), "0", "{all}");
+    assert_eq!(get(&m, "jail2_rc", &all), "0", "{all}");
+    for p in [
+        ".ssh/cm-git@corp:22",
+        ".cfg-ssh/cm-git@corp:22",
+        "moved",
+        "linked",
+    ] {
+        assert_eq!(
+            get(&m, &format!("next:{p}"), &all),
+            "refused",
+            "~/{p} reachable in the next session"
+        );
+    }
+    assert_ne!(
+        get(&m, "mv_dir_rc", &all),
+        "0",
+        "~/.ssh renamed in the jail"
+    );
+    assert_ne!(get(&m, "mv_sock_rc", &all), "0", "the masked socket moved");
+    assert_ne!(get(&m, "ln_rc", &all), "0", "the masked socket hard-linked");
+    assert_eq!(
+        get(&m, "write_rc", &all),
+        "0",
+        "~/.ssh stays writable in the jail"
+    );
+    assert_eq!(get(&m, "first", &all), "refused");
+    assert_eq!(get(&m, "cfg_ssh", &all), "no");
+}
