@@ -243,7 +243,15 @@ fn launch(args: RunArgs) -> Result<i32> {
     fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
 
     crate::mask::precreate(&target).context("create the user's tmux socket directory")?;
-    let masks = crate::mask::plan(&target, &crate::mask::kept(&conf, &env));
+    let plan = crate::mask::plan(
+        &target,
+        &crate::mask::allowed(&conf),
+        crate::mask::agent_socket(&env).as_deref(),
+    );
+    for w in &plan.warnings {
+        eprintln!("claude-jail: warning: {w}");
+    }
+    let masks = plan.masks;
     let spec = jail::Spec {
         target,
         argv: command,

@@ -9,8 +9,9 @@
 //! the jail's init covers each one that exists: `/dev/null` bound over a socket (connect gets
 //! ECONNREFUSED), an empty read-only tmpfs over a socket directory. Paths named by
 //! `allow-socket`, and the ssh agent socket (SSH_AUTH_SOCK: git push needs it, and an agent only
-//! signs), stay reachable. Abstract unix sockets need no mask: they belong to the network
-//! namespace, and the jail has its own.
+//! signs; kept only when it is the user's own socket outside every mask), stay reachable.
+//! Abstract unix sockets need no mask: they belong to the network namespace, and the jail has
+//! its own.
 //!
 //! What a path list cannot find (a socket elsewhere, or created after the launch) is in
 //! docs/threat-model.md.
@@ -90,12 +91,21 @@ pub fn precreate(target: &Target) -> std::io::Result<()> {
     }
 }
 
+/// What the launcher found: the masks, and what it must tell the user (a socket it would have
+/// kept but does not).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub masks: Vec<Mask>,
+    pub warnings: Vec<String>,
+}
+
 /// The masks for `target`, as the filesystem is now: every candidate that exists with the
 /// expected type, plus the unix sockets under `~/.ssh` (ControlMaster sockets: directly inside
-/// it, or in a subdirectory, which is then covered whole). `keep` are the paths that stay
-/// reachable (allow-socket, SSH_AUTH_SOCK). Duplicates through symlinked directories
-/// (/var/run -> /run) are merged.
-pub fn plan(target: &Target, keep: &[PathBuf]) -> Vec<Mask> {
+/// it, or in a subdirectory, which is then covered whole). `allow` are the paths the admin keeps
+/// reachable (allow-socket); `agent` is the ssh agent socket of the command's environment
+/// (SSH_AUTH_SOCK), kept only when [`agent_verdict`] says so. Duplicates through symlinked
+/// directories (/var/run -> /run) are merged.
+pub fn plan(target: &Target, allow: &[PathBuf], agent: Option<&Path>) -> Plan {
     let mut found = Vec::new();
     for (path, kind, what) in candidates(target.uid) {
         if path
@@ -124,14 +134,114 @@ pub fn plan(target: &Target, keep: &[PathBuf]) -> Vec<Mask> {
             _ => {}
         }
     }
-    let found = found
+    let mut found: Vec<(PathBuf, Kind, &'static str)> = found
         .into_iter()
         .map(|(p, k, w)| (resolve_parent(&p), k, w))
         .collect();
-    let keep: Vec<PathBuf> = keep.iter().map(|p| resolve_parent(&normalize(p))).collect();
+    let mut keep: Vec<PathBuf> = allow
+        .iter()
+        .map(|p| resolve_parent(&normalize(p)))
+        .collect();
+    let mut warnings = Vec::new();
+    if let Some(agent) = agent.filter(|a| a.is_absolute()) {
+        let p = resolve_parent(&normalize(agent));
+        let kind = fs::symlink_metadata(&p).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.file_type().is_socket(), m.uid())
+        });
+        let masked: Vec<&Path> = found.iter().map(|(m, _, _)| m.as_path()).collect();
+        match agent_verdict(&p, kind, target.uid, &masked) {
+            Ok(()) => keep.push(p),
+            Err(why) => {
+                warnings.push(format!(
+                    "SSH_AUTH_SOCK={} {why}: it is not kept reachable in the jail{} (git over \
+                     ssh in the jail then has no agent; fix: point SSH_AUTH_SOCK at your own \
+                     agent's socket, or name the path with `allow-socket` in the conf)",
+                    agent.display(),
+                    if kind.is_some_and(|(sock, _)| sock) {
+                        ", it is masked like the other brokers' sockets"
+                    } else {
+                        ""
+                    }
+                ));
+                if kind.is_some_and(|(sock, _)| sock) {
+                    found.push((p, Kind::Socket, "SSH_AUTH_SOCK not kept"));
+                }
+            }
+        }
+    }
     let masks = select(found, &keep);
     let mut out = pins(&masks, |dir| user_may_write(dir, target));
     out.extend(masks);
+    Plan {
+        masks: out,
+        warnings,
+    }
+}
+
+/// Whether the ssh agent socket `p` (its parent resolved) may stay reachable: it must be a
+/// socket (`kind`: is a socket, owner; None when it does not exist) owned by the target user
+/// `uid`, and lie in none of the `masked` paths. Otherwise SSH_AUTH_SOCK would be a way to keep
+/// any broker reachable (`SSH_AUTH_SOCK=/var/run/docker.sock`), or to unmask a whole directory
+/// (a path below /tmp/tmux-UID); the reason is returned.
+pub fn agent_verdict(
+    p: &Path,
+    kind: Option<(bool, u32)>,
+    uid: u32,
+    masked: &[&Path],
+) -> Result<(), String> {
+    match kind {
+        None => return Err("does not exist".into()),
+        Some((false, _)) => return Err("is not a socket".into()),
+        Some((true, owner)) if owner != uid => {
+            return Err(format!("is owned by uid {owner}, not by the user ({uid})"))
+        }
+        Some(_) => {}
+    }
+    match masked.iter().find(|m| p.starts_with(m)) {
+        Some(m) => Err(format!("is a masked path or lies in one ({})", m.display())),
+        None => Ok(()),
+    }
+}
+
+/// The paths the admin keeps reachable: every `allow-socket` of the conf.
+pub fn allowed(conf: &Conf) -> Vec<PathBuf> {
+    conf.allow_sockets.iter().map(|l| l.value.clone()).collect()
+}
+
+/// The ssh agent socket of the command's environment (SSH_AUTH_SOCK): git push needs it.
+pub fn agent_socket(env: &[(OsString, OsString)]) -> Option<PathBuf> {
+    env.iter()
+        .find(|(k, _)| k == "SSH_AUTH_SOCK")
+        .map(|(_, v)| PathBuf::from(v))
+}
+
+/// The masks from found paths and kept ones: a path that is kept is not masked; a kept socket
+/// directly inside a masked directory is bound back into it; a directory with a kept socket
+/// deeper down is not masked.
+pub fn select(found: Vec<(PathBuf, Kind, &'static str)>, keep: &[PathBuf]) -> Vec<Mask> {
+    let mut out: Vec<Mask> = Vec::new();
+    for (path, kind, what) in found {
+        if keep.contains(&path) || out.iter().any(|m| m.path == path) {
+            continue;
+        }
+        let below: Vec<PathBuf> = keep
+            .iter()
+            .filter_map(|k| k.strip_prefix(&path).ok())
+            .filter(|r| !r.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .collect();
+        // A kept socket deeper down: the directory stays (the admin asked for what is in it).
+        if kind == Kind::Dir && below.iter().any(|r| r.components().count() > 1) {
+            continue;
+        }
+        out.push(Mask {
+            path,
+            kind,
+            what,
+            keep: if kind == Kind::Dir { below } else { Vec::new() },
+        });
+    }
     out
 }
 
@@ -186,47 +296,6 @@ fn user_may_write(dir: &Path, target: &Target) -> bool {
     } else {
         mode & 0o002 != 0
     }
-}
-
-/// The paths that stay reachable: every `allow-socket` of the conf, and the ssh agent socket
-/// of the command's environment (SSH_AUTH_SOCK).
-pub fn kept(conf: &Conf, env: &[(OsString, OsString)]) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = conf.allow_sockets.iter().map(|l| l.value.clone()).collect();
-    v.extend(
-        env.iter()
-            .filter(|(k, val)| k == "SSH_AUTH_SOCK" && Path::new(val).is_absolute())
-            .map(|(_, val)| PathBuf::from(val)),
-    );
-    v
-}
-
-/// The masks from found paths and kept ones: a path that is kept is not masked; a kept socket
-/// directly inside a masked directory is bound back into it; a directory with a kept socket
-/// deeper down is not masked.
-pub fn select(found: Vec<(PathBuf, Kind, &'static str)>, keep: &[PathBuf]) -> Vec<Mask> {
-    let mut out: Vec<Mask> = Vec::new();
-    for (path, kind, what) in found {
-        if keep.contains(&path) || out.iter().any(|m| m.path == path) {
-            continue;
-        }
-        let below: Vec<PathBuf> = keep
-            .iter()
-            .filter_map(|k| k.strip_prefix(&path).ok())
-            .filter(|r| !r.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .collect();
-        // A kept socket deeper down: the directory stays (the admin asked for what is in it).
-        if kind == Kind::Dir && below.iter().any(|r| r.components().count() > 1) {
-            continue;
-        }
-        out.push(Mask {
-            path,
-            kind,
-            what,
-            keep: if kind == Kind::Dir { below } else { Vec::new() },
-        });
-    }
-    out
 }
 
 /// A socket, a directory, or something else (None), without following a final symlink.
@@ -505,7 +574,29 @@ mod tests {
     }
 
     #[test]
-    fn plan_finds_control_master_sockets_under_ssh_and_keeps_the_agent() {
+    fn the_agent_socket_is_kept_only_when_it_is_the_users_socket_outside_every_mask() {
+        let masked = [Path::new("/tmp/tmux-1000"), Path::new("/run/docker.sock")];
+        let v = |p: &str, kind| agent_verdict(Path::new(p), kind, 1000, &masked);
+        assert_eq!(v("/tmp/ssh-x/agent.1", Some((true, 1000))), Ok(()));
+        assert!(v("/run/docker.sock", Some((true, 1000)))
+            .unwrap_err()
+            .contains("masked"));
+        assert!(v("/tmp/tmux-1000/nothing/x", None)
+            .unwrap_err()
+            .contains("does not exist"));
+        assert!(v("/tmp/tmux-1000/default", Some((true, 1000)))
+            .unwrap_err()
+            .contains("/tmp/tmux-1000"));
+        assert!(v("/tmp/other.sock", Some((true, 0)))
+            .unwrap_err()
+            .contains("uid 0"));
+        assert!(v("/etc/passwd", Some((false, 1000)))
+            .unwrap_err()
+            .contains("not a socket"));
+    }
+
+    #[test]
+    fn plan_finds_control_master_sockets_under_ssh_and_keeps_the_users_agent_elsewhere() {
         let home = std::env::temp_dir().join(format!("cj-mask-{}", std::process::id()));
         let ssh = home.join(".ssh");
         fs::create_dir_all(ssh.join("sockets")).unwrap();
@@ -513,7 +604,14 @@ mod tests {
         let _a = UnixListener::bind(ssh.join("cm-git@forge:22")).unwrap();
         let _b = UnixListener::bind(ssh.join("sockets/x")).unwrap();
         let _c = UnixListener::bind(ssh.join("agent.sock")).unwrap();
+        fs::create_dir_all(home.join("ssh-x")).unwrap();
+        let _d = UnixListener::bind(home.join("ssh-x/agent.1")).unwrap();
         fs::write(ssh.join("config"), "").unwrap();
+        // The agent is kept only when it is the user's (chown needs root; without it, the
+        // socket stays root's and must be masked instead).
+        let owned =
+            std::os::unix::fs::lchown(home.join("ssh-x/agent.1"), Some(4_000_000_000), None)
+                .is_ok();
         let t = Target {
             name: "t".into(),
             uid: 4_000_000_000,
@@ -522,7 +620,9 @@ mod tests {
             home: home.clone(),
             shell: "/bin/sh".into(),
         };
-        let m = plan(&t, &[ssh.join("./agent.sock")]);
+        let plan_in_ssh = plan(&t, &[], Some(&ssh.join("./agent.sock")));
+        let plan = plan(&t, &[], Some(&home.join("ssh-x/./agent.1")));
+        let m = plan.masks;
         let _ = fs::remove_dir_all(&home);
         let ssh = fs::canonicalize(std::env::temp_dir())
             .unwrap()
@@ -537,10 +637,19 @@ mod tests {
             paths.contains(&(ssh.join("sockets"), Kind::Dir)),
             "{paths:?}"
         );
-        assert!(
-            !paths.iter().any(|(p, _)| p.ends_with("agent.sock")),
-            "SSH_AUTH_SOCK stays reachable: {paths:?}"
+        assert_eq!(
+            paths.iter().any(|(p, _)| p.ends_with("agent.1")),
+            !owned,
+            "SSH_AUTH_SOCK stays reachable when it is the user's: {paths:?}"
         );
+        assert_eq!(plan.warnings.is_empty(), owned, "{:?}", plan.warnings);
+        // A socket directly in ~/.ssh is masked as a ControlMaster would be, whoever names it.
+        assert!(paths.contains(&(ssh.join("agent.sock"), Kind::Socket)));
+        assert!(plan_in_ssh
+            .masks
+            .iter()
+            .any(|m| m.path.ends_with(".ssh/agent.sock")));
+        assert_eq!(plan_in_ssh.warnings.len(), 1, "{:?}", plan_in_ssh.warnings);
         assert!(!paths
             .iter()
             .any(|(p, _)| p.ends_with("empty") || p.ends_with("config")));

@@ -43,7 +43,7 @@ trap cleanup EXIT
 listen() { # PATH NAME UID (socat cannot parse a ':' in a path, as ssh's `%h:%p` makes: the
   # socket is bound under another name, then renamed; a listener is found by its inode)
   setpriv --reuid=$3 --regid=$3 --clear-groups \
-    socat UNIX-LISTEN:"$(dirname "$1")/listen.tmp",fork,mode=0600 SYSTEM:"echo reached-$2" 2>/dev/null &
+    socat UNIX-LISTEN:"$(dirname "$1")/listen.tmp",fork,mode=0666 SYSTEM:"echo reached-$2" 2>/dev/null &
   pids="$pids $!"
   for i in $(seq 50); do [ -S "$(dirname "$1")/listen.tmp" ] && break; sleep 0.1; done
   mv "$(dirname "$1")/listen.tmp" "$1"
@@ -159,4 +159,74 @@ echo "jail2_rc=$?"
     );
     assert_eq!(get(&m, "first", &all), "refused");
     assert_eq!(get(&m, "cfg_ssh", &all), "no");
+}
+
+/// Item 4: SSH_AUTH_SOCK keeps a socket reachable only when it is the user's own socket outside
+/// every mask. Before the fix it kept any path: `SSH_AUTH_SOCK=/var/run/docker.sock` left docker
+/// reachable, a nonexistent path below /tmp/tmux-UID unmasked the whole tmux directory, and
+/// another user's socket stayed reachable; now each is masked and the launch warns.
+#[test]
+fn ssh_auth_sock_keeps_only_the_users_own_socket_outside_every_mask() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let (out, m, all) = run_script(
+        &world,
+        r#"
+listen /run/docker.sock docker 0
+install -d -o $U -g $U -m 0700 /tmp/tmux-$U /tmp/ssh-agentdir
+listen /tmp/tmux-$U/default tmux $U
+listen /tmp/other-agent.sock other 0
+listen /tmp/ssh-agentdir/agent.1 agent $U
+for c in docker:/var/run/docker.sock tmuxdir:/tmp/tmux-$U/none/x other:/tmp/other-agent.sock \
+         own:/tmp/ssh-agentdir/agent.1; do
+  name=${c%%:*}; sock=${c#*:}
+  SSH_AUTH_SOCK=$sock "$J" run --config $C --user cjt18 -- env REACH="$REACH" U=$U bash -c '
+    eval "$REACH"
+    echo "$0:docker=$(reach /var/run/docker.sock)"
+    echo "$0:tmux=$(reach /tmp/tmux-$U/default)"
+    echo "$0:agent=$(reach "$SSH_AUTH_SOCK")"' $name 2>/tmp/err-$name
+  echo "$name:rc=$?"
+  echo "$name:warned=$(grep -c 'warning: SSH_AUTH_SOCK' /tmp/err-$name)"
+  cat /tmp/err-$name >&2
+done
+"#,
+    );
+    assert!(out.status.success(), "script failed:\n{all}");
+    for case in ["docker", "tmuxdir", "other", "own"] {
+        assert_eq!(get(&m, &format!("{case}:rc"), &all), "0", "{all}");
+        assert_eq!(
+            get(&m, &format!("{case}:docker"), &all),
+            "refused",
+            "SSH_AUTH_SOCK of case {case} left docker reachable"
+        );
+        assert_eq!(
+            get(&m, &format!("{case}:tmux"), &all),
+            "refused",
+            "SSH_AUTH_SOCK of case {case} left the tmux directory reachable"
+        );
+    }
+    assert_eq!(
+        get(&m, "other:agent", &all),
+        "refused",
+        "another user's socket"
+    );
+    assert_eq!(
+        get(&m, "own:agent", &all),
+        "reached-agent",
+        "the user's own agent stays reachable"
+    );
+    for (case, warned) in [
+        ("docker", "1"),
+        ("tmuxdir", "1"),
+        ("other", "1"),
+        ("own", "0"),
+    ] {
+        assert_eq!(
+            get(&m, &format!("{case}:warned"), &all),
+            warned,
+            "warning for case {case}"
+        );
+    }
 }
