@@ -303,7 +303,18 @@ fn apply_mask(m: &Mask) -> Result<()> {
         Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).context("fstat")?;
+    let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(|e| {
+        // The user may list it (the scan ran as the user) but root may not: a FUSE mount of
+        // the user's without allow_root. What cannot be covered is refused, never left open.
+        let why = if e == Errno::EACCES {
+            "; root may not open it, though the user can: a FUSE mount without allow_root \
+             (fix: mount it with `-o allow_root`, or stop the service whose socket is there \
+             while the agent runs)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("fstat: {e}{why}")
+    })?;
     let fmt = st.st_mode & libc::S_IFMT;
     let here = PathBuf::from(format!(
         "/proc/self/fd/{}",

@@ -243,11 +243,22 @@ fn launch(args: RunArgs) -> Result<i32> {
     fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
 
     crate::mask::precreate(&target).context("create the user's tmux socket directory")?;
-    let plan = crate::mask::plan(
+    let plan = crate::mask::plan_as_user(
         &target,
         &crate::mask::allowed(&conf),
         crate::mask::agent_socket(&env).as_deref(),
-    );
+    )?;
+    if let Some((dir, e)) = plan.unreadable.first() {
+        bail!(
+            "cannot list {} as {} ({e}), who may still enter it: a socket there (an ssh \
+             ControlMaster) would stay reachable from the jail by its name (fix: let {} read it, \
+             `chmod u+r {}`, or remove it)",
+            dir.display(),
+            target.name,
+            target.name,
+            dir.display()
+        );
+    }
     for w in &plan.warnings {
         eprintln!("claude-jail: warning: {w}");
     }

@@ -97,15 +97,53 @@ pub fn precreate(target: &Target) -> std::io::Result<()> {
 pub struct Plan {
     pub masks: Vec<Mask>,
     pub warnings: Vec<String>,
+    /// Directories to scan that the user may enter but not list (or that failed to list): a
+    /// socket in one would stay reachable from the jail by its name. The launch refuses.
+    pub unreadable: Vec<(PathBuf, std::io::Error)>,
 }
 
-/// The masks for `target`, as the filesystem is now: every candidate that exists with the
+/// [`plan`], run with the target user's credentials on a thread of its own, never root's: what
+/// the user cannot list (a root-only directory behind a symlinked ~/.ssh, another user's
+/// ~/.ssh) never enters the jail's mount table, and what root cannot list but the user can (the
+/// user's FUSE mount, NFS with root_squash) is scanned. The thread ends with the scan; the
+/// launcher's other threads keep root's credentials.
+pub fn plan_as_user(
+    target: &Target,
+    allow: &[PathBuf],
+    agent: Option<&Path>,
+) -> anyhow::Result<Plan> {
+    use anyhow::Context;
+    let plan = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<Plan> {
+            crate::sys::become_user_this_thread(target.uid, target.gid, &target.groups)
+                .with_context(|| format!("take the credentials of {}", target.name))?;
+            Ok(plan(target, allow, agent))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the scan of the user's sockets panicked"))?
+    });
+    // A thread that changed its ids made the process non-dumpable (its /proc files root's only):
+    // as it was before.
+    nix::sys::prctl::set_dumpable(true).context("PR_SET_DUMPABLE")?;
+    plan
+}
+
+/// The masks for `target`, as the filesystem is now (the caller's credentials read it: use
+/// [`plan_as_user`]): every candidate that exists with the
 /// expected type, plus the unix sockets under `~/.ssh` (ControlMaster sockets: directly inside
 /// it, or in a subdirectory, which is then covered whole). `allow` are the paths the admin keeps
 /// reachable (allow-socket); `agent` is the ssh agent socket of the command's environment
 /// (SSH_AUTH_SOCK), kept only when [`agent_verdict`] says so. Duplicates through symlinked
 /// directories (/var/run -> /run) are merged.
 pub fn plan(target: &Target, allow: &[PathBuf], agent: Option<&Path>) -> Plan {
+    let mut unreadable = Vec::new();
+    let mut entries = |dir: &Path| match entries(dir) {
+        Ok(v) => v,
+        Err(e) => {
+            unreadable.push((dir.to_path_buf(), e));
+            Vec::new()
+        }
+    };
     let mut found = Vec::new();
     for (path, kind, what) in candidates(target.uid) {
         if path
@@ -171,11 +209,12 @@ pub fn plan(target: &Target, allow: &[PathBuf], agent: Option<&Path>) -> Plan {
         }
     }
     let masks = select(found, &keep);
-    let mut out = pins(&masks, |dir| user_may_write(dir, target));
+    let mut out = pins(&masks, user_may_write);
     out.extend(masks);
     Plan {
         masks: out,
         warnings,
+        unreadable,
     }
 }
 
@@ -279,23 +318,10 @@ pub fn pins(masks: &[Mask], may_write: impl Fn(&Path) -> bool) -> Vec<Mask> {
         .collect()
 }
 
-/// Whether `target` may write in `dir` (create, rename or remove its entries), by its mode bits:
-/// owner, then group (primary or supplementary), then others. Root may write anywhere.
-fn user_may_write(dir: &Path, target: &Target) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(st) = fs::symlink_metadata(dir) else {
-        return false;
-    };
-    let mode = st.mode();
-    if target.uid == 0 {
-        true
-    } else if st.uid() == target.uid {
-        mode & 0o200 != 0
-    } else if st.gid() == target.gid || target.groups.contains(&st.gid()) {
-        mode & 0o020 != 0
-    } else {
-        mode & 0o002 != 0
-    }
+/// Whether the caller may write in `dir` (create, rename or remove its entries): [`plan`] runs
+/// as the target user ([`plan_as_user`]), so this is the user's access, ACLs included.
+fn user_may_write(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 /// A socket, a directory, or something else (None), without following a final symlink.
@@ -310,10 +336,23 @@ fn file_kind(p: &Path) -> Option<Kind> {
     }
 }
 
-/// The entries of a directory with their kinds (nothing when it cannot be read).
-fn entries(dir: &Path) -> Vec<(PathBuf, Option<Kind>)> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
+/// The entries of a directory with their kinds. Nothing when it does not exist, or when the
+/// caller may not even enter it (then no name in it is reachable either); an error when it may
+/// enter but not list it: a socket there would be reachable by a name nobody saw.
+fn entries(dir: &Path) -> std::io::Result<Vec<(PathBuf, Option<Kind>)>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+            return Ok(Vec::new())
+        }
+        Err(e) => {
+            let enter = nix::unistd::access(dir, nix::unistd::AccessFlags::X_OK);
+            return if e.raw_os_error() == Some(libc::EACCES) && enter.is_err() {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            };
+        }
     };
     let mut v: Vec<_> = rd
         .flatten()
@@ -324,7 +363,7 @@ fn entries(dir: &Path) -> Vec<(PathBuf, Option<Kind>)> {
         })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    Ok(v)
 }
 
 /// `p` with its directory resolved (symlinks followed) and its last component kept as is, so

@@ -230,3 +230,83 @@ done
         );
     }
 }
+
+/// Item 3: the user's paths are read with the user's credentials, never root's.
+/// (a) ~/.ssh is a symlink into a root-only directory: the names root sees there must not appear
+///     in the jail's mount table (before the fix: `root@bastion.corp:22` was a mount point there);
+/// (b) ~/.ssh is the user's FUSE mount (fuse-overlayfs run as the user, without allow_other:
+///     root gets EACCES, the user lists it) with a ControlMaster bound on it: before the fix the
+///     launcher, as root, found nothing to mask and the jail reached the master; now the user's
+///     scan finds it and the jail never reaches it (root cannot cover it there: the launch
+///     refuses, and says which path);
+/// (c) ~/.ssh may be entered but not listed by the user (mode 0300): the launch refuses and names
+///     the directory (before the fix it went on; root listed it).
+#[test]
+fn the_users_paths_are_read_as_the_user_and_what_cannot_be_read_is_reported() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let (out, m, all) = run_script(
+        &world,
+        r#"
+JAILED='eval "$REACH"; echo "$0:reach=$(reach "$1")"; grep -c bastion /proc/self/mountinfo | sed "s/^/$0:bastion=/"'
+# (a) a symlink into a directory only root can read
+install -d -m 0700 /run/rootonly
+listen '/run/rootonly/root@bastion.corp:22' bastion 0
+mv $H/.ssh $H/.ssh.orig
+asuser ln -s /run/rootonly $H/.ssh
+"$J" run --config $C --user cjt18 -- env REACH="$REACH" bash -c "$JAILED" symlink '/run/rootonly/root@bastion.corp:22' 2>/tmp/err-a
+echo "symlink:rc=$?"
+rm $H/.ssh
+# (b) the user's FUSE mount, which root may not enter
+mkdir /run/fuse18 && mount -t tmpfs -o mode=0755 cjt-fuse /run/fuse18 || exit 1
+mknod -m 0666 /run/fuse18/dev c 10 229 && mount --bind /run/fuse18/dev /dev/fuse || exit 1
+install -d -o $U -g $U -m 0700 /run/fuse18/l /run/fuse18/u /run/fuse18/w $H/.ssh
+asuser fuse-overlayfs -f -o lowerdir=/run/fuse18/l,upperdir=/run/fuse18/u,workdir=/run/fuse18/w $H/.ssh &
+fpid=$!
+for i in $(seq 50); do grep -q " $H/.ssh " /proc/self/mountinfo && break; sleep 0.1; done
+ls $H/.ssh >/dev/null 2>&1 && echo "fuse:root_lists=yes" || echo "fuse:root_lists=no"
+S='cm-git@corp:22'
+setpriv --reuid=$U --regid=$U --clear-groups socat UNIX-LISTEN:$H/.ssh/listen.tmp,fork SYSTEM:"echo reached-fusemaster" 2>/dev/null &
+pids="$pids $!"
+for i in $(seq 50); do asuser test -S $H/.ssh/listen.tmp && break; sleep 0.1; done
+asuser mv $H/.ssh/listen.tmp "$H/.ssh/$S"
+echo "fuse:outside=$(asuser bash -c "$REACH; reach '$H/.ssh/$S'")"
+"$J" run --config $C --user cjt18 -- env REACH="$REACH" bash -c "$JAILED" fuse "$H/.ssh/$S" 2>/tmp/err-b
+echo "fuse:rc=$?"
+grep -q "cover $H/.ssh.*FUSE" /tmp/err-b && echo "fuse:named=yes" || echo "fuse:named=no"
+kill $pids 2>/dev/null; pids=""
+asuser fusermount3 -u $H/.ssh; wait $fpid
+# (c) a ~/.ssh the user may enter but not list, with a master in it
+listen "$H/.ssh/$S" master $U
+chmod 0300 $H/.ssh
+"$J" run --config $C --user cjt18 -- env REACH="$REACH" bash -c "$JAILED" noread "$H/.ssh/$S" 2>/tmp/err-c
+echo "noread:rc=$?"
+grep -q "cannot list $H/.ssh" /tmp/err-c && echo "noread:named=yes" || echo "noread:named=no"
+cat /tmp/err-a /tmp/err-b /tmp/err-c >&2
+"#,
+    );
+    assert!(out.status.success(), "script failed:\n{all}");
+    assert_eq!(get(&m, "symlink:rc", &all), "0", "{all}");
+    assert_eq!(
+        get(&m, "symlink:bastion", &all),
+        "0",
+        "a name only root can list is in the jail's mount table"
+    );
+    assert_eq!(get(&m, "fuse:root_lists", &all), "no", "control: FUSE");
+    assert_eq!(
+        get(&m, "fuse:outside", &all),
+        "reached-fusemaster",
+        "control: the master on the user's FUSE mount answers outside"
+    );
+    if get(&m, "fuse:rc", &all) == "0" {
+        assert_eq!(get(&m, "fuse:reach", &all), "refused", "{all}");
+    } else {
+        assert_eq!(get(&m, "fuse:rc", &all), "125", "{all}");
+        assert_eq!(get(&m, "fuse:named", &all), "yes", "{all}");
+        assert!(!m.contains_key("fuse:reach"), "nothing ran: {all}");
+    }
+    assert_eq!(get(&m, "noread:rc", &all), "125", "{all}");
+    assert_eq!(get(&m, "noread:named", &all), "yes", "{all}");
+}
