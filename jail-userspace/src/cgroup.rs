@@ -181,6 +181,30 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Freezes (`on`) or thaws this cgroup and everything below it (cgroup.freeze, Linux 5.2),
+    /// then waits up to `wait` until cgroup.events says so. A frozen process runs no
+    /// instruction, whatever signals it ignores.
+    pub fn freeze(&self, on: bool, wait: Duration) -> Result<(), CgroupError> {
+        let freeze = self.path.join("cgroup.freeze");
+        fs::write(&freeze, if on { "1" } else { "0" }).map_err(io_err("write", &freeze))?;
+        let events = self.path.join("cgroup.events");
+        let want = if on { "frozen 1" } else { "frozen 0" };
+        let deadline = Instant::now() + wait;
+        loop {
+            let text = fs::read_to_string(&events).map_err(io_err("read", &events))?;
+            if text.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io_err("wait for", &events)(io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("no `{want}` after {wait:?}"),
+                )));
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Removes this cgroup and every (empty) child cgroup below it. A cgroup that is already
     /// gone is fine.
     pub fn remove(&self) -> Result<(), CgroupError> {

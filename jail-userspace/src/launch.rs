@@ -466,8 +466,9 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// Blocks the signals the launcher handles and returns a signalfd for them. SIGTSTP stays
-/// default: a command stopped by Ctrl-Z stops the launcher with it, and `fg` resumes both.
+/// Blocks the signals the launcher handles and returns a signalfd for them. SIGTSTP (^Z) is
+/// one of them: left at its default it stopped the launcher while a command that ignores it
+/// kept running, unenforced by host changes; the supervisor freezes the jail first, then stops.
 fn block_signals() -> Result<SignalFd> {
     let mut set = SigSet::empty();
     for s in [
@@ -477,6 +478,7 @@ fn block_signals() -> Result<SignalFd> {
         Signal::SIGINT,
         Signal::SIGQUIT,
         Signal::SIGUSR1,
+        Signal::SIGTSTP,
     ] {
         set.add(s);
     }
@@ -485,22 +487,27 @@ fn block_signals() -> Result<SignalFd> {
 }
 
 /// Reads the signals that arrived while the jail was being built: the first of SIGINT, SIGTERM,
-/// SIGHUP or SIGQUIT means stop before the command starts. A SIGUSR1 (reload) is raised again, for
-/// the supervisor; SIGCHLD needs nothing (the supervisor polls its child).
+/// SIGHUP or SIGQUIT means stop before the command starts. A SIGUSR1 (reload) or SIGTSTP (^Z) is
+/// raised again, for the supervisor; SIGCHLD needs nothing (the supervisor polls its child).
 fn stop_asked(signals: &SignalFd) -> Result<Option<Signal>> {
     let mut stop = None;
     let mut reload = false;
+    let mut pause = false;
     while let Some(info) = signals.read_signal().context("read signalfd")? {
         match Signal::try_from(info.ssi_signo as i32) {
             Ok(s @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT)) => {
                 stop.get_or_insert(s);
             }
             Ok(Signal::SIGUSR1) => reload = true,
+            Ok(Signal::SIGTSTP) => pause = true,
             _ => {}
         }
     }
     if reload {
         nix::sys::signal::raise(Signal::SIGUSR1).context("raise SIGUSR1")?;
+    }
+    if pause {
+        nix::sys::signal::raise(Signal::SIGTSTP).context("raise SIGTSTP")?;
     }
     Ok(stop)
 }

@@ -310,3 +310,96 @@ cat /tmp/err-a /tmp/err-b /tmp/err-c >&2
     assert_eq!(get(&m, "noread:rc", &all), "125", "{all}");
     assert_eq!(get(&m, "noread:named", &all), "yes", "{all}");
 }
+
+/// Item 2: ^Z freezes the jail before the launcher stops, and on SIGCONT the host's changes made
+/// meanwhile are applied before the jail runs again. The command ignores SIGTSTP and connects to
+/// the public server in a loop; while the launcher is stopped a "VPN" route for the public
+/// server's range appears on the host. Before the fix the command ran on while the launcher was
+/// stopped and kept reaching the newly routed range until `fg`; now it writes nothing while
+/// stopped, and the first connects after SIGCONT are refused.
+#[test]
+fn ctrl_z_freezes_the_jail_and_sigcont_applies_the_route_added_meanwhile() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = jail_tests::jail::write_conf(&world, "claude-sandbox.conf", "").unwrap();
+    let script = r#"
+set -u
+D=$(mktemp -d)
+"$1" run --config "$2" --user nobody -- bash -c '
+  trap "" TSTP
+  while :; do
+    if timeout 2 bash -c "exec 3<>/dev/tcp/203.0.113.10/80" 2>/dev/null; then echo ok; else echo refused; fi
+    sleep 0.05
+  done' > $D/out 2> $D/err &
+L=$!
+for i in $(seq 100); do grep -q ok $D/out && break; sleep 0.1; done
+echo "before=$(grep -c ok $D/out)"
+kill -TSTP $L
+state() { awk '{print $3}' /proc/$L/stat; }
+for i in $(seq 50); do [ "$(state)" = T ] && break; sleep 0.1; done
+echo "launcher_state=$(state)"
+n1=$(wc -l < $D/out); sleep 1; n2=$(wc -l < $D/out)
+echo "lines_while_stopped=$((n2 - n1))"
+ip route add 203.0.113.0/24 via 192.168.1.1 || exit 1
+sleep 1
+n3=$(wc -l < $D/out)
+echo "ok_after_route_while_stopped=$(tail -n +$((n2 + 1)) $D/out | head -n $((n3 - n2)) | grep -c ok)"
+kill -CONT $L
+for i in $(seq 50); do [ "$(tail -n +$((n3 + 1)) $D/out | grep -c refused)" -ge 5 ] && break; sleep 0.1; done
+echo "launcher_state_after=$(state)"
+after=$(tail -n +$((n3 + 1)) $D/out)
+echo "ok_after_cont=$(grep -c ok <<<"$after")"
+echo "refused_after_cont=$(grep -c refused <<<"$after")"
+kill -TERM $L; wait $L
+echo "rc=$?"
+ip route del 203.0.113.0/24 via 192.168.1.1
+cat $D/err >&2; rm -rf $D
+"#;
+    let out = world
+        .host_command("bash")
+        .unwrap()
+        .args(["-c", script, "ctrlz"])
+        .arg(claude_jail_bin().unwrap())
+        .arg(&conf)
+        .env("CLAUDE_JAIL_PASTA", locate_pasta().unwrap())
+        .env_remove("CLAUDE_SANDBOX_EGRESS_JAIL")
+        .env_remove("CLAUDE_SANDBOX_CONF")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{all}");
+    let m: HashMap<String, String> = stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    assert_ne!(get(&m, "before", &all), "0", "control: the public server");
+    assert_eq!(
+        get(&m, "launcher_state", &all),
+        "T",
+        "^Z stops the launcher"
+    );
+    assert_eq!(
+        get(&m, "lines_while_stopped", &all),
+        "0",
+        "the jail ran while its launcher was stopped"
+    );
+    assert_eq!(
+        get(&m, "ok_after_route_while_stopped", &all),
+        "0",
+        "the newly routed range was reached while the launcher was stopped"
+    );
+    assert_ne!(get(&m, "launcher_state_after", &all), "T");
+    // One connect may have been under way when the jail froze: it completed before the route.
+    let ok_after: u32 = get(&m, "ok_after_cont", &all).parse().unwrap();
+    assert!(
+        ok_after <= 1,
+        "the route added while stopped was applied only after the jail ran again: {all}"
+    );
+    let refused: u32 = get(&m, "refused_after_cont", &all).parse().unwrap();
+    assert!(refused >= 5, "the command runs again after SIGCONT: {all}");
+}
