@@ -212,6 +212,89 @@ impl Cgroup {
     }
 }
 
+/// Where the jail's `pids.max` went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PidsLimit {
+    /// On the jail's cgroup2 cgroup (the unified layout, or any host whose cgroup2 has pids).
+    V2,
+    /// On a cgroup of the v1 pids hierarchy made for the jail (the hybrid layout, where the
+    /// pids controller is bound to cgroup v1): the init must be moved into it, and it removed
+    /// at the end.
+    V1(PathBuf),
+    /// No pids controller is mounted anywhere.
+    Unavailable,
+}
+
+/// Limits the number of processes and threads of the jail to `max` (`pids.max`).
+///
+/// cgroup2 first: when its root lists `pids` in cgroup.controllers, the controller is enabled
+/// in cgroup.subtree_control of every cgroup from the root down to the jail's parent (only where
+/// it is not already), then the jail's pids.max written. Otherwise a pids hierarchy of cgroup v1
+/// (found in `mountinfo`) gets a cgroup at the same relative path `rel` (`claude-jail/ID/jail`),
+/// with pids.max. A process may sit in a v1 and a v2 cgroup at once: the jail's eBPF programs
+/// stay on the v2 one.
+pub fn limit_pids(
+    mountinfo: &str,
+    v2_root: &Path,
+    jail: &Cgroup,
+    rel: &Path,
+    max: &str,
+) -> Result<PidsLimit, CgroupError> {
+    let lists = |file: &Path| -> Result<bool, CgroupError> {
+        let text = fs::read_to_string(file).map_err(io_err("read", file))?;
+        Ok(text.split_whitespace().any(|c| c == "pids"))
+    };
+    if lists(&v2_root.join("cgroup.controllers"))? {
+        let mut dir = v2_root.to_path_buf();
+        for c in rel.parent().unwrap_or(Path::new("")).components() {
+            let ctl = dir.join("cgroup.subtree_control");
+            if !lists(&ctl)? {
+                fs::write(&ctl, "+pids").map_err(io_err("write", &ctl))?;
+            }
+            dir.push(c);
+        }
+        let ctl = dir.join("cgroup.subtree_control");
+        if !lists(&ctl)? {
+            fs::write(&ctl, "+pids").map_err(io_err("write", &ctl))?;
+        }
+        let file = jail.path().join("pids.max");
+        fs::write(&file, max).map_err(io_err("write", &file))?;
+        return Ok(PidsLimit::V2);
+    }
+    let Some(v1) = find_v1(mountinfo, "pids") else {
+        return Ok(PidsLimit::Unavailable);
+    };
+    let dir = v1.join(rel);
+    fs::create_dir_all(&dir).map_err(io_err("create cgroup", &dir))?;
+    let file = dir.join("pids.max");
+    fs::write(&file, max).map_err(io_err("write", &file))?;
+    Ok(PidsLimit::V1(dir))
+}
+
+/// The mount point of the cgroup v1 pids hierarchy, if one is mounted (where [`limit_pids`]
+/// puts a jail on the hybrid layout).
+pub fn pids_v1_mount() -> Option<PathBuf> {
+    find_v1(&fs::read_to_string("/proc/self/mountinfo").ok()?, "pids")
+}
+
+/// The mount point of the cgroup v1 hierarchy that carries `controller`.
+fn find_v1(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        if r.next()? != "cgroup" {
+            return None;
+        }
+        let opts = r.nth(1)?;
+        if !opts.split(',').any(|o| o == controller) {
+            return None;
+        }
+        Some(PathBuf::from(unescape_octal(
+            left.split_whitespace().nth(4)?,
+        )))
+    })
+}
+
 fn remove_tree(path: &Path) -> Result<(), CgroupError> {
     let entries = match fs::read_dir(path) {
         Ok(entries) => entries,
@@ -253,6 +336,20 @@ mod tests {
     fn finds_cgroup2_with_optional_fields_and_escapes() {
         let text = "35 24 0:30 / /sys/fs/cgroup\\040x rw,nosuid shared:9 master:1 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(find_cgroup2(text), Some(PathBuf::from("/sys/fs/cgroup x")));
+    }
+
+    #[test]
+    fn finds_the_v1_hierarchy_of_a_controller() {
+        let mi = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                  35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                  39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            find_v1(mi, "pids"),
+            Some(PathBuf::from("/sys/fs/cgroup/pids"))
+        );
+        assert_eq!(find_v1(mi, "pid"), None);
+        assert_eq!(find_v1(mi, "hugetlb"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | `deny-ip` | `ADDR` or `CIDR` | yes |
 //! | `host-port`, `publish-port` | `PORT[/tcp\|/udp]` | yes |
 //! | `allow-socket` | an absolute path | yes |
+//! | `pids-max` | the jail cgroup's `pids.max`: a number of processes and threads, or `max`; default [`DEFAULT_PIDS_MAX`] | no |
 //!
 //! Anything else is refused with `FILE:LINE: what is wrong`: a configuration that means less than
 //! its author thinks is worse than none, so nothing is truncated or skipped.
@@ -34,14 +35,38 @@ pub const ENV_CONF: &str = "CLAUDE_SANDBOX_CONF";
 pub const ENV_EGRESS_JAIL: &str = "CLAUDE_SANDBOX_EGRESS_JAIL";
 
 /// The keys this version knows, in the order the error message lists them.
-const KEYS: [&str; 6] = [
+const KEYS: [&str; 7] = [
     "egress-jail",
     "allow-ip",
     "deny-ip",
     "host-port",
     "publish-port",
     "allow-socket",
+    "pids-max",
 ];
+
+/// `pids.max` of the jail cgroup when the conf does not say: room for an agent, its language
+/// servers and parallel builds (threads count), not for a fork bomb that would exhaust the
+/// host's pid space (this kernel's default pid_max is 4 million; RLIMIT_NPROC is per user, and
+/// the jail's command inherits root's).
+pub const DEFAULT_PIDS_MAX: u32 = 4096;
+
+/// A `pids-max` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PidsMax {
+    Limit(u32),
+    /// `max`: no limit.
+    Unlimited,
+}
+
+impl fmt::Display for PidsMax {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PidsMax::Limit(n) => write!(f, "{n}"),
+            PidsMax::Unlimited => f.write_str("max"),
+        }
+    }
+}
 
 /// A transport protocol a port entry may be limited to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -145,6 +170,7 @@ pub struct Conf {
     pub host_ports: Vec<Located<PortSpec>>,
     pub publish_ports: Vec<Located<PortSpec>>,
     pub allow_sockets: Vec<Located<PathBuf>>,
+    pub pids_max: Option<Located<PidsMax>>,
 }
 
 impl Conf {
@@ -159,6 +185,7 @@ impl Conf {
             host_ports: Vec::new(),
             publish_ports: Vec::new(),
             allow_sockets: Vec::new(),
+            pids_max: None,
         }
     }
 }
@@ -421,6 +448,24 @@ fn parse_line(conf: &mut Conf, line: usize, s: &str) -> Result<(), String> {
     }
     if value.contains(char::is_whitespace) {
         return Err(format!("one value per line: `{value}`"));
+    }
+    if key == "pids-max" {
+        if let Some(prev) = &conf.pids_max {
+            return Err(format!("pids-max is already set on line {}", prev.line));
+        }
+        let v = match value {
+            "max" => PidsMax::Unlimited,
+            n => match n.parse::<u32>() {
+                Ok(n) if n >= 1 => PidsMax::Limit(n),
+                _ => {
+                    return Err(format!(
+                        "pids-max must be a number of processes (1 or more) or `max`, not `{n}`"
+                    ))
+                }
+            },
+        };
+        conf.pids_max = Some(Located::at(line, v));
+        return Ok(());
     }
     match key {
         "allow-ip" => conf.allow.push(Located::at(line, parse_allow(value)?)),
@@ -690,12 +735,15 @@ mod tests {
     fn every_rejected_form_has_its_message() {
         let f = "/etc/claude-sandbox.conf";
         let cases: &[(&str, String)] = &[
-            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, allow-ip, deny-ip, host-port, publish-port, allow-socket)")),
+            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, allow-ip, deny-ip, host-port, publish-port, allow-socket, pids-max)")),
             ("allow-ip", format!("{f}:1: allow-ip needs a value")),
             ("allow-ip =", format!("{f}:1: allow-ip needs a value")),
             ("= 1", format!("{f}:1: expected `key = value`, found `= 1`")),
             ("allow-ip 10.0.0.1", format!("{f}:1: expected `key = value`, found `allow-ip 10.0.0.1`")),
             ("egress-jail = yes", format!("{f}:1: egress-jail must be 0 or 1, not `yes`")),
+            ("pids-max = 0", format!("{f}:1: pids-max must be a number of processes (1 or more) or `max`, not `0`")),
+            ("pids-max = -5", format!("{f}:1: pids-max must be a number of processes (1 or more) or `max`, not `-5`")),
+            ("pids-max = 10\npids-max = max", format!("{f}:2: pids-max is already set on line 1")),
             ("egress-jail =", format!("{f}:1: egress-jail must be 0 or 1, not ``")),
             ("egress-jail = 1\negress-jail = 1", format!("{f}:2: egress-jail is already set on line 1")),
             ("allow-ip = 10.1.0.5/24", format!("{f}:1: 10.1.0.5/24 has host bits set: the network is 10.1.0.0/24")),
@@ -1051,6 +1099,7 @@ mod tests {
             Just("host-port"),
             Just("publish-port"),
             Just("allow-socket"),
+            Just("pids-max"),
             Just("x"),
             Just("")
         ];

@@ -222,6 +222,10 @@ fn launch(args: RunArgs) -> Result<i32> {
         anyhow!("{e} (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
     })?;
     built.cgroups.push(pasta_cg.clone());
+    let pids_limit = limit_pids(&conf, &paths, &id, &jail_cg)?;
+    if let cgroup::PidsLimit::V1(dir) = &pids_limit {
+        built.v1_cgroups.push(dir.clone());
+    }
 
     built.pins.push(paths.jail_pins(&id));
     let mut jail_maps = bpf::attach(
@@ -278,6 +282,11 @@ fn launch(args: RunArgs) -> Result<i32> {
     jail_cg
         .add_pid(init.pid.as_raw() as u32)
         .context("move the jail's init into the jail cgroup")?;
+    if let cgroup::PidsLimit::V1(dir) = &pids_limit {
+        cgroup::Cgroup::existing(dir)
+            .add_pid(init.pid.as_raw() as u32)
+            .context("move the jail's init into its pids cgroup (cgroup v1)")?;
+    }
 
     let netns_file = run_dir.join("netns");
     built.netns_file = Some(netns_file.clone());
@@ -431,6 +440,40 @@ pub fn policies(
     (jail, pasta)
 }
 
+/// `pids.max` for the jail (`pids-max`, default [`conf::DEFAULT_PIDS_MAX`]): a fork bomb in the
+/// jail stops at it instead of exhausting the host's pid space.
+fn limit_pids(
+    conf: &conf::Conf,
+    paths: &Paths,
+    id: &str,
+    jail_cg: &cgroup::Cgroup,
+) -> Result<cgroup::PidsLimit> {
+    let max = conf
+        .pids_max
+        .as_ref()
+        .map_or(conf::PidsMax::Limit(conf::DEFAULT_PIDS_MAX), |l| l.value);
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+    let v2_root = paths.cgroup_root.parent().unwrap_or(Path::new("/"));
+    let rel = Path::new(cgroup::PARENT).join(id).join("jail");
+    let limit =
+        cgroup::limit_pids(&mountinfo, v2_root, jail_cg, &rel, &max.to_string()).map_err(|e| {
+            anyhow!(
+                "limit the jail's processes to {max} (pids-max): {e} (fix: a cgroup tree where \
+                 the pids controller can be enabled for claude-jail's cgroups, or `pids-max = \
+                 max` in {} to run without the limit)",
+                conf.path.display()
+            )
+        })?;
+    if limit == cgroup::PidsLimit::Unavailable && max != conf::PidsMax::Unlimited {
+        eprintln!(
+            "claude-jail: warning: no pids controller is mounted (cgroup v2 or v1): the jail's \
+             processes are not limited (pids-max)"
+        );
+    }
+    Ok(limit)
+}
+
 fn preflight() -> Result<()> {
     use caps::{CapSet, Capability};
     // Root, and a root that holds what the jail needs: the launcher also writes root-owned
@@ -524,6 +567,8 @@ struct Built {
     netns_file: Option<PathBuf>,
     pasta: Option<pasta::Pasta>,
     record: bool,
+    /// The jail's cgroup in the v1 pids hierarchy (hybrid layout), removed once it is empty.
+    v1_cgroups: Vec<PathBuf>,
 }
 
 impl Drop for Built {
@@ -563,6 +608,16 @@ impl Drop for Built {
             if let Err(e) = cg.remove() {
                 keep_record = true;
                 warn("remove cgroup", e.into());
+            }
+        }
+        for d in self.v1_cgroups.drain(..) {
+            // Empty by now: its processes are the jail cgroup's, killed above.
+            if let Err(e) = fs::remove_dir(&d) {
+                keep_record = true;
+                warn("remove the pids cgroup", e.into());
+            }
+            if let Some(parent) = d.parent() {
+                let _ = fs::remove_dir(parent);
             }
         }
         if let Some(paths) = &self.paths {
