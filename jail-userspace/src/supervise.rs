@@ -86,6 +86,10 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
             if let Some(j) = &mut w.jail {
                 drain(j);
                 flush(j);
+                // What the jail's log budget left uncounted in the log so far.
+                if let Some(r) = j.aggregator.finish() {
+                    let _ = events::append(&j.paths.events_log(), &[r]);
+                }
             }
             return Ok(code);
         }

@@ -556,3 +556,107 @@ fn pids_max_on_the_unified_layout() {
         );
     }
 }
+
+/// Connects to 10.0.0.5 on ever new ports for 12 s (each refused by the jail), then prints
+/// `attempts=N`.
+const SCAN: &str = r#"
+import socket, time
+end, port, n = time.time() + 12, 1, 0
+while time.time() < end:
+    s = socket.socket()
+    try:
+        s.connect(("10.0.0.5", port))
+    except OSError:
+        pass
+    s.close()
+    port, n = port % 60000 + 1, n + 1
+print("attempts=%d" % n)
+"#;
+
+/// Item 5: a port scan from one jail writes at most that jail's budget of records
+/// (`JAIL_LOG_RECORDS`, 1024) to the log every jail shares, then only counts, so it cannot push
+/// the other jails' records out. Before the fix the scan wrote 32 records every 250 ms for as
+/// long as it ran (1,500 in these 12 s; the 16 MiB of log and rotation in about 10 minutes).
+#[test]
+fn a_noisy_jail_writes_no_more_than_its_budget_to_the_shared_log() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = jail_tests::jail::write_conf(&world, "claude-sandbox.conf", "").unwrap();
+    let out = jail_tests::jail::claude_jail(
+        &world,
+        &[
+            "run",
+            "--config",
+            &conf.display().to_string(),
+            "--user",
+            "nobody",
+            "--",
+            "bash",
+            "-c",
+            &format!("{}; python3 -c \"$0\"", jail_tests::jail::PRINT_JAIL_ID),
+            SCAN,
+        ],
+    )
+    .unwrap()
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    let ids = jail_tests::jail::jail_ids(&stdout);
+    let id = ids.first().unwrap_or_else(|| panic!("no jail id: {all}"));
+    let attempts: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("attempts="))
+        .unwrap_or_else(|| panic!("{all}"))
+        .parse()
+        .unwrap();
+    let ev = jail_tests::jail::claude_jail(&world, &["events", "--json", "--jail", id])
+        .unwrap()
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&ev.stdout).into_owned();
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let refused = records.iter().filter(|r| r["kind"] == "refused").count() as u64;
+    let counted: u64 = records
+        .iter()
+        .filter(|r| r["kind"] == "refused" || r["kind"] == "suppressed")
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum();
+    let budget_notes = records
+        .iter()
+        .filter(|r| r["detail"].as_str().is_some_and(|d| d.contains("budget")))
+        .count();
+    eprintln!(
+        "attempts {attempts}, records {}, refused records {refused}, counted {counted}, budget notes {budget_notes}",
+        records.len()
+    );
+    assert!(
+        attempts > 10 * claude_jail::events::JAIL_LOG_RECORDS,
+        "the scan was big enough to matter: {attempts}"
+    );
+    let kinds: Vec<&str> = records.iter().filter_map(|r| r["kind"].as_str()).collect();
+    let aggregated = kinds
+        .iter()
+        .filter(|k| **k == "refused" || **k == "suppressed")
+        .count() as u64;
+    assert!(
+        aggregated <= claude_jail::events::JAIL_LOG_RECORDS + budget_notes as u64,
+        "the jail wrote {aggregated} records of refusals to the shared log (budget {})",
+        claude_jail::events::JAIL_LOG_RECORDS
+    );
+    assert!(
+        budget_notes <= 2,
+        "past the budget: one count at once and one at the end (12 s < a minute): {budget_notes}"
+    );
+    assert!(budget_notes >= 1, "the count past the budget is recorded");
+    assert!(
+        counted * 10 >= attempts * 9,
+        "the refusals are counted ({counted} of {attempts}; the ring buffer may drop some)"
+    );
+}
