@@ -212,69 +212,103 @@ impl Cgroup {
     }
 }
 
-/// Where the jail's `pids.max` went.
+/// Where a limit of the jail went.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PidsLimit {
-    /// On the jail's cgroup2 cgroup (the unified layout, or any host whose cgroup2 has pids).
+pub enum Limit {
+    /// On the jail's cgroup2 cgroup (the unified layout, or any host whose cgroup2 has the
+    /// controller).
     V2,
-    /// On a cgroup of the v1 pids hierarchy made for the jail (the hybrid layout, where the
-    /// pids controller is bound to cgroup v1): the init must be moved into it, and it removed
-    /// at the end.
+    /// On a cgroup of the controller's v1 hierarchy made for the jail (the hybrid layout, where
+    /// the controller is bound to cgroup v1): the init must be moved into it, and it removed at
+    /// the end.
     V1(PathBuf),
-    /// No pids controller is mounted anywhere.
+    /// The controller is mounted nowhere.
     Unavailable,
 }
 
-/// Limits the number of processes and threads of the jail to `max` (`pids.max`).
+/// A resource limit of the jail cgroup: the controller, and its file in cgroup2 and in v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Knob {
+    pub controller: &'static str,
+    pub v2_file: &'static str,
+    pub v1_file: &'static str,
+}
+
+/// Processes and threads.
+pub const PIDS: Knob = Knob {
+    controller: "pids",
+    v2_file: "pids.max",
+    v1_file: "pids.max",
+};
+/// Memory (cgroup2 memory.max; v1 memory.limit_in_bytes, where `max` is `-1`).
+pub const MEMORY: Knob = Knob {
+    controller: "memory",
+    v2_file: "memory.max",
+    v1_file: "memory.limit_in_bytes",
+};
+
+/// Writes `value` to the jail's `knob`.
 ///
-/// cgroup2 first: when its root lists `pids` in cgroup.controllers, the controller is enabled
-/// in cgroup.subtree_control of every cgroup from the root down to the jail's parent (only where
-/// it is not already), then the jail's pids.max written. Otherwise a pids hierarchy of cgroup v1
-/// (found in `mountinfo`) gets a cgroup at the same relative path `rel` (`claude-jail/ID/jail`),
-/// with pids.max. A process may sit in a v1 and a v2 cgroup at once: the jail's eBPF programs
-/// stay on the v2 one.
-pub fn limit_pids(
+/// cgroup2 first: when its root lists the controller in cgroup.controllers, it is enabled in
+/// cgroup.subtree_control of every cgroup from the root down to the jail's parent (only where
+/// it is not already), then the jail's file written. Otherwise the controller's v1 hierarchy
+/// (found in `mountinfo`) gets a cgroup at the same relative path `rel` (`claude-jail/ID/jail`)
+/// with the value. A process may sit in v1 and v2 cgroups at once: the jail's eBPF programs stay
+/// on the v2 one.
+pub fn limit(
     mountinfo: &str,
     v2_root: &Path,
     jail: &Cgroup,
     rel: &Path,
-    max: &str,
-) -> Result<PidsLimit, CgroupError> {
+    knob: Knob,
+    value: &str,
+) -> Result<Limit, CgroupError> {
     let lists = |file: &Path| -> Result<bool, CgroupError> {
         let text = fs::read_to_string(file).map_err(io_err("read", file))?;
-        Ok(text.split_whitespace().any(|c| c == "pids"))
+        Ok(text.split_whitespace().any(|c| c == knob.controller))
     };
+    let enable = format!("+{}", knob.controller);
     if lists(&v2_root.join("cgroup.controllers"))? {
         let mut dir = v2_root.to_path_buf();
-        for c in rel.parent().unwrap_or(Path::new("")).components() {
+        let parents = rel.parent().unwrap_or(Path::new(""));
+        for c in std::iter::once(None).chain(parents.components().map(Some)) {
+            if let Some(c) = c {
+                dir.push(c);
+            }
             let ctl = dir.join("cgroup.subtree_control");
             if !lists(&ctl)? {
-                fs::write(&ctl, "+pids").map_err(io_err("write", &ctl))?;
+                fs::write(&ctl, &enable).map_err(io_err("write", &ctl))?;
             }
-            dir.push(c);
         }
-        let ctl = dir.join("cgroup.subtree_control");
-        if !lists(&ctl)? {
-            fs::write(&ctl, "+pids").map_err(io_err("write", &ctl))?;
-        }
-        let file = jail.path().join("pids.max");
-        fs::write(&file, max).map_err(io_err("write", &file))?;
-        return Ok(PidsLimit::V2);
+        let file = jail.path().join(knob.v2_file);
+        fs::write(&file, value).map_err(io_err("write", &file))?;
+        return Ok(Limit::V2);
     }
-    let Some(v1) = find_v1(mountinfo, "pids") else {
-        return Ok(PidsLimit::Unavailable);
+    let Some(v1) = find_v1(mountinfo, knob.controller) else {
+        return Ok(Limit::Unavailable);
     };
     let dir = v1.join(rel);
     fs::create_dir_all(&dir).map_err(io_err("create cgroup", &dir))?;
-    let file = dir.join("pids.max");
-    fs::write(&file, max).map_err(io_err("write", &file))?;
-    Ok(PidsLimit::V1(dir))
+    let file = dir.join(knob.v1_file);
+    let value = if value == "max" && knob == MEMORY {
+        "-1"
+    } else {
+        value
+    };
+    fs::write(&file, value).map_err(io_err("write", &file))?;
+    Ok(Limit::V1(dir))
 }
 
-/// The mount point of the cgroup v1 pids hierarchy, if one is mounted (where [`limit_pids`]
-/// puts a jail on the hybrid layout).
-pub fn pids_v1_mount() -> Option<PathBuf> {
-    find_v1(&fs::read_to_string("/proc/self/mountinfo").ok()?, "pids")
+/// The mount points of the cgroup v1 hierarchies of the controllers [`limit`] may use (where
+/// it puts a jail on the hybrid layout).
+pub fn limit_v1_mounts() -> Vec<PathBuf> {
+    let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    [PIDS, MEMORY]
+        .iter()
+        .filter_map(|k| find_v1(&mi, k.controller))
+        .collect()
 }
 
 /// The mount point of the cgroup v1 hierarchy that carries `controller`.

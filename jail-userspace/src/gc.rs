@@ -94,8 +94,8 @@ fn remove(paths: &Paths, id: &str) -> Result<()> {
         pasta_cg.kill_all(Duration::from_secs(5))?;
     }
     remove_private(paths, id)?;
-    // The jail's v1 pids cgroup (hybrid layout): empty, as its jail cgroup is.
-    if let Some(v1) = crate::cgroup::pids_v1_mount() {
+    // The jail's v1 pids and memory cgroups (hybrid layout): empty, as its jail cgroup is.
+    for v1 in crate::cgroup::limit_v1_mounts() {
         let dir = v1.join(crate::cgroup::PARENT).join(id);
         remove_dir(&dir.join("jail"))?;
         remove_dir(&dir)?;

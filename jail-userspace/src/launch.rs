@@ -222,10 +222,8 @@ fn launch(args: RunArgs) -> Result<i32> {
         anyhow!("{e} (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
     })?;
     built.cgroups.push(pasta_cg.clone());
-    let pids_limit = limit_pids(&conf, &paths, &id, &jail_cg)?;
-    if let cgroup::PidsLimit::V1(dir) = &pids_limit {
-        built.v1_cgroups.push(dir.clone());
-    }
+    let v1_limits = limits(&conf, &paths, &id, &jail_cg)?;
+    built.v1_cgroups.extend(v1_limits.iter().cloned());
 
     built.pins.push(paths.jail_pins(&id));
     let mut jail_maps = bpf::attach(
@@ -282,10 +280,10 @@ fn launch(args: RunArgs) -> Result<i32> {
     jail_cg
         .add_pid(init.pid.as_raw() as u32)
         .context("move the jail's init into the jail cgroup")?;
-    if let cgroup::PidsLimit::V1(dir) = &pids_limit {
+    for dir in &v1_limits {
         cgroup::Cgroup::existing(dir)
             .add_pid(init.pid.as_raw() as u32)
-            .context("move the jail's init into its pids cgroup (cgroup v1)")?;
+            .with_context(|| format!("move the jail's init into {}", dir.display()))?;
     }
 
     let netns_file = run_dir.join("netns");
@@ -440,38 +438,51 @@ pub fn policies(
     (jail, pasta)
 }
 
-/// `pids.max` for the jail (`pids-max`, default [`conf::DEFAULT_PIDS_MAX`]): a fork bomb in the
-/// jail stops at it instead of exhausting the host's pid space.
-fn limit_pids(
+/// The jail's resource limits: `pids.max` (`pids-max`, default [`conf::DEFAULT_PIDS_MAX`]: a
+/// fork bomb in the jail stops at it instead of exhausting the host's pid space) and, when the
+/// conf sets `memory-max`, the memory limit. Returns the v1 cgroups made for them (hybrid
+/// layout), which the init must join.
+fn limits(
     conf: &conf::Conf,
     paths: &Paths,
     id: &str,
     jail_cg: &cgroup::Cgroup,
-) -> Result<cgroup::PidsLimit> {
-    let max = conf
+) -> Result<Vec<PathBuf>> {
+    let pids = conf
         .pids_max
         .as_ref()
         .map_or(conf::PidsMax::Limit(conf::DEFAULT_PIDS_MAX), |l| l.value);
+    let mut wanted = vec![("pids-max", cgroup::PIDS, pids.to_string())];
+    if let Some(m) = &conf.memory_max {
+        wanted.push(("memory-max", cgroup::MEMORY, m.value.to_string()));
+    }
     let mountinfo =
         fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
     let v2_root = paths.cgroup_root.parent().unwrap_or(Path::new("/"));
     let rel = Path::new(cgroup::PARENT).join(id).join("jail");
-    let limit =
-        cgroup::limit_pids(&mountinfo, v2_root, jail_cg, &rel, &max.to_string()).map_err(|e| {
-            anyhow!(
-                "limit the jail's processes to {max} (pids-max): {e} (fix: a cgroup tree where \
-                 the pids controller can be enabled for claude-jail's cgroups, or `pids-max = \
-                 max` in {} to run without the limit)",
-                conf.path.display()
-            )
-        })?;
-    if limit == cgroup::PidsLimit::Unavailable && max != conf::PidsMax::Unlimited {
-        eprintln!(
-            "claude-jail: warning: no pids controller is mounted (cgroup v2 or v1): the jail's \
-             processes are not limited (pids-max)"
-        );
+    let mut v1 = Vec::new();
+    for (key, knob, value) in wanted {
+        let limit =
+            cgroup::limit(&mountinfo, v2_root, jail_cg, &rel, knob, &value).map_err(|e| {
+                anyhow!(
+                    "limit the jail to {key} = {value}: {e} (fix: a cgroup tree where the {} \
+                 controller can be enabled for claude-jail's cgroups, or `{key} = max` in {} to \
+                 run without the limit)",
+                    knob.controller,
+                    conf.path.display()
+                )
+            })?;
+        match limit {
+            cgroup::Limit::V1(dir) => v1.push(dir),
+            cgroup::Limit::Unavailable if value != "max" => eprintln!(
+                "claude-jail: warning: no {} controller is mounted (cgroup v2 or v1): the jail is \
+                 not limited ({key})",
+                knob.controller
+            ),
+            _ => {}
+        }
     }
-    Ok(limit)
+    Ok(v1)
 }
 
 fn preflight() -> Result<()> {
@@ -567,7 +578,7 @@ struct Built {
     netns_file: Option<PathBuf>,
     pasta: Option<pasta::Pasta>,
     record: bool,
-    /// The jail's cgroup in the v1 pids hierarchy (hybrid layout), removed once it is empty.
+    /// The jail's cgroups in v1 hierarchies (pids, memory: hybrid layout), removed once empty.
     v1_cgroups: Vec<PathBuf>,
 }
 
@@ -614,7 +625,7 @@ impl Drop for Built {
             // Empty by now: its processes are the jail cgroup's, killed above.
             if let Err(e) = fs::remove_dir(&d) {
                 keep_record = true;
-                warn("remove the pids cgroup", e.into());
+                warn("remove the jail's v1 cgroup", e.into());
             }
             if let Some(parent) = d.parent() {
                 let _ = fs::remove_dir(parent);

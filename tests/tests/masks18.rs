@@ -660,3 +660,50 @@ fn a_noisy_jail_writes_no_more_than_its_budget_to_the_shared_log() {
         "the refusals are counted ({counted} of {attempts}; the ring buffer may drop some)"
     );
 }
+
+/// Item 6, optional part: `memory-max` limits the jail's memory (here on the v1 memory
+/// hierarchy, as for pids: this machine's cgroup2 has no memory controller). A process that
+/// touches 200 MiB under `memory-max = 64M` is killed by the kernel's OOM killer (SIGKILL,
+/// 137); without the key it completes. Before the fix `memory-max` was an unknown key.
+#[test]
+fn memory_max_bounds_the_jail() {
+    if !have_root() {
+        return;
+    }
+    const EAT: &str =
+        "b = bytearray(200 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('ate=200M')";
+    let world = FakeWorld::builder().build().unwrap();
+    let run = |conf_text: &str| {
+        let conf = jail_tests::jail::write_conf(&world, "claude-sandbox.conf", conf_text).unwrap();
+        let out = jail_tests::jail::claude_jail(
+            &world,
+            &[
+                "run",
+                "--config",
+                &conf.display().to_string(),
+                "--user",
+                "nobody",
+                "--",
+                "python3",
+                "-c",
+                EAT,
+            ],
+        )
+        .unwrap()
+        .output()
+        .unwrap();
+        let all = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{conf_text:?}: {:?}\n{all}", out.status.code());
+        (out.status.code(), all)
+    };
+    let (code, all) = run("");
+    assert_eq!(code, Some(0), "control: {all}");
+    assert!(all.contains("ate=200M"), "{all}");
+    let (code, all) = run("memory-max = 64M\n");
+    assert_eq!(code, Some(137), "killed at the limit: {all}");
+    assert!(!all.contains("ate=200M"), "{all}");
+}
