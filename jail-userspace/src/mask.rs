@@ -13,6 +13,10 @@
 //! Abstract unix sockets need no mask: they belong to the network namespace, and the jail has
 //! its own.
 //!
+//! The list is made with the user's credentials ([`plan_as_user`]), never root's, and every
+//! directory above a masked path that the user could rename is pinned (a mount point in the
+//! jail, [`pins`]): what was masked at one launch keeps its name for the next.
+//!
 //! What a path list cannot find (a socket elsewhere, or created after the launch) is in
 //! docs/threat-model.md.
 use std::{
