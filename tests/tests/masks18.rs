@@ -119,13 +119,21 @@ echo "outside=$(asuser bash -c "$REACH; reach '$H/.ssh/$S'")"
   mv ~/.ssh ~/.cfg-ssh 2>/dev/null; echo "mv_dir_rc=$?"
   mv ~/.ssh/$S ~/moved 2>/dev/null; echo "mv_sock_rc=$?"
   ln ~/.ssh/$S ~/linked 2>/dev/null; echo "ln_rc=$?"
+  # The same from a nested user and mount namespace (allowed in the jail, for sandboxes): the
+  # mounts copied into it are locked, a rename there is refused and an unmount too.
+  unshare --user --map-root-user --mount sh -c "mkdir -p ~/.cache && mount -t tmpfs t ~/.cache" && echo nested_ok=yes
+  unshare --user --map-root-user --mount sh -c "mv ~/.ssh ~/.nested-ssh" 2>/dev/null; echo "nested_mv_rc=$?"
+  unshare --user --map-root-user --mount sh -c "umount -l ~/.ssh && mv ~/.ssh ~/.nested-ssh" 2>/dev/null
+  echo "nested_umount_rc=$?"
+  unshare --user --map-root-user --mount sh -c "umount -l ~/.ssh/$S && ln ~/.ssh/$S ~/nested-link" 2>/dev/null
+  echo "nested_sock_umount_rc=$?"
   echo x >> ~/.ssh/known_hosts; echo "write_rc=$?"
   eval "$REACH"; echo "first=$(reach ~/.ssh/$S)"' "$S"
 echo "jail1_rc=$?"
 echo "cfg_ssh=$(test -S $H/.cfg-ssh/$S && echo moved || echo no)"
 "$J" run --config $C --user cjt18 -- env REACH="$REACH" bash -c '
   S=$0; eval "$REACH"
-  for p in ~/.ssh/$S ~/.cfg-ssh/$S ~/moved ~/linked; do echo "next:${p#$HOME/}=$(reach $p)"; done' "$S"
+  for p in ~/.ssh/$S ~/.cfg-ssh/$S ~/.nested-ssh/$S ~/moved ~/linked ~/nested-link; do echo "next:${p#$HOME/}=$(reach $p)"; done' "$S"
 echo "jail2_rc=$?"
 "#,
     );
@@ -136,8 +144,10 @@ echo "jail2_rc=$?"
     for p in [
         ".ssh/cm-git@corp:22",
         ".cfg-ssh/cm-git@corp:22",
+        ".nested-ssh/cm-git@corp:22",
         "moved",
         "linked",
+        "nested-link",
     ] {
         assert_eq!(
             get(&m, &format!("next:{p}"), &all),
@@ -152,6 +162,14 @@ echo "jail2_rc=$?"
     );
     assert_ne!(get(&m, "mv_sock_rc", &all), "0", "the masked socket moved");
     assert_ne!(get(&m, "ln_rc", &all), "0", "the masked socket hard-linked");
+    assert_eq!(
+        get(&m, "nested_ok", &all),
+        "yes",
+        "control: a nested user and mount namespace can mount"
+    );
+    for k in ["nested_mv_rc", "nested_umount_rc", "nested_sock_umount_rc"] {
+        assert_ne!(get(&m, k, &all), "0", "{k}: from a nested user namespace");
+    }
     assert_eq!(
         get(&m, "write_rc", &all),
         "0",
