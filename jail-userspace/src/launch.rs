@@ -452,26 +452,42 @@ fn limits(
         .pids_max
         .as_ref()
         .map_or(conf::PidsMax::Limit(conf::DEFAULT_PIDS_MAX), |l| l.value);
-    let mut wanted = vec![("pids-max", cgroup::PIDS, pids.to_string())];
+    // (key, knob, value, whether the conf asked for it)
+    let mut wanted = vec![(
+        "pids-max",
+        cgroup::PIDS,
+        pids.to_string(),
+        conf.pids_max.is_some(),
+    )];
     if let Some(m) = &conf.memory_max {
-        wanted.push(("memory-max", cgroup::MEMORY, m.value.to_string()));
+        wanted.push(("memory-max", cgroup::MEMORY, m.value.to_string(), true));
     }
     let mountinfo =
         fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
     let v2_root = paths.cgroup_root.parent().unwrap_or(Path::new("/"));
     let rel = Path::new(cgroup::PARENT).join(id).join("jail");
     let mut v1 = Vec::new();
-    for (key, knob, value) in wanted {
-        let limit =
-            cgroup::limit(&mountinfo, v2_root, jail_cg, &rel, knob, &value).map_err(|e| {
-                anyhow!(
-                    "limit the jail to {key} = {value}: {e} (fix: a cgroup tree where the {} \
+    for (key, knob, value, asked) in wanted {
+        let limit = match cgroup::limit(&mountinfo, v2_root, jail_cg, &rel, knob, &value) {
+            Ok(l) => l,
+            // The default pids-max where the tree does not allow it (a container whose cgroup
+            // holds processes cannot enable a controller for its children): a warning, so
+            // that the default never stops a jail that worked without it.
+            Err(e) if !asked => {
+                eprintln!(
+                    "claude-jail: warning: the jail's processes are not limited (default \
+                     {key} = {value}): {e}"
+                );
+                continue;
+            }
+            Err(e) => bail!(
+                "limit the jail to {key} = {value}: {e} (fix: a cgroup tree where the {} \
                  controller can be enabled for claude-jail's cgroups, or `{key} = max` in {} to \
                  run without the limit)",
-                    knob.controller,
-                    conf.path.display()
-                )
-            })?;
+                knob.controller,
+                conf.path.display()
+            ),
+        };
         match limit {
             cgroup::Limit::V1(dir) => v1.push(dir),
             cgroup::Limit::Unavailable if value != "max" => eprintln!(

@@ -725,3 +725,58 @@ fn memory_max_bounds_the_jail() {
     assert_eq!(code, Some(137), "killed at the limit: {all}");
     assert!(!all.contains("ate=200M"), "{all}");
 }
+
+/// Item 6: where the limit cannot be set (here: the v1 pids hierarchy made read-only in the
+/// test's own mount namespace, `mount -o remount,bind,ro`, a per-mount flag that only this
+/// namespace sees), the default pids-max only warns, so that the default never stops a jail that
+/// ran before (a container whose cgroup holds processes cannot enable a controller below it),
+/// while a pids-max the conf asks for refuses the launch.
+#[test]
+fn a_pids_limit_that_cannot_be_set_warns_by_default_and_refuses_when_asked() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let run = |conf_text: &str| {
+        let conf = jail_tests::jail::write_conf(&world, "claude-sandbox.conf", conf_text).unwrap();
+        let out = jail_tests::jail::claude_jail_after(
+            &world,
+            "mount -o remount,bind,ro /sys/fs/cgroup/pids || exit 1",
+            &[
+                "run",
+                "--config",
+                &conf.display().to_string(),
+                "--user",
+                "nobody",
+                "--",
+                "echo",
+                "ran",
+            ],
+        )
+        .unwrap()
+        .output()
+        .unwrap();
+        let all = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{conf_text:?}: {:?}\n{all}", out.status.code());
+        (out.status.code(), all)
+    };
+    if !std::path::Path::new("/sys/fs/cgroup/pids").is_dir() {
+        eprintln!("note: no v1 pids hierarchy at /sys/fs/cgroup/pids: nothing to make read-only");
+        return;
+    }
+    let (code, all) = run("");
+    assert_eq!(code, Some(0), "{all}");
+    assert!(all.contains("ran"), "{all}");
+    assert!(
+        all.contains("warning: the jail's processes are not limited (default pids-max = 4096)"),
+        "{all}"
+    );
+    let (code, all) = run("pids-max = 40\n");
+    assert_eq!(code, Some(125), "{all}");
+    assert!(!all.contains("ran\n"), "{all}");
+    assert!(all.contains("limit the jail to pids-max = 40"), "{all}");
+}
