@@ -6,7 +6,10 @@
 //! The only sockets connected are the test's own unix listeners.
 use std::{
     collections::HashMap,
-    process::{Output, Stdio},
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use jail_tests::{have_root, jail::claude_jail_bin, pasta::locate_pasta, FakeWorld};
@@ -779,4 +782,129 @@ fn a_pids_limit_that_cannot_be_set_warns_by_default_and_refuses_when_asked() {
     assert_eq!(code, Some(125), "{all}");
     assert!(!all.contains("ran\n"), "{all}");
     assert!(all.contains("limit the jail to pids-max = 40"), "{all}");
+}
+
+/// A tmux server on a private socket in the world's host namespaces, killed on drop (as in
+/// lifecycle.rs).
+struct Tmux {
+    world_cmd: Box<dyn Fn() -> Command>,
+    sock: PathBuf,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> String {
+        let out = (self.world_cmd)()
+            .arg("-S")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn keys(&self, keys: &[&str]) {
+        let mut a = vec!["send-keys", "-t", "cj"];
+        a.extend_from_slice(keys);
+        self.cmd(&a);
+    }
+    fn wait_for(&self, what: &str, rule: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let p = self.cmd(&["capture-pane", "-p", "-t", "cj"]);
+            if p.contains(what) {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{rule}: the pane never showed {what:?}:\n{p}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = (self.world_cmd)()
+            .arg("-S")
+            .arg(&self.sock)
+            .arg("kill-server")
+            .output();
+    }
+}
+
+/// Item 2 at a real terminal: the user's shell runs `claude-jail run` in the foreground, the
+/// jailed command ignores SIGTSTP and ticks into a file; Ctrl-Z must leave the job stopped in
+/// the user's shell *and* the command frozen, and `fg` must resume both. Before the fix the
+/// shell showed the job stopped while the command kept ticking.
+#[test]
+fn ctrl_z_at_a_terminal_stops_the_jailed_command_too_and_fg_resumes_it() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = jail_tests::jail::write_conf(&world, "claude-sandbox.conf", "").unwrap();
+    let ticks = world.dir().join("ticks");
+    let host = world.host_netns_path().to_path_buf();
+    let mnt = world.host_mntns_path();
+    let tmux = Tmux {
+        world_cmd: Box::new(move || {
+            let mut c = jail_tests::netns::command_in("tmux", &host, Some(&mnt)).unwrap();
+            c.env_remove("TMUX").stdin(Stdio::null());
+            c
+        }),
+        sock: world.dir().join("tmux.sock"),
+    };
+    tmux.cmd(&[
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-s",
+        "cj",
+        "-x",
+        "120",
+        "-y",
+        "30",
+        "env PS1='outer$ ' bash --norc -i",
+    ]);
+    tmux.wait_for("outer$", "the user's shell starts");
+    let launch = format!(
+        "CLAUDE_JAIL_PASTA={} {} run --config {} --user nobody -- bash -c 'trap \"\" TSTP; \
+         while :; do echo tick; sleep 0.1; done' > {}",
+        locate_pasta().unwrap().display(),
+        claude_jail_bin().unwrap().display(),
+        conf.display(),
+        ticks.display()
+    );
+    tmux.keys(&[&launch, "Enter"]);
+    let count = || {
+        std::fs::read_to_string(&ticks)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count() < 5 {
+        assert!(Instant::now() < deadline, "the command never ticked");
+        thread::sleep(Duration::from_millis(50));
+    }
+    tmux.keys(&["C-z"]);
+    tmux.wait_for("Stopped", "Ctrl-Z stops the job in the user's shell");
+    // Whatever tick was under way has landed.
+    thread::sleep(Duration::from_millis(300));
+    let stopped_at = count();
+    thread::sleep(Duration::from_secs(1));
+    let later = count();
+    assert_eq!(
+        later, stopped_at,
+        "the jailed command ran on while its job was stopped"
+    );
+    tmux.keys(&["fg", "Enter"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count() < later + 5 {
+        assert!(Instant::now() < deadline, "fg did not resume the command");
+        thread::sleep(Duration::from_millis(50));
+    }
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["echo after=$?", "Enter"]);
+    tmux.wait_for("after=130", "Ctrl-C ends the command");
 }
