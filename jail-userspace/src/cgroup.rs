@@ -190,11 +190,152 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Freezes (`on`) or thaws this cgroup and everything below it (cgroup.freeze, Linux 5.2),
+    /// then waits up to `wait` until cgroup.events says so. A frozen process runs no
+    /// instruction, whatever signals it ignores.
+    pub fn freeze(&self, on: bool, wait: Duration) -> Result<(), CgroupError> {
+        let freeze = self.path.join("cgroup.freeze");
+        fs::write(&freeze, if on { "1" } else { "0" }).map_err(io_err("write", &freeze))?;
+        let events = self.path.join("cgroup.events");
+        let want = if on { "frozen 1" } else { "frozen 0" };
+        let deadline = Instant::now() + wait;
+        loop {
+            let text = fs::read_to_string(&events).map_err(io_err("read", &events))?;
+            if text.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io_err("wait for", &events)(io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("no `{want}` after {wait:?}"),
+                )));
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Removes this cgroup and every (empty) child cgroup below it. A cgroup that is already
     /// gone is fine.
     pub fn remove(&self) -> Result<(), CgroupError> {
         remove_tree(&self.path)
     }
+}
+
+/// Where a limit of the jail went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    /// On the jail's cgroup2 cgroup (the unified layout, or any host whose cgroup2 has the
+    /// controller).
+    V2,
+    /// On a cgroup of the controller's v1 hierarchy made for the jail (the hybrid layout, where
+    /// the controller is bound to cgroup v1): the init must be moved into it, and it removed at
+    /// the end.
+    V1(PathBuf),
+    /// The controller is mounted nowhere.
+    Unavailable,
+}
+
+/// A resource limit of the jail cgroup: the controller, and its file in cgroup2 and in v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Knob {
+    pub controller: &'static str,
+    pub v2_file: &'static str,
+    pub v1_file: &'static str,
+}
+
+/// Processes and threads.
+pub const PIDS: Knob = Knob {
+    controller: "pids",
+    v2_file: "pids.max",
+    v1_file: "pids.max",
+};
+/// Memory (cgroup2 memory.max; v1 memory.limit_in_bytes, where `max` is `-1`).
+pub const MEMORY: Knob = Knob {
+    controller: "memory",
+    v2_file: "memory.max",
+    v1_file: "memory.limit_in_bytes",
+};
+
+/// Writes `value` to the jail's `knob`.
+///
+/// cgroup2 first: when its root lists the controller in cgroup.controllers, it is enabled in
+/// cgroup.subtree_control of every cgroup from the root down to the jail's parent (only where
+/// it is not already), then the jail's file written. Otherwise the controller's v1 hierarchy
+/// (found in `mountinfo`) gets a cgroup at the same relative path `rel` (`claude-jail/ID/jail`)
+/// with the value. A process may sit in v1 and v2 cgroups at once: the jail's eBPF programs stay
+/// on the v2 one.
+pub fn limit(
+    mountinfo: &str,
+    v2_root: &Path,
+    jail: &Cgroup,
+    rel: &Path,
+    knob: Knob,
+    value: &str,
+) -> Result<Limit, CgroupError> {
+    let lists = |file: &Path| -> Result<bool, CgroupError> {
+        let text = fs::read_to_string(file).map_err(io_err("read", file))?;
+        Ok(text.split_whitespace().any(|c| c == knob.controller))
+    };
+    let enable = format!("+{}", knob.controller);
+    if lists(&v2_root.join("cgroup.controllers"))? {
+        let mut dir = v2_root.to_path_buf();
+        let parents = rel.parent().unwrap_or(Path::new(""));
+        for c in std::iter::once(None).chain(parents.components().map(Some)) {
+            if let Some(c) = c {
+                dir.push(c);
+            }
+            let ctl = dir.join("cgroup.subtree_control");
+            if !lists(&ctl)? {
+                fs::write(&ctl, &enable).map_err(io_err("write", &ctl))?;
+            }
+        }
+        let file = jail.path().join(knob.v2_file);
+        fs::write(&file, value).map_err(io_err("write", &file))?;
+        return Ok(Limit::V2);
+    }
+    let Some(v1) = find_v1(mountinfo, knob.controller) else {
+        return Ok(Limit::Unavailable);
+    };
+    let dir = v1.join(rel);
+    fs::create_dir_all(&dir).map_err(io_err("create cgroup", &dir))?;
+    let file = dir.join(knob.v1_file);
+    let value = if value == "max" && knob == MEMORY {
+        "-1"
+    } else {
+        value
+    };
+    fs::write(&file, value).map_err(io_err("write", &file))?;
+    Ok(Limit::V1(dir))
+}
+
+/// The mount points of the cgroup v1 hierarchies of the controllers [`limit`] may use (where
+/// it puts a jail on the hybrid layout).
+pub fn limit_v1_mounts() -> Vec<PathBuf> {
+    let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    [PIDS, MEMORY]
+        .iter()
+        .filter_map(|k| find_v1(&mi, k.controller))
+        .collect()
+}
+
+/// The mount point of the cgroup v1 hierarchy that carries `controller`.
+fn find_v1(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        if r.next()? != "cgroup" {
+            return None;
+        }
+        let opts = r.nth(1)?;
+        if !opts.split(',').any(|o| o == controller) {
+            return None;
+        }
+        Some(PathBuf::from(unescape_octal(
+            left.split_whitespace().nth(4)?,
+        )))
+    })
 }
 
 fn remove_tree(path: &Path) -> Result<(), CgroupError> {
@@ -252,6 +393,20 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup")),
             "a read-only one is still found (the preflight then names the fix)"
         );
+    }
+
+    #[test]
+    fn finds_the_v1_hierarchy_of_a_controller() {
+        let mi = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                  35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                  39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n\
+                  41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            find_v1(mi, "pids"),
+            Some(PathBuf::from("/sys/fs/cgroup/pids"))
+        );
+        assert_eq!(find_v1(mi, "pid"), None);
+        assert_eq!(find_v1(mi, "hugetlb"), None);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! | `deny-ip` | `ADDR` or `CIDR` | yes |
 //! | `host-port`, `publish-port` | `PORT[/tcp\|/udp]` | yes |
 //! | `allow-socket` | an absolute path | yes |
+//! | `pids-max` | the jail cgroup's `pids.max`: a number of processes and threads, or `max`; default [`DEFAULT_PIDS_MAX`] | no |
+//! | `memory-max` | the jail cgroup's memory limit: bytes, with `K`, `M` or `G` (1024-based), at least 1M; or `max`; default: none | no |
 //!
 //! Anything else is refused with `FILE:LINE: what is wrong`: a configuration that means less than
 //! its author thinks is worse than none, so nothing is truncated or skipped.
@@ -34,7 +36,7 @@ pub const ENV_CONF: &str = "CLAUDE_SANDBOX_CONF";
 pub const ENV_EGRESS_JAIL: &str = "CLAUDE_SANDBOX_EGRESS_JAIL";
 
 /// The keys this version knows, in the order the error message lists them.
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 9] = [
     "egress-jail",
     "allow-ip",
     "deny-ip",
@@ -42,7 +44,48 @@ const KEYS: [&str; 7] = [
     "publish-port",
     "allow-socket",
     "pasta",
+    "pids-max",
+    "memory-max",
 ];
+
+/// `pids.max` of the jail cgroup when the conf does not say: room for an agent, its language
+/// servers and parallel builds (threads count), not for a fork bomb that would exhaust the
+/// host's pid space (this kernel's default pid_max is 4 million; RLIMIT_NPROC is per user, and
+/// the jail's command inherits root's).
+pub const DEFAULT_PIDS_MAX: u32 = 4096;
+
+/// A `pids-max` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PidsMax {
+    Limit(u32),
+    /// `max`: no limit.
+    Unlimited,
+}
+
+/// A `memory-max` value: bytes, or `max` (no limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryMax {
+    Bytes(u64),
+    Unlimited,
+}
+
+impl fmt::Display for MemoryMax {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemoryMax::Bytes(n) => write!(f, "{n}"),
+            MemoryMax::Unlimited => f.write_str("max"),
+        }
+    }
+}
+
+impl fmt::Display for PidsMax {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PidsMax::Limit(n) => write!(f, "{n}"),
+            PidsMax::Unlimited => f.write_str("max"),
+        }
+    }
+}
 
 /// A transport protocol a port entry may be limited to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -148,6 +191,8 @@ pub struct Conf {
     pub allow_sockets: Vec<Located<PathBuf>>,
     /// `pasta = PATH`: the pasta to run (as root, so it is trust-checked like this file).
     pub pasta: Option<Located<PathBuf>>,
+    pub pids_max: Option<Located<PidsMax>>,
+    pub memory_max: Option<Located<MemoryMax>>,
 }
 
 impl Conf {
@@ -163,6 +208,8 @@ impl Conf {
             publish_ports: Vec::new(),
             allow_sockets: Vec::new(),
             pasta: None,
+            pids_max: None,
+            memory_max: None,
         }
     }
 }
@@ -467,6 +514,55 @@ fn parse_line(conf: &mut Conf, line: usize, s: &str) -> Result<(), String> {
     if value.contains(char::is_whitespace) {
         return Err(format!("one value per line: `{value}`"));
     }
+    if key == "pids-max" {
+        if let Some(prev) = &conf.pids_max {
+            return Err(format!("pids-max is already set on line {}", prev.line));
+        }
+        let v = match value {
+            "max" => PidsMax::Unlimited,
+            n => match n.parse::<u32>() {
+                Ok(n) if n >= 1 => PidsMax::Limit(n),
+                _ => {
+                    return Err(format!(
+                        "pids-max must be a number of processes (1 or more) or `max`, not `{n}`"
+                    ))
+                }
+            },
+        };
+        conf.pids_max = Some(Located::at(line, v));
+        return Ok(());
+    }
+    if key == "memory-max" {
+        if let Some(prev) = &conf.memory_max {
+            return Err(format!("memory-max is already set on line {}", prev.line));
+        }
+        let bad = || {
+            format!("memory-max must be a size of at least 1M (bytes, or with K, M or G) or `max`, not `{value}`")
+        };
+        let v = if value == "max" {
+            MemoryMax::Unlimited
+        } else {
+            let (num, unit) = match value.char_indices().last() {
+                Some((i, c)) if c.is_ascii_alphabetic() => (&value[..i], c),
+                _ => (value, 'B'),
+            };
+            let shift = match unit.to_ascii_uppercase() {
+                'B' => 0,
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                _ => return Err(bad()),
+            };
+            let n: u64 = num.parse().map_err(|_| bad())?;
+            let bytes = n.checked_mul(1 << shift).ok_or_else(bad)?;
+            if bytes < 1 << 20 {
+                return Err(bad());
+            }
+            MemoryMax::Bytes(bytes)
+        };
+        conf.memory_max = Some(Located::at(line, v));
+        return Ok(());
+    }
     match key {
         "allow-ip" => conf.allow.push(Located::at(line, parse_allow(value)?)),
         "deny-ip" => conf.deny.push(Located::at(line, parse_deny(value)?)),
@@ -735,12 +831,17 @@ mod tests {
     fn every_rejected_form_has_its_message() {
         let f = "/etc/claude-sandbox.conf";
         let cases: &[(&str, String)] = &[
-            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, allow-ip, deny-ip, host-port, publish-port, allow-socket, pasta)")),
+            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, allow-ip, deny-ip, host-port, publish-port, allow-socket, pasta, pids-max, memory-max)")),
             ("allow-ip", format!("{f}:1: allow-ip needs a value")),
             ("allow-ip =", format!("{f}:1: allow-ip needs a value")),
             ("= 1", format!("{f}:1: expected `key = value`, found `= 1`")),
             ("allow-ip 10.0.0.1", format!("{f}:1: expected `key = value`, found `allow-ip 10.0.0.1`")),
             ("egress-jail = yes", format!("{f}:1: egress-jail must be 0 or 1, not `yes`")),
+            ("pids-max = 0", format!("{f}:1: pids-max must be a number of processes (1 or more) or `max`, not `0`")),
+            ("pids-max = -5", format!("{f}:1: pids-max must be a number of processes (1 or more) or `max`, not `-5`")),
+            ("pids-max = 10\npids-max = max", format!("{f}:2: pids-max is already set on line 1")),
+            ("memory-max = 512", format!("{f}:1: memory-max must be a size of at least 1M (bytes, or with K, M or G) or `max`, not `512`")),
+            ("memory-max = 2T", format!("{f}:1: memory-max must be a size of at least 1M (bytes, or with K, M or G) or `max`, not `2T`")),
             ("egress-jail =", format!("{f}:1: egress-jail must be 0 or 1, not ``")),
             ("egress-jail = 1\negress-jail = 1", format!("{f}:2: egress-jail is already set on line 1")),
             ("allow-ip = 10.1.0.5/24", format!("{f}:1: 10.1.0.5/24 has host bits set: the network is 10.1.0.0/24")),
@@ -847,6 +948,20 @@ mod tests {
             Located::at(7, PathBuf::from("/run/user/1000/my socket.sock")),
             "a socket path may contain spaces"
         );
+    }
+
+    #[test]
+    fn resource_limits_parse() {
+        let c = parse(Path::new("c"), b"pids-max = 64\nmemory-max = 256M\n").unwrap();
+        assert_eq!(c.pids_max, Some(Located::at(1, PidsMax::Limit(64))));
+        assert_eq!(
+            c.memory_max,
+            Some(Located::at(2, MemoryMax::Bytes(256 << 20)))
+        );
+        let c = parse(Path::new("c"), b"pids-max = max\nmemory-max = 2g\n").unwrap();
+        assert_eq!(c.pids_max.unwrap().value, PidsMax::Unlimited);
+        assert_eq!(c.memory_max.unwrap().value, MemoryMax::Bytes(2 << 30));
+        assert_eq!(MemoryMax::Unlimited.to_string(), "max");
     }
 
     #[test]
@@ -1099,6 +1214,8 @@ mod tests {
             Just("publish-port"),
             Just("allow-socket"),
             Just("pasta"),
+            Just("pids-max"),
+            Just("memory-max"),
             Just("x"),
             Just("")
         ];

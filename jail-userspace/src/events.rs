@@ -10,6 +10,12 @@
 //! Events the kernel could not queue (a full ring buffer) are counted by it; the launcher writes
 //! each rise of that counter as a `dropped` record, so that the log's counts add up to the
 //! kernel's refusals. The running session's terminal never gets these lines.
+//!
+//! The log is shared by every jail of the host, and rotation drops the oldest records: so each
+//! jail has a budget of [`JAIL_LOG_RECORDS`] records in all. Past it, that jail's refusals are
+//! only counted, in one `suppressed` record per [`OVER_BUDGET_EVERY`] (and one when it ends):
+//! a port scan in one jail can no longer push every other jail's records out of the log (it took
+//! about 10 minutes at 28.6 KB/s; now one jail writes about 250 KB, then 200 bytes a minute).
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
@@ -29,6 +35,11 @@ use serde::{Deserialize, Serialize};
 pub const MAX_RECORDS_PER_FLUSH: usize = 32;
 /// The log is rotated (to `events.jsonl.1`) when it grows past this.
 pub const MAX_LOG_BYTES: u64 = 8 << 20;
+/// Records one jail may write in all (about 250 KB: a thirtieth of [`MAX_LOG_BYTES`]); then only
+/// counts.
+pub const JAIL_LOG_RECORDS: u64 = 1024;
+/// How often a jail past its budget writes its count of unlogged refusals.
+pub const OVER_BUDGET_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One line of the log.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -148,6 +159,11 @@ pub struct Aggregator {
     pub suppressed: u64,
     /// Events the kernel dropped (its counter) that `dropped` records account for so far.
     pub dropped: u64,
+    /// Records of this jail written so far (of [`JAIL_LOG_RECORDS`]).
+    written: u64,
+    /// Refusals past the budget not written yet, and when that count was last written.
+    over_budget: u64,
+    over_budget_noted: Option<std::time::Instant>,
 }
 
 impl Aggregator {
@@ -159,6 +175,9 @@ impl Aggregator {
             total: 0,
             suppressed: 0,
             dropped: 0,
+            written: 0,
+            over_budget: 0,
+            over_budget_noted: None,
         }
     }
 
@@ -202,8 +221,61 @@ impl Aggregator {
     }
 
     /// The records of this window: the first [`MAX_RECORDS_PER_FLUSH`] by (pid, ...), then one
-    /// `suppressed` record counting the rest.
+    /// `suppressed` record counting the rest; within the jail's budget ([`Aggregator::flush_at`]).
     pub fn flush(&mut self, describe: impl Fn(u32) -> String) -> Vec<Record> {
+        self.flush_at(std::time::Instant::now(), describe)
+    }
+
+    /// [`Aggregator::flush`] at `now`. Once the jail has written [`JAIL_LOG_RECORDS`] records,
+    /// every refusal is only counted, and the count written as one `suppressed` record at most
+    /// every [`OVER_BUDGET_EVERY`] (the first at once).
+    pub fn flush_at(
+        &mut self,
+        now: std::time::Instant,
+        describe: impl Fn(u32) -> String,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        for r in self.window(describe) {
+            if self.written < JAIL_LOG_RECORDS {
+                self.written += 1;
+                out.push(r);
+            } else {
+                // Counted again in `suppressed` when its count is written ([`Aggregator::finish`]).
+                if r.kind == "suppressed" {
+                    self.suppressed -= r.count;
+                }
+                self.over_budget += r.count;
+            }
+        }
+        let due = self
+            .over_budget_noted
+            .is_none_or(|t| now.duration_since(t) >= OVER_BUDGET_EVERY);
+        if self.over_budget > 0 && due {
+            out.extend(self.finish());
+            self.over_budget_noted = Some(now);
+        }
+        out
+    }
+
+    /// The count of refusals past the budget not written yet, as one record (when the jail
+    /// ends).
+    pub fn finish(&mut self) -> Option<Record> {
+        let n = std::mem::take(&mut self.over_budget);
+        self.suppressed += n;
+        (n > 0).then(|| {
+            Record::note(
+                &self.jail,
+                "suppressed",
+                n,
+                format!(
+                    "{n} more refusals not logged one by one: this jail has written its budget \
+                     of {JAIL_LOG_RECORDS} records (the log is shared by every jail)"
+                ),
+            )
+        })
+    }
+
+    fn window(&mut self, describe: impl Fn(u32) -> String) -> Vec<Record> {
         let pending = std::mem::take(&mut self.pending);
         let jail_pids = std::mem::take(&mut self.jail_pids);
         let mut out = Vec::new();
@@ -258,7 +330,7 @@ pub fn summary(jail: &str, refused: u64, dropped: u64, suppressed: u64) -> Optio
     } else {
         format!(
             " ({unlogged} not logged one by one: {dropped} lost when the event buffer was full, \
-             {suppressed} over the log's rate cap; the log counts them)"
+             {suppressed} over the log's rate cap or the jail's log budget; the log counts them)"
         )
     };
     Some(format!(
@@ -644,6 +716,49 @@ mod tests {
             "{s}"
         );
         assert!(s.ends_with("--jail id"), "the id is the last word: {s}");
+    }
+
+    #[test]
+    fn a_jail_past_its_budget_only_counts_once_a_minute_and_loses_nothing() {
+        let t0 = std::time::Instant::now();
+        let mut a = Aggregator::new("j");
+        let mut logged = 0u64;
+        let mut counted = 0u64;
+        let mut port = 0u16;
+        let mut windows = Vec::new();
+        // 40 windows of a port scan: 40 x 33 records would be 1320, over the budget.
+        for w in 0..40u64 {
+            for _ in 0..100 {
+                port += 1;
+                a.add(event(1, port));
+            }
+            let r = a.flush_at(t0 + Duration::from_millis(250 * w), |_| String::new());
+            logged += r.len() as u64;
+            counted += r.iter().map(|r| r.count).sum::<u64>();
+            windows.push(r);
+        }
+        let over: Vec<&Record> = windows
+            .iter()
+            .flatten()
+            .filter(|r| r.detail.as_deref().is_some_and(|d| d.contains("budget")))
+            .collect();
+        assert_eq!(over.len(), 1, "one count while the minute runs");
+        assert_eq!(logged, JAIL_LOG_RECORDS + 1);
+        // A minute later: one more count record; then the rest at the end.
+        for _ in 0..100 {
+            port += 1;
+            a.add(event(1, port));
+        }
+        let r = a.flush_at(t0 + Duration::from_secs(70), |_| String::new());
+        assert_eq!(r.len(), 1, "{r:?}");
+        counted += r[0].count;
+        a.add(event(1, 1));
+        assert!(a
+            .flush_at(t0 + Duration::from_secs(71), |_| String::new())
+            .is_empty());
+        counted += a.finish().map(|r| r.count).unwrap_or(0);
+        assert_eq!(counted, a.total, "every refusal is in some record's count");
+        assert!(a.finish().is_none());
     }
 
     #[test]

@@ -94,6 +94,12 @@ fn remove(paths: &Paths, id: &str) -> Result<()> {
         pasta_cg.kill_all(Duration::from_secs(5))?;
     }
     remove_private(paths, id)?;
+    // The jail's v1 pids and memory cgroups (hybrid layout): empty, as its jail cgroup is.
+    for v1 in crate::cgroup::limit_v1_mounts() {
+        let dir = v1.join(crate::cgroup::PARENT).join(id);
+        remove_dir(&dir.join("jail"))?;
+        remove_dir(&dir)?;
+    }
     Cgroup::existing(&paths.cgroup_root.join(id)).remove()?;
     state::remove_record(paths, id)
 }

@@ -291,7 +291,8 @@ fn setup_mounts(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Covers one broker path. The path is opened without following a final symlink and its type
+/// Covers one broker path, or pins a directory above one ([`Kind::Pin`]; [`mask::plan`] puts the
+/// pins first). The path is opened without following a final symlink and its type
 /// checked, and the mount goes onto that very file (/proc/self/fd/N): a path the user swapped
 /// for a symlink since the launcher looked cannot redirect the mount. A path that is gone, or
 /// no longer what it was, has nothing left to hide.
@@ -302,7 +303,18 @@ fn apply_mask(m: &Mask) -> Result<()> {
         Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).context("fstat")?;
+    let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(|e| {
+        // The user may list it (the scan ran as the user) but root may not: a FUSE mount of
+        // the user's without allow_root. What cannot be covered is refused, never left open.
+        let why = if e == Errno::EACCES {
+            "; root may not open it, though the user can: a FUSE mount without allow_root \
+             (fix: mount it with `-o allow_root`, or stop the service whose socket is there \
+             while the agent runs)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("fstat: {e}{why}")
+    })?;
     let fmt = st.st_mode & libc::S_IFMT;
     let here = PathBuf::from(format!(
         "/proc/self/fd/{}",
@@ -402,6 +414,18 @@ fn apply_mask(m: &Mask) -> Result<()> {
                 .with_context(|| format!("keep {} (allow-socket)", rel.display()))?;
             }
             ro(&root, MsFlags::empty())?;
+        }
+        Kind::Pin if fmt == libc::S_IFDIR => {
+            // Onto itself, recursively (what is mounted below stays visible): a mount point the
+            // jail cannot rename or remove. It stays writable: only its name is fixed.
+            mount(
+                Some(&here),
+                &here,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .context("bind the directory onto itself")?;
         }
         _ => {}
     }

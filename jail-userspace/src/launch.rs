@@ -18,7 +18,11 @@
 //! 9. on every exit path: kill what is left in the jail cgroup (cgroup.kill), stop pasta, unmount,
 //!    unpin, remove cgroups, run directory and registry record.
 use std::{
-    ffi::OsString, fs, os::unix::fs::PermissionsExt, path::PathBuf, process::ExitCode,
+    ffi::OsString,
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::ExitCode,
     time::Duration,
 };
 
@@ -229,6 +233,8 @@ fn launch(args: RunArgs) -> Result<i32> {
         anyhow!("{e} (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
     })?;
     built.cgroups.push(pasta_cg.clone());
+    let v1_limits = limits(&conf, &paths, &id, &jail_cg)?;
+    built.v1_cgroups.extend(v1_limits.iter().cloned());
 
     built.pins.push(paths.jail_pins(&id));
     let mut jail_maps = bpf::attach(
@@ -250,7 +256,26 @@ fn launch(args: RunArgs) -> Result<i32> {
     fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
 
     crate::mask::precreate(&target).context("create the user's tmux socket directory")?;
-    let masks = crate::mask::plan(&target, &crate::mask::kept(&conf, &env));
+    let plan = crate::mask::plan_as_user(
+        &target,
+        &crate::mask::allowed(&conf),
+        crate::mask::agent_socket(&env).as_deref(),
+    )?;
+    if let Some((dir, e)) = plan.unreadable.first() {
+        bail!(
+            "cannot list {} as {} ({e}), who may still enter it: a socket there (an ssh \
+             ControlMaster) would stay reachable from the jail by its name (fix: let {} read it, \
+             `chmod u+r {}`, or remove it)",
+            dir.display(),
+            target.name,
+            target.name,
+            dir.display()
+        );
+    }
+    for w in &plan.warnings {
+        eprintln!("claude-jail: warning: {w}");
+    }
+    let masks = plan.masks;
     let spec = jail::Spec {
         target,
         argv: command,
@@ -266,6 +291,11 @@ fn launch(args: RunArgs) -> Result<i32> {
     jail_cg
         .add_pid(init.pid.as_raw() as u32)
         .context("move the jail's init into the jail cgroup")?;
+    for dir in &v1_limits {
+        cgroup::Cgroup::existing(dir)
+            .add_pid(init.pid.as_raw() as u32)
+            .with_context(|| format!("move the jail's init into {}", dir.display()))?;
+    }
 
     let netns_file = run_dir.join("netns");
     built.netns_file = Some(netns_file.clone());
@@ -418,8 +448,72 @@ pub fn policies(
     (jail, pasta)
 }
 
-/// Blocks the signals the launcher handles and returns a signalfd for them. SIGTSTP stays
-/// default: a command stopped by Ctrl-Z stops the launcher with it, and `fg` resumes both.
+/// The jail's resource limits: `pids.max` (`pids-max`, default [`conf::DEFAULT_PIDS_MAX`]: a
+/// fork bomb in the jail stops at it instead of exhausting the host's pid space) and, when the
+/// conf sets `memory-max`, the memory limit. Returns the v1 cgroups made for them (hybrid
+/// layout), which the init must join.
+fn limits(
+    conf: &conf::Conf,
+    paths: &Paths,
+    id: &str,
+    jail_cg: &cgroup::Cgroup,
+) -> Result<Vec<PathBuf>> {
+    let pids = conf
+        .pids_max
+        .as_ref()
+        .map_or(conf::PidsMax::Limit(conf::DEFAULT_PIDS_MAX), |l| l.value);
+    // (key, knob, value, whether the conf asked for it)
+    let mut wanted = vec![(
+        "pids-max",
+        cgroup::PIDS,
+        pids.to_string(),
+        conf.pids_max.is_some(),
+    )];
+    if let Some(m) = &conf.memory_max {
+        wanted.push(("memory-max", cgroup::MEMORY, m.value.to_string(), true));
+    }
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+    let v2_root = paths.cgroup_root.parent().unwrap_or(Path::new("/"));
+    let rel = Path::new(cgroup::PARENT).join(id).join("jail");
+    let mut v1 = Vec::new();
+    for (key, knob, value, asked) in wanted {
+        let limit = match cgroup::limit(&mountinfo, v2_root, jail_cg, &rel, knob, &value) {
+            Ok(l) => l,
+            // The default pids-max where the tree does not allow it (a container whose cgroup
+            // holds processes cannot enable a controller for its children): a warning, so
+            // that the default never stops a jail that worked without it.
+            Err(e) if !asked => {
+                eprintln!(
+                    "claude-jail: warning: the jail's processes are not limited (default \
+                     {key} = {value}): {e}"
+                );
+                continue;
+            }
+            Err(e) => bail!(
+                "limit the jail to {key} = {value}: {e} (fix: a cgroup tree where the {} \
+                 controller can be enabled for claude-jail's cgroups, or `{key} = max` in {} to \
+                 run without the limit)",
+                knob.controller,
+                conf.path.display()
+            ),
+        };
+        match limit {
+            cgroup::Limit::V1(dir) => v1.push(dir),
+            cgroup::Limit::Unavailable if value != "max" => eprintln!(
+                "claude-jail: warning: no {} controller is mounted (cgroup v2 or v1): the jail is \
+                 not limited ({key})",
+                knob.controller
+            ),
+            _ => {}
+        }
+    }
+    Ok(v1)
+}
+
+/// Blocks the signals the launcher handles and returns a signalfd for them. SIGTSTP (^Z) is
+/// one of them: left at its default it stopped the launcher while a command that ignores it
+/// kept running, unenforced by host changes; the supervisor freezes the jail first, then stops.
 fn block_signals() -> Result<SignalFd> {
     let mut set = SigSet::empty();
     for s in [
@@ -429,6 +523,7 @@ fn block_signals() -> Result<SignalFd> {
         Signal::SIGINT,
         Signal::SIGQUIT,
         Signal::SIGUSR1,
+        Signal::SIGTSTP,
     ] {
         set.add(s);
     }
@@ -437,22 +532,27 @@ fn block_signals() -> Result<SignalFd> {
 }
 
 /// Reads the signals that arrived while the jail was being built: the first of SIGINT, SIGTERM,
-/// SIGHUP or SIGQUIT means stop before the command starts. A SIGUSR1 (reload) is raised again, for
-/// the supervisor; SIGCHLD needs nothing (the supervisor polls its child).
+/// SIGHUP or SIGQUIT means stop before the command starts. A SIGUSR1 (reload) or SIGTSTP (^Z) is
+/// raised again, for the supervisor; SIGCHLD needs nothing (the supervisor polls its child).
 fn stop_asked(signals: &SignalFd) -> Result<Option<Signal>> {
     let mut stop = None;
     let mut reload = false;
+    let mut pause = false;
     while let Some(info) = signals.read_signal().context("read signalfd")? {
         match Signal::try_from(info.ssi_signo as i32) {
             Ok(s @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT)) => {
                 stop.get_or_insert(s);
             }
             Ok(Signal::SIGUSR1) => reload = true,
+            Ok(Signal::SIGTSTP) => pause = true,
             _ => {}
         }
     }
     if reload {
         nix::sys::signal::raise(Signal::SIGUSR1).context("raise SIGUSR1")?;
+    }
+    if pause {
+        nix::sys::signal::raise(Signal::SIGTSTP).context("raise SIGTSTP")?;
     }
     Ok(stop)
 }
@@ -469,6 +569,8 @@ struct Built {
     netns_file: Option<PathBuf>,
     pasta: Option<pasta::Pasta>,
     record: bool,
+    /// The jail's cgroups in v1 hierarchies (pids, memory: hybrid layout), removed once empty.
+    v1_cgroups: Vec<PathBuf>,
 }
 
 impl Drop for Built {
@@ -508,6 +610,16 @@ impl Drop for Built {
             if let Err(e) = cg.remove() {
                 keep_record = true;
                 warn("remove cgroup", e.into());
+            }
+        }
+        for d in self.v1_cgroups.drain(..) {
+            // Empty by now: its processes are the jail cgroup's, killed above.
+            if let Err(e) = fs::remove_dir(&d) {
+                keep_record = true;
+                warn("remove the jail's v1 cgroup", e.into());
+            }
+            if let Some(parent) = d.parent() {
+                let _ = fs::remove_dir(parent);
             }
         }
         if let Some(paths) = &self.paths {

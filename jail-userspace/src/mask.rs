@@ -9,8 +9,13 @@
 //! the jail's init covers each one that exists: `/dev/null` bound over a socket (connect gets
 //! ECONNREFUSED), an empty read-only tmpfs over a socket directory. Paths named by
 //! `allow-socket`, and the ssh agent socket (SSH_AUTH_SOCK: git push needs it, and an agent only
-//! signs), stay reachable. Abstract unix sockets need no mask: they belong to the network
-//! namespace, and the jail has its own.
+//! signs; kept only when it is the user's own socket outside every mask), stay reachable.
+//! Abstract unix sockets need no mask: they belong to the network namespace, and the jail has
+//! its own.
+//!
+//! The list is made with the user's credentials ([`plan_as_user`]), never root's, and every
+//! directory above a masked path that the user could rename is pinned (a mount point in the
+//! jail, [`pins`]): what was masked at one launch keeps its name for the next.
 //!
 //! What a path list cannot find (a socket elsewhere, or created after the launch) is in
 //! docs/threat-model.md.
@@ -30,6 +35,9 @@ pub enum Kind {
     Socket,
     /// A directory of sockets: an empty read-only tmpfs is mounted over it.
     Dir,
+    /// A directory above a masked path that the user could rename: bound onto itself, so that
+    /// it is a mount point in the jail, which the kernel refuses to rename or remove (EBUSY).
+    Pin,
 }
 
 /// One path to cover in the jail's mount namespace.
@@ -87,12 +95,59 @@ pub fn precreate(target: &Target) -> std::io::Result<()> {
     }
 }
 
-/// The masks for `target`, as the filesystem is now: every candidate that exists with the
+/// What the launcher found: the masks, and what it must tell the user (a socket it would have
+/// kept but does not).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub masks: Vec<Mask>,
+    pub warnings: Vec<String>,
+    /// Directories to scan that the user may enter but not list (or that failed to list): a
+    /// socket in one would stay reachable from the jail by its name. The launch refuses.
+    pub unreadable: Vec<(PathBuf, std::io::Error)>,
+}
+
+/// [`plan`], run with the target user's credentials on a thread of its own, never root's: what
+/// the user cannot list (a root-only directory behind a symlinked ~/.ssh, another user's
+/// ~/.ssh) never enters the jail's mount table, and what root cannot list but the user can (the
+/// user's FUSE mount, NFS with root_squash) is scanned. The thread ends with the scan; the
+/// launcher's other threads keep root's credentials.
+pub fn plan_as_user(
+    target: &Target,
+    allow: &[PathBuf],
+    agent: Option<&Path>,
+) -> anyhow::Result<Plan> {
+    use anyhow::Context;
+    let plan = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<Plan> {
+            crate::sys::become_user_this_thread(target.uid, target.gid, &target.groups)
+                .with_context(|| format!("take the credentials of {}", target.name))?;
+            Ok(plan(target, allow, agent))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the scan of the user's sockets panicked"))?
+    });
+    // A thread that changed its ids made the process non-dumpable (its /proc files root's only):
+    // as it was before.
+    nix::sys::prctl::set_dumpable(true).context("PR_SET_DUMPABLE")?;
+    plan
+}
+
+/// The masks for `target`, as the filesystem is now (the caller's credentials read it: use
+/// [`plan_as_user`]): every candidate that exists with the
 /// expected type, plus the unix sockets under `~/.ssh` (ControlMaster sockets: directly inside
-/// it, or in a subdirectory, which is then covered whole). `keep` are the paths that stay
-/// reachable (allow-socket, SSH_AUTH_SOCK). Duplicates through symlinked directories
-/// (/var/run -> /run) are merged.
-pub fn plan(target: &Target, keep: &[PathBuf]) -> Vec<Mask> {
+/// it, or in a subdirectory, which is then covered whole). `allow` are the paths the admin keeps
+/// reachable (allow-socket); `agent` is the ssh agent socket of the command's environment
+/// (SSH_AUTH_SOCK), kept only when [`agent_verdict`] says so. Duplicates through symlinked
+/// directories (/var/run -> /run) are merged.
+pub fn plan(target: &Target, allow: &[PathBuf], agent: Option<&Path>) -> Plan {
+    let mut unreadable = Vec::new();
+    let mut entries = |dir: &Path| match entries(dir) {
+        Ok(v) => v,
+        Err(e) => {
+            unreadable.push((dir.to_path_buf(), e));
+            Vec::new()
+        }
+    };
     let mut found = Vec::new();
     for (path, kind, what) in candidates(target.uid) {
         if path
@@ -121,24 +176,87 @@ pub fn plan(target: &Target, keep: &[PathBuf]) -> Vec<Mask> {
             _ => {}
         }
     }
-    let found = found
+    let mut found: Vec<(PathBuf, Kind, &'static str)> = found
         .into_iter()
         .map(|(p, k, w)| (resolve_parent(&p), k, w))
         .collect();
-    let keep: Vec<PathBuf> = keep.iter().map(|p| resolve_parent(&normalize(p))).collect();
-    select(found, &keep)
+    let mut keep: Vec<PathBuf> = allow
+        .iter()
+        .map(|p| resolve_parent(&normalize(p)))
+        .collect();
+    let mut warnings = Vec::new();
+    if let Some(agent) = agent.filter(|a| a.is_absolute()) {
+        let p = resolve_parent(&normalize(agent));
+        let kind = fs::symlink_metadata(&p).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.file_type().is_socket(), m.uid())
+        });
+        let masked: Vec<&Path> = found.iter().map(|(m, _, _)| m.as_path()).collect();
+        match agent_verdict(&p, kind, target.uid, &masked) {
+            Ok(()) => keep.push(p),
+            Err(why) => {
+                warnings.push(format!(
+                    "SSH_AUTH_SOCK={} {why}: it is not kept reachable in the jail{} (git over \
+                     ssh in the jail then has no agent; fix: point SSH_AUTH_SOCK at your own \
+                     agent's socket, or name the path with `allow-socket` in the conf)",
+                    agent.display(),
+                    if kind.is_some_and(|(sock, _)| sock) {
+                        ", it is masked like the other brokers' sockets"
+                    } else {
+                        ""
+                    }
+                ));
+                if kind.is_some_and(|(sock, _)| sock) {
+                    found.push((p, Kind::Socket, "SSH_AUTH_SOCK not kept"));
+                }
+            }
+        }
+    }
+    let masks = select(found, &keep);
+    let mut out = pins(&masks, user_may_write);
+    out.extend(masks);
+    Plan {
+        masks: out,
+        warnings,
+        unreadable,
+    }
 }
 
-/// The paths that stay reachable: every `allow-socket` of the conf, and the ssh agent socket
-/// of the command's environment (SSH_AUTH_SOCK).
-pub fn kept(conf: &Conf, env: &[(OsString, OsString)]) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = conf.allow_sockets.iter().map(|l| l.value.clone()).collect();
-    v.extend(
-        env.iter()
-            .filter(|(k, val)| k == "SSH_AUTH_SOCK" && Path::new(val).is_absolute())
-            .map(|(_, val)| PathBuf::from(val)),
-    );
-    v
+/// Whether the ssh agent socket `p` (its parent resolved) may stay reachable: it must be a
+/// socket (`kind`: is a socket, owner; None when it does not exist) owned by the target user
+/// `uid`, and lie in none of the `masked` paths. Otherwise SSH_AUTH_SOCK would be a way to keep
+/// any broker reachable (`SSH_AUTH_SOCK=/var/run/docker.sock`), or to unmask a whole directory
+/// (a path below /tmp/tmux-UID); the reason is returned.
+pub fn agent_verdict(
+    p: &Path,
+    kind: Option<(bool, u32)>,
+    uid: u32,
+    masked: &[&Path],
+) -> Result<(), String> {
+    match kind {
+        None => return Err("does not exist".into()),
+        Some((false, _)) => return Err("is not a socket".into()),
+        Some((true, owner)) if owner != uid => {
+            return Err(format!("is owned by uid {owner}, not by the user ({uid})"))
+        }
+        Some(_) => {}
+    }
+    match masked.iter().find(|m| p.starts_with(m)) {
+        Some(m) => Err(format!("is a masked path or lies in one ({})", m.display())),
+        None => Ok(()),
+    }
+}
+
+/// The paths the admin keeps reachable: every `allow-socket` of the conf.
+pub fn allowed(conf: &Conf) -> Vec<PathBuf> {
+    conf.allow_sockets.iter().map(|l| l.value.clone()).collect()
+}
+
+/// The ssh agent socket of the command's environment (SSH_AUTH_SOCK): git push needs it.
+pub fn agent_socket(env: &[(OsString, OsString)]) -> Option<PathBuf> {
+    env.iter()
+        .find(|(k, _)| k == "SSH_AUTH_SOCK")
+        .map(|(_, v)| PathBuf::from(v))
 }
 
 /// The masks from found paths and kept ones: a path that is kept is not masked; a kept socket
@@ -170,6 +288,46 @@ pub fn select(found: Vec<(PathBuf, Kind, &'static str)>, keep: &[PathBuf]) -> Ve
     out
 }
 
+/// The directories to pin so that no masked path can be moved from inside the jail: every
+/// directory above a masked path whose parent directory the user may write (`may_write`),
+/// shallowest first (a pin is a bind mount of the directory onto itself, and must go on before
+/// the mounts below it). The masked paths themselves are mount points already.
+///
+/// Why: a mask is taken by path at each launch. Were `~/.ssh` movable in the jail, the agent
+/// could rename it (`mv ~/.ssh ~/.cfg-ssh`); the socket masked by this launch would then sit at a
+/// path the next launch never scans, and be reachable there. A mount point cannot be renamed or
+/// removed (EBUSY), and a hard link across mounts is refused (EXDEV): every name a masked socket
+/// had at launch still names it at the next launch.
+pub fn pins(masks: &[Mask], may_write: impl Fn(&Path) -> bool) -> Vec<Mask> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for m in masks {
+        for a in m.path.ancestors().skip(1) {
+            let Some(parent) = a.parent() else { break };
+            if masks.iter().any(|o| o.path == a) || dirs.iter().any(|d| d == a) {
+                continue;
+            }
+            if may_write(parent) {
+                dirs.push(a.to_path_buf());
+            }
+        }
+    }
+    dirs.sort();
+    dirs.into_iter()
+        .map(|path| Mask {
+            path,
+            kind: Kind::Pin,
+            what: "directory above a masked socket",
+            keep: Vec::new(),
+        })
+        .collect()
+}
+
+/// Whether the caller may write in `dir` (create, rename or remove its entries): [`plan`] runs
+/// as the target user ([`plan_as_user`]), so this is the user's access, ACLs included.
+fn user_may_write(dir: &Path) -> bool {
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
 /// A socket, a directory, or something else (None), without following a final symlink.
 fn file_kind(p: &Path) -> Option<Kind> {
     let t = fs::symlink_metadata(p).ok()?.file_type();
@@ -182,10 +340,23 @@ fn file_kind(p: &Path) -> Option<Kind> {
     }
 }
 
-/// The entries of a directory with their kinds (nothing when it cannot be read).
-fn entries(dir: &Path) -> Vec<(PathBuf, Option<Kind>)> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
+/// The entries of a directory with their kinds. Nothing when it does not exist, or when the
+/// caller may not even enter it (then no name in it is reachable either); an error when it may
+/// enter but not list it: a socket there would be reachable by a name nobody saw.
+fn entries(dir: &Path) -> std::io::Result<Vec<(PathBuf, Option<Kind>)>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+            return Ok(Vec::new())
+        }
+        Err(e) => {
+            let enter = nix::unistd::access(dir, nix::unistd::AccessFlags::X_OK);
+            return if e.raw_os_error() == Some(libc::EACCES) && enter.is_err() {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            };
+        }
     };
     let mut v: Vec<_> = rd
         .flatten()
@@ -196,7 +367,7 @@ fn entries(dir: &Path) -> Vec<(PathBuf, Option<Kind>)> {
         })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+    Ok(v)
 }
 
 /// `p` with its directory resolved (symlinks followed) and its last component kept as is, so
@@ -415,7 +586,60 @@ mod tests {
     }
 
     #[test]
-    fn plan_finds_control_master_sockets_under_ssh_and_keeps_the_agent() {
+    fn directories_the_user_could_rename_above_a_mask_are_pinned_shallowest_first() {
+        let mask = |p: &str, kind| Mask {
+            path: p.into(),
+            kind,
+            what: "",
+            keep: vec![],
+        };
+        let masks = vec![
+            mask("/home/u/.ssh/cm-a", Kind::Socket),
+            mask("/home/u/.ssh/sockets", Kind::Dir),
+            mask("/tmp/tmux-1000", Kind::Dir),
+            mask("/home/u/w/x/y.sock", Kind::Socket),
+        ];
+        // The user may write in their home and below, and in /tmp; not in /home or /.
+        let writable = |d: &Path| d.starts_with("/home/u") || d == Path::new("/tmp");
+        let p = pins(&masks, writable);
+        let paths: Vec<&Path> = p.iter().map(|m| m.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                Path::new("/home/u/.ssh"),
+                Path::new("/home/u/w"),
+                Path::new("/home/u/w/x"),
+            ],
+            "/tmp/tmux-1000 is a mount point itself; /home/u sits in /home, which the user \
+             cannot write"
+        );
+        assert!(p.iter().all(|m| m.kind == Kind::Pin));
+    }
+
+    #[test]
+    fn the_agent_socket_is_kept_only_when_it_is_the_users_socket_outside_every_mask() {
+        let masked = [Path::new("/tmp/tmux-1000"), Path::new("/run/docker.sock")];
+        let v = |p: &str, kind| agent_verdict(Path::new(p), kind, 1000, &masked);
+        assert_eq!(v("/tmp/ssh-x/agent.1", Some((true, 1000))), Ok(()));
+        assert!(v("/run/docker.sock", Some((true, 1000)))
+            .unwrap_err()
+            .contains("masked"));
+        assert!(v("/tmp/tmux-1000/nothing/x", None)
+            .unwrap_err()
+            .contains("does not exist"));
+        assert!(v("/tmp/tmux-1000/default", Some((true, 1000)))
+            .unwrap_err()
+            .contains("/tmp/tmux-1000"));
+        assert!(v("/tmp/other.sock", Some((true, 0)))
+            .unwrap_err()
+            .contains("uid 0"));
+        assert!(v("/etc/passwd", Some((false, 1000)))
+            .unwrap_err()
+            .contains("not a socket"));
+    }
+
+    #[test]
+    fn plan_finds_control_master_sockets_under_ssh_and_keeps_the_users_agent_elsewhere() {
         let home = std::env::temp_dir().join(format!("cj-mask-{}", std::process::id()));
         let ssh = home.join(".ssh");
         fs::create_dir_all(ssh.join("sockets")).unwrap();
@@ -423,7 +647,14 @@ mod tests {
         let _a = UnixListener::bind(ssh.join("cm-git@forge:22")).unwrap();
         let _b = UnixListener::bind(ssh.join("sockets/x")).unwrap();
         let _c = UnixListener::bind(ssh.join("agent.sock")).unwrap();
+        fs::create_dir_all(home.join("ssh-x")).unwrap();
+        let _d = UnixListener::bind(home.join("ssh-x/agent.1")).unwrap();
         fs::write(ssh.join("config"), "").unwrap();
+        // The agent is kept only when it is the user's (chown needs root; without it, the
+        // socket stays root's and must be masked instead).
+        let owned =
+            std::os::unix::fs::lchown(home.join("ssh-x/agent.1"), Some(4_000_000_000), None)
+                .is_ok();
         let t = Target {
             name: "t".into(),
             uid: 4_000_000_000,
@@ -432,7 +663,9 @@ mod tests {
             home: home.clone(),
             shell: "/bin/sh".into(),
         };
-        let m = plan(&t, &[ssh.join("./agent.sock")]);
+        let plan_in_ssh = plan(&t, &[], Some(&ssh.join("./agent.sock")));
+        let plan = plan(&t, &[], Some(&home.join("ssh-x/./agent.1")));
+        let m = plan.masks;
         let _ = fs::remove_dir_all(&home);
         let ssh = fs::canonicalize(std::env::temp_dir())
             .unwrap()
@@ -447,10 +680,19 @@ mod tests {
             paths.contains(&(ssh.join("sockets"), Kind::Dir)),
             "{paths:?}"
         );
-        assert!(
-            !paths.iter().any(|(p, _)| p.ends_with("agent.sock")),
-            "SSH_AUTH_SOCK stays reachable: {paths:?}"
+        assert_eq!(
+            paths.iter().any(|(p, _)| p.ends_with("agent.1")),
+            !owned,
+            "SSH_AUTH_SOCK stays reachable when it is the user's: {paths:?}"
         );
+        assert_eq!(plan.warnings.is_empty(), owned, "{:?}", plan.warnings);
+        // A socket directly in ~/.ssh is masked as a ControlMaster would be, whoever names it.
+        assert!(paths.contains(&(ssh.join("agent.sock"), Kind::Socket)));
+        assert!(plan_in_ssh
+            .masks
+            .iter()
+            .any(|m| m.path.ends_with(".ssh/agent.sock")));
+        assert_eq!(plan_in_ssh.warnings.len(), 1, "{:?}", plan_in_ssh.warnings);
         assert!(!paths
             .iter()
             .any(|(p, _)| p.ends_with("empty") || p.ends_with("config")));

@@ -4,6 +4,8 @@
 //! - SIGTERM and SIGHUP are forwarded to the init, which passes them to the command; SIGINT and
 //!   SIGQUIT came from the terminal and reached the command directly, so they are ignored here;
 //! - SIGUSR1 reloads the jail from the conf its registry record names;
+//! - SIGTSTP (^Z) freezes the jail, then stops the launcher; on SIGCONT the host's current
+//!   network is applied before the jail is thawed ([`pause`]);
 //! - the jail's ring buffer of refusals is drained, aggregated and logged (never to the terminal),
 //!   and each rise of the kernel's count of events the buffer could not hold is logged as a
 //!   `dropped` record;
@@ -30,6 +32,7 @@ use nix::{
 
 use crate::{
     bpf::JailMaps,
+    cgroup::Cgroup,
     conf::Conf,
     events::{self, Aggregator, Record},
     hostnet::HostNet,
@@ -94,6 +97,10 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
                 // nothing in the jail refuses anything after this last look.
                 drain(j);
                 flush(j, &mut counters);
+                // What the jail's log budget left uncounted in the log so far.
+                if let Some(r) = j.aggregator.finish() {
+                    let _ = events::append(&j.paths.events_log(), &[r]);
+                }
             }
             return Ok(code);
         }
@@ -122,14 +129,19 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
         drop(fds);
 
         let mut reload_asked = false;
+        let mut stop_asked = false;
         while let Ok(Some(info)) = w.signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(sig @ (Signal::SIGTERM | Signal::SIGHUP)) => {
                     let _ = kill(child, sig);
                 }
                 Ok(Signal::SIGUSR1) => reload_asked = true,
+                Ok(Signal::SIGTSTP) => stop_asked = true,
                 _ => {}
             }
+        }
+        if stop_asked {
+            pause(w, netlink.as_ref());
         }
         if let Some(sock) = &netlink {
             if drain_netlink(sock) {
@@ -148,6 +160,51 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
         if now >= next_flush {
             flush(j, &mut counters);
             next_flush = now + FLUSH_EVERY;
+        }
+    }
+}
+
+/// How long a freeze or thaw may take before the launcher gives up on it.
+const FREEZE_WAIT: Duration = Duration::from_secs(2);
+
+/// ^Z. A stopped launcher applies no route or address change of the host and drains no event,
+/// while a command that ignores SIGTSTP (or anything it started) would keep running: so the
+/// jail is frozen first (cgroup.freeze), then the launcher stops itself (SIGSTOP). On SIGCONT
+/// (`fg`, `bg`) the host's network as it is now is applied, then the jail thawed. If the jail
+/// cannot be frozen, the launcher does not stop: it keeps enforcing, and logs why.
+fn pause(w: &mut Watch, netlink: Option<&Socket>) {
+    let jail = w
+        .jail
+        .as_ref()
+        .map(|j| Cgroup::existing(&j.paths.jail_cgroup(&j.id)));
+    if let (Some(cg), Some(j)) = (&jail, &w.jail) {
+        if let Err(e) = cg.freeze(true, FREEZE_WAIT) {
+            let _ = cg.freeze(false, FREEZE_WAIT);
+            let note = Record::note(
+                &j.id,
+                "stop-refused",
+                0,
+                format!("^Z: cannot freeze the jail ({e}); the launcher keeps running"),
+            );
+            let _ = events::append(&j.paths.events_log(), &[note]);
+            return;
+        }
+    }
+    let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+    // Continued.
+    if let Some(j) = &mut w.jail {
+        if let Some(s) = netlink {
+            drain_netlink(s);
+        }
+        drain(j);
+        refresh(j, false, true);
+    }
+    if let Some(cg) = &jail {
+        if let Err(e) = cg.freeze(false, FREEZE_WAIT) {
+            if let Some(j) = &w.jail {
+                let note = Record::note(&j.id, "thaw-failed", 0, format!("{e}"));
+                let _ = events::append(&j.paths.events_log(), &[note]);
+            }
         }
     }
 }

@@ -160,3 +160,23 @@ pub fn install_seccomp(filter: &[libc::sock_filter]) -> Result<(), Errno> {
     };
     Errno::result(r).map(drop)
 }
+
+/// Makes the *calling thread* the user `uid`/`gid` with supplementary `groups`, for good: real,
+/// effective, saved and filesystem ids, no capabilities. The other threads of the process keep
+/// theirs: the kernel keeps credentials per thread, and these are the raw system calls (the
+/// libc wrappers would change every thread of the process). Used on a thread that reads the
+/// user's files and then ends.
+pub fn become_user_this_thread(uid: u32, gid: u32, groups: &[u32]) -> Result<(), Errno> {
+    // SAFETY: setgroups reads `groups.len()` gids from the pointer, which points at `groups`;
+    // setresgid/setresuid take plain integers. Raw syscalls touch only this thread's credentials.
+    unsafe {
+        Errno::result(libc::syscall(
+            libc::SYS_setgroups,
+            groups.len(),
+            groups.as_ptr(),
+        ))?;
+        Errno::result(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+        Errno::result(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+    }
+    Ok(())
+}
