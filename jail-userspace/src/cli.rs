@@ -37,6 +37,11 @@ pub enum Command {
         /// Run the command as USER (root only; default: the user behind sudo, else the caller).
         #[arg(long, value_name = "USER")]
         user: Option<String>,
+        /// Read the command's environment from descriptor FD (NAME=VALUE entries separated by
+        /// NUL, as `env -0` writes them): the `claude` shim hands the user's environment across
+        /// sudo this way.
+        #[arg(long, value_name = "FD")]
+        env_fd: Option<i32>,
         /// The command and its arguments.
         // The first word of the command may not start with `-`: a mistyped option of run's
         // (`--confg`) is refused instead of being run as a command. After it (or after `--`),
@@ -141,11 +146,13 @@ pub fn main() -> ExitCode {
         Command::Run {
             config,
             user,
+            env_fd,
             command,
         } => {
             return crate::launch::run(crate::launch::RunArgs {
                 config,
                 user,
+                env_fd,
                 command,
             })
         }

@@ -36,7 +36,7 @@ pub const ENV_CONF: &str = "CLAUDE_SANDBOX_CONF";
 pub const ENV_EGRESS_JAIL: &str = "CLAUDE_SANDBOX_EGRESS_JAIL";
 
 /// The keys this version knows, in the order the error message lists them.
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 10] = [
     "egress-jail",
     "allow-ip",
     "deny-ip",
@@ -46,6 +46,7 @@ const KEYS: [&str; 9] = [
     "pasta",
     "pids-max",
     "memory-max",
+    "pass-env",
 ];
 
 /// `pids.max` of the jail cgroup when the conf does not say: room for an agent, its language
@@ -191,6 +192,9 @@ pub struct Conf {
     pub allow_sockets: Vec<Located<PathBuf>>,
     /// `pasta = PATH`: the pasta to run (as root, so it is trust-checked like this file).
     pub pasta: Option<Located<PathBuf>>,
+    /// `pass-env = NAME` or `NAME_*`: variables that also reach a command root starts for
+    /// another user (`--user`); the user's own launches pass their whole environment.
+    pub pass_env: Vec<Located<String>>,
     pub pids_max: Option<Located<PidsMax>>,
     pub memory_max: Option<Located<MemoryMax>>,
 }
@@ -208,6 +212,7 @@ impl Conf {
             publish_ports: Vec::new(),
             allow_sockets: Vec::new(),
             pasta: None,
+            pass_env: Vec::new(),
             pids_max: None,
             memory_max: None,
         }
@@ -489,6 +494,16 @@ fn parse_line(conf: &mut Conf, line: usize, s: &str) -> Result<(), String> {
         Some(v) if !v.is_empty() => v,
         _ => return Err(format!("{key} needs a value")),
     };
+    if key == "pass-env" {
+        let name = value.strip_suffix('*').unwrap_or(value);
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!(
+                "pass-env takes a variable name or a prefix ending in `*` (EPICS_*), not `{value}`"
+            ));
+        }
+        conf.pass_env.push(Located::at(line, value.to_string()));
+        return Ok(());
+    }
     if key == "pasta" {
         let p = PathBuf::from(value);
         if !p.is_absolute() {
@@ -831,7 +846,7 @@ mod tests {
     fn every_rejected_form_has_its_message() {
         let f = "/etc/claude-sandbox.conf";
         let cases: &[(&str, String)] = &[
-            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, allow-ip, deny-ip, host-port, publish-port, allow-socket, pasta, pids-max, memory-max)")),
+            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, allow-ip, deny-ip, host-port, publish-port, allow-socket, pasta, pids-max, memory-max, pass-env)")),
             ("allow-ip", format!("{f}:1: allow-ip needs a value")),
             ("allow-ip =", format!("{f}:1: allow-ip needs a value")),
             ("= 1", format!("{f}:1: expected `key = value`, found `= 1`")),
@@ -879,6 +894,8 @@ mod tests {
             ("publish-port", format!("{f}:1: publish-port needs a value")),
             ("allow-socket = run/x.sock", format!("{f}:1: allow-socket needs an absolute path, not `run/x.sock`")),
             ("pasta = pasta", format!("{f}:1: pasta needs an absolute path, not `pasta`")),
+            ("pass-env = *", format!("{f}:1: pass-env takes a variable name or a prefix ending in `*` (EPICS_*), not `*`")),
+            ("pass-env = A-B", format!("{f}:1: pass-env takes a variable name or a prefix ending in `*` (EPICS_*), not `A-B`")),
             ("pasta = /a\npasta = /b", format!("{f}:2: pasta is already set on line 1")),
             ("# ok\n\nallow-ip = nope", format!("{f}:3: `nope` is not an IP address or CIDR")),
         ];
@@ -1214,6 +1231,7 @@ mod tests {
             Just("publish-port"),
             Just("allow-socket"),
             Just("pasta"),
+            Just("pass-env"),
             Just("pids-max"),
             Just("memory-max"),
             Just("x"),

@@ -59,6 +59,8 @@ pub const HATCH: &str = "to run without the egress jail: CLAUDE_SANDBOX_EGRESS_J
 pub struct RunArgs {
     pub config: Option<PathBuf>,
     pub user: Option<String>,
+    /// A descriptor with the user's environment (`run --env-fd`).
+    pub env_fd: Option<i32>,
     pub command: Vec<OsString>,
 }
 
@@ -111,7 +113,7 @@ fn launch(args: RunArgs) -> Result<i32> {
         args.command
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| target.home.clone());
-    let env = user::environment(&target, std::env::vars_os());
+    let env = user::environment(&target, env_from(caller, args.env_fd, &conf)?);
 
     let mut record = JailRecord {
         id: state::new_id()?,
@@ -509,6 +511,30 @@ fn limits(
         }
     }
     Ok(v1)
+}
+
+/// Where the command's environment comes from ([`user::EnvFrom`]): the descriptor the `claude`
+/// shim hands over; else, when the command runs as the user who asked (behind sudo or pkexec,
+/// or without root), what the launcher was given; else (root for another user) the allow list
+/// and the conf's `pass-env`. Nothing read here decides anything of the launcher's own.
+fn env_from(caller: Caller, env_fd: Option<i32>, conf: &conf::Conf) -> Result<user::EnvFrom> {
+    if let Some(fd) = env_fd {
+        let f = crate::sys::take_fd(fd).with_context(|| {
+            format!("--env-fd {fd}: not an open descriptor (fix: leave out --env-fd, or open it)")
+        })?;
+        let env = user::read_env(std::fs::File::from(f))
+            .with_context(|| format!("--env-fd {fd}: read the environment"))?;
+        return Ok(user::EnvFrom::Own(env));
+    }
+    Ok(match caller {
+        Caller::Delegated { .. } | Caller::Unprivileged { .. } => {
+            user::EnvFrom::Own(std::env::vars_os().collect())
+        }
+        Caller::Root => user::EnvFrom::Admin {
+            caller: std::env::vars_os().collect(),
+            pass_env: conf.pass_env.iter().map(|l| l.value.clone()).collect(),
+        },
+    })
 }
 
 /// Blocks the signals the launcher handles and returns a signalfd for them. SIGTSTP (^Z) is

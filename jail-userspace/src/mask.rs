@@ -28,6 +28,29 @@ use std::{
 
 use crate::{conf::Conf, user::Target};
 
+/// Variables of the user's environment that point at what the jail masks or replaces: a
+/// terminal multiplexer's server, the D-Bus buses, docker and podman, the display servers, the
+/// gpg agent. The command never gets them (they would name a socket it cannot reach, or one
+/// the mask list missed); everything else of the user's environment passes
+/// ([`crate::user::environment`]).
+pub const MASKED_ENV: [&str; 15] = [
+    "TMUX",
+    "TMUX_PANE",
+    "STY",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "DBUS_SYSTEM_BUS_ADDRESS",
+    "DOCKER_HOST",
+    "CONTAINER_HOST",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "XAUTHORITY",
+    "SWAYSOCK",
+    "I3SOCK",
+    "KITTY_LISTEN_ON",
+    "GPG_AGENT_INFO",
+    "NOTIFY_SOCKET",
+];
+
 /// How a path is covered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

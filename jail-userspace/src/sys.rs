@@ -142,6 +142,19 @@ pub fn prog_query_count(
     Errno::result(r).map(|_| q.prog_cnt)
 }
 
+/// Takes ownership of descriptor `fd`, inherited from the caller (`run --env-fd`): refused unless
+/// it is above 2 and open. Nothing else in this process owns it.
+pub fn take_fd(fd: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+    if fd < 3 {
+        return Err(Errno::EBADF);
+    }
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+    // SAFETY: `fd` is open (F_GETFD succeeded), was inherited from the caller, and no other
+    // object of this process refers to it: the launcher opens nothing before it parses its
+    // arguments.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 /// Installs a seccomp filter on the calling thread. The caller has set no_new_privs.
 pub fn install_seccomp(filter: &[libc::sock_filter]) -> Result<(), Errno> {
     let prog = libc::sock_fprog {

@@ -119,29 +119,100 @@ pub fn is_proxy_var(name: &str) -> bool {
 /// PATH when the caller's environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// Variables that sudo (or pkexec) adds about itself, and root's mail path that sudo's
+/// env_reset sets: never the user's.
+const LAUNCH_VARS: [&str; 7] = [
+    "SUDO_USER",
+    "SUDO_UID",
+    "SUDO_GID",
+    "SUDO_COMMAND",
+    "SUDO_HOME",
+    "PKEXEC_UID",
+    "MAIL",
+];
+
+/// Where the command's environment comes from.
+pub enum EnvFrom {
+    /// The command runs as the user who asked for it: that user's environment as it was where
+    /// they typed the command (the `claude` shim hands it over a descriptor, `run --env-fd`; else
+    /// what sudo left of it), less [`crate::mask::MASKED_ENV`] and sudo's own variables. The
+    /// launcher never reads a setting of its own from it.
+    Own(Vec<(OsString, OsString)>),
+    /// Root starts the command for another user (`--user`): only the allow list
+    /// ([`PASS_EXACT`], [`PASS_PREFIX`], the proxies) and the conf's `pass-env` patterns pass.
+    Admin {
+        caller: Vec<(OsString, OsString)>,
+        pass_env: Vec<String>,
+    },
+}
+
+/// Whether `name` matches a `pass-env` pattern: the exact name, or a prefix ending in `*`.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    }
+}
+
+/// Reads `NAME=VALUE` entries separated by NUL bytes (as `env -0` writes them) from `fd`, at
+/// most 1 MiB; an entry without `=` or with an empty name is skipped.
+pub fn read_env(from: impl std::io::Read) -> std::io::Result<Vec<(OsString, OsString)>> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStringExt;
+    const MAX: u64 = 1 << 20;
+    let mut buf = Vec::new();
+    from.take(MAX + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX {
+        return Err(std::io::Error::other(
+            "the environment handed over is larger than 1 MiB",
+        ));
+    }
+    Ok(buf
+        .split(|&b| b == 0)
+        .filter_map(|kv| {
+            let eq = kv.iter().position(|&b| b == b'=')?;
+            (eq > 0).then(|| {
+                (
+                    OsString::from_vec(kv[..eq].to_vec()),
+                    OsString::from_vec(kv[eq + 1..].to_vec()),
+                )
+            })
+        })
+        .collect())
+}
+
 /// The command's environment: HOME, USER, LOGNAME and SHELL from the passwd entry, PATH from the
-/// caller (sudo's secure_path) or a default, and the pass-through variables. Nothing else: the
-/// broker variables (TMUX, DBUS_SESSION_BUS_ADDRESS, DISPLAY, ...) are left out on purpose.
-pub fn environment(
-    target: &Target,
-    caller: impl IntoIterator<Item = (OsString, OsString)>,
-) -> Vec<(OsString, OsString)> {
+/// source or a default, and what [`EnvFrom`] lets pass. The broker variables
+/// ([`crate::mask::MASKED_ENV`]) never pass.
+pub fn environment(target: &Target, from: EnvFrom) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = vec![
         ("HOME".into(), target.home.clone().into_os_string()),
         ("USER".into(), target.name.clone().into()),
         ("LOGNAME".into(), target.name.clone().into()),
         ("SHELL".into(), target.shell.clone().into_os_string()),
     ];
+    let (vars, own, pass_env) = match from {
+        EnvFrom::Own(v) => (v, true, Vec::new()),
+        EnvFrom::Admin { caller, pass_env } => (caller, false, pass_env),
+    };
     let mut path = None;
-    for (k, v) in caller {
+    for (k, v) in vars {
         let Some(name) = k.to_str() else { continue };
         if name == "PATH" {
             path = Some(v);
             continue;
         }
-        let pass = PASS_EXACT.contains(&name)
+        if ["HOME", "USER", "LOGNAME", "SHELL"].contains(&name)
+            || crate::mask::MASKED_ENV.contains(&name)
+            || LAUNCH_VARS.contains(&name)
+        {
+            continue;
+        }
+        let pass = own
+            || PASS_EXACT.contains(&name)
             || is_proxy_var(name)
-            || PASS_PREFIX.iter().any(|p| name.starts_with(p));
+            || PASS_PREFIX.iter().any(|p| name.starts_with(p))
+            || pass_env.iter().any(|p| pattern_matches(p, name));
         if pass && !v.as_bytes().contains(&0) {
             env.push((k, v));
         }
@@ -190,7 +261,13 @@ mod tests {
             ("PATH", "/usr/sbin:/usr/bin"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        let env = environment(&alice(), caller);
+        let env = environment(
+            &alice(),
+            EnvFrom::Admin {
+                caller: caller.to_vec(),
+                pass_env: vec![],
+            },
+        );
         assert_eq!(get(&env, "HOME"), Some(OsStr::new("/home/alice")));
         assert_eq!(get(&env, "USER"), Some(OsStr::new("alice")));
         assert_eq!(get(&env, "LOGNAME"), Some(OsStr::new("alice")));
@@ -249,7 +326,13 @@ mod tests {
             .iter()
             .chain(drop.iter())
             .map(|k| (OsString::from(k), OsString::from("http://10.9.9.9:3128")));
-        let env = environment(&alice(), caller);
+        let env = environment(
+            &alice(),
+            EnvFrom::Admin {
+                caller: caller.collect(),
+                pass_env: vec![],
+            },
+        );
         for k in pass {
             assert!(is_proxy_var(k), "{k}");
             assert!(get(&env, k).is_some(), "{k} passes through");
@@ -260,9 +343,88 @@ mod tests {
         }
     }
 
+    fn vars(kv: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        kv.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    #[test]
+    fn the_users_own_environment_passes_whole_but_for_brokers_and_sudos_variables() {
+        let own = vars(&[
+            ("EPICS_CA_ADDR_LIST", "10.1.2.3"),
+            ("EPICS_CA_AUTO_ADDR_LIST", "NO"),
+            ("VIRTUAL_ENV", "/opt/venv"),
+            ("NODE_OPTIONS", "--max-old-space-size=4096"),
+            ("FOO", "bar"),
+            ("HOME", "/elsewhere"),
+            ("TMUX", "/tmp/tmux-1000/default,1,0"),
+            ("DISPLAY", ":0"),
+            ("DBUS_SESSION_BUS_ADDRESS", "unix:path=/run/user/1000/bus"),
+            ("SUDO_UID", "1000"),
+            ("MAIL", "/var/mail/root"),
+            ("PATH", "/home/alice/.local/bin:/usr/bin"),
+        ]);
+        let env = environment(&alice(), EnvFrom::Own(own));
+        for (k, v) in [
+            ("EPICS_CA_ADDR_LIST", "10.1.2.3"),
+            ("VIRTUAL_ENV", "/opt/venv"),
+            ("NODE_OPTIONS", "--max-old-space-size=4096"),
+            ("FOO", "bar"),
+            ("HOME", "/home/alice"),
+            ("PATH", "/home/alice/.local/bin:/usr/bin"),
+        ] {
+            assert_eq!(get(&env, k), Some(OsStr::new(v)), "{k}");
+        }
+        for k in crate::mask::MASKED_ENV
+            .iter()
+            .copied()
+            .chain(["SUDO_UID", "MAIL"])
+        {
+            assert!(get(&env, k).is_none(), "{k} must not reach the jail");
+        }
+    }
+
+    #[test]
+    fn for_another_user_only_the_allow_list_and_pass_env_pass() {
+        let caller = vars(&[
+            ("EPICS_CA_ADDR_LIST", "10.1.2.3"),
+            ("EPICSX", "1"),
+            ("FOO", "bar"),
+            ("TERM", "xterm"),
+            ("TMUX", "/tmp/x"),
+        ]);
+        let env = environment(
+            &alice(),
+            EnvFrom::Admin {
+                caller,
+                pass_env: vec!["EPICS_*".into(), "TMUX".into()],
+            },
+        );
+        assert!(get(&env, "EPICS_CA_ADDR_LIST").is_some());
+        assert!(get(&env, "TERM").is_some());
+        assert!(
+            get(&env, "EPICSX").is_none(),
+            "EPICS_* needs the underscore"
+        );
+        assert!(get(&env, "FOO").is_none());
+        assert!(
+            get(&env, "TMUX").is_none(),
+            "a broker variable never passes, even when pass-env names it"
+        );
+    }
+
+    #[test]
+    fn an_environment_handed_over_a_descriptor_is_read_as_env_0_writes_it() {
+        use std::io::Read as _;
+        let got = read_env(&b"A=1\0B=x=y\0=nokey\0novalue\0C=\0"[..]).unwrap();
+        assert_eq!(got, vars(&[("A", "1"), ("B", "x=y"), ("C", "")]));
+        assert!(read_env(std::io::repeat(b'a').take((1 << 20) + 10)).is_err());
+    }
+
     #[test]
     fn path_defaults_when_the_caller_has_none() {
-        let env = environment(&alice(), []);
+        let env = environment(&alice(), EnvFrom::Own(vec![]));
         assert_eq!(get(&env, "PATH"), Some(OsStr::new(DEFAULT_PATH)));
     }
 }

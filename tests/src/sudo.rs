@@ -59,6 +59,7 @@ impl Sudo {
                 "Defaults secure_path=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\n\
                  Defaults env_keep+=\"SSH_AUTH_SOCK {env_keep}\"\n\
                  Defaults !lecture\n\
+                 Defaults closefrom_override\n\
                  root ALL=(ALL:ALL) ALL\n\
                  cjuser ALL=(root) NOPASSWD: ALL\n"
             ),

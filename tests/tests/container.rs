@@ -363,6 +363,7 @@ fn the_debian_package_makes_every_users_claude_jailed_on_a_clean_machine() {
     let fake_claude = r#"#!/bin/bash
 echo "FAKE-CLAUDE args=[$*] uid=$(id -u) nnp=$(awk '/^NoNewPrivs/ {print $2}' /proc/self/status)"
 echo "LAN $( (exec 3<>/dev/tcp/10.0.0.5/80 && head -n1 <&3) 2>&1 | head -c 120)"
+echo "ENVS EPICS=${EPICS_CA_ADDR_LIST:-unset} TMUX=${TMUX:-unset} HOME=$HOME"
 "#;
     let script = format!(
         "set -e\n\
@@ -375,7 +376,7 @@ echo "LAN $( (exec 3<>/dev/tcp/10.0.0.5/80 && head -n1 <&3) 2>&1 | head -c 120)"
          chmod 755 /usr/local/bin/claude\n\
          set +e\n\
          echo '== check'; claude-jail check; echo \"check-exit=$?\"\n\
-         echo '== jailed'; su -l dev -c 'claude --print \"two words\"'; echo \"jailed-exit=$?\"\n\
+         echo '== jailed'; su -l dev -c 'EPICS_CA_ADDR_LIST=10.1.2.3 TMUX=/tmp/x claude --print \"two words\"'; echo \"jailed-exit=$?\"\n\
          echo '== off'; su -l dev -c 'CLAUDE_SANDBOX_EGRESS_JAIL=0 claude -x' 2>&1; echo \"off-exit=$?\"\n\
          echo '== outsider'; su -l outsider -c 'claude' 2>&1; echo \"outsider-exit=$?\"\n\
          echo '== man'; MANPAGER=cat man claude-jail 2>&1 | head -n 20\n\
@@ -413,6 +414,11 @@ echo "LAN $( (exec 3<>/dev/tcp/10.0.0.5/80 && head -n1 <&3) 2>&1 | head -c 120)"
         "and the LAN is refused from it: {jailed}"
     );
     assert!(jailed.contains("jailed-exit=0"), "{jailed}");
+    assert!(
+        jailed.contains("ENVS EPICS=10.1.2.3 TMUX=unset HOME=/home/dev"),
+        "the user's environment reaches the jailed claude through the shim and sudo, less the \
+         broker variables (issue 17): {jailed}"
+    );
     let off = section("off");
     assert!(
         off.contains("FAKE-CLAUDE args=[-x] uid=1000") && off.contains("OFF"),
