@@ -249,7 +249,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 /// /sys/fs/cgroup itself, as on most hosts) emulated in the tests' private mount namespace: this
 /// machine may be hybrid (cgroup2 at /sys/fs/cgroup/unified), and a layout assumption must fail a
 /// test. The cgroup2 superblock is the host's, so the cgroups made there are real ones.
-const JAIL_TESTS: [&str; 10] = [
+const JAIL_TESTS: [&str; 11] = [
     "launch",
     "contain",
     "enforce",
@@ -260,6 +260,7 @@ const JAIL_TESTS: [&str; 10] = [
     "sudo",
     "check",
     "masks18",
+    "environment",
 ];
 
 fn unified_pass(root: &Path, extra: &[String]) -> Result<()> {
