@@ -169,3 +169,65 @@ pub fn leftovers(world: &FakeWorld, ids: &[String]) -> Vec<String> {
     }
     left
 }
+
+/// A world whose directory other users may enter (jailed commands run as `nobody` or a test
+/// user and read files there), and a root-owned conf in it with `text`; returns the conf's path.
+pub fn world_with_conf(text: &str) -> Result<(FakeWorld, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let world = FakeWorld::builder().build()?;
+    std::fs::set_permissions(world.dir(), std::fs::Permissions::from_mode(0o755))?;
+    let conf = write_conf(&world, "claude-sandbox.conf", text)?;
+    Ok((world, conf.display().to_string()))
+}
+
+/// A jail that stays up: `claude-jail run --config CONF --user nobody -- bash -c SCRIPT`, where
+/// SCRIPT prints `ready` on a line of its own once it is set, then waits for its stdin to close.
+/// Returns once that line is read; dropping the [`WaitingJail`] closes stdin and waits.
+pub fn waiting_jail(
+    world: &FakeWorld,
+    conf: &str,
+    script: &str,
+    ready: &str,
+) -> Result<WaitingJail> {
+    let mut child = claude_jail(
+        world,
+        &[
+            "run",
+            "--config",
+            conf,
+            "--user",
+            "nobody",
+            "--",
+            "bash",
+            "-c",
+            &format!("{script}\necho {ready}; read -r _"),
+        ],
+    )?
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().expect("piped")),
+        &mut line,
+    )?;
+    if line.trim() != ready {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("the jail did not come up: {line:?}");
+    }
+    Ok(WaitingJail { child })
+}
+
+/// See [`waiting_jail`].
+pub struct WaitingJail {
+    child: std::process::Child,
+}
+
+impl Drop for WaitingJail {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}

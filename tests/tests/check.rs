@@ -1,11 +1,10 @@
 //! `claude-jail check` (issue 12, item 5): one line per prerequisite, each failure with its fix,
 //! exit 0 only when a jail can start; nothing of the check is left behind.
-use std::{fs, os::unix::fs::PermissionsExt};
+use std::fs;
 
 use jail_tests::{
     have_root,
-    jail::{claude_jail, claude_jail_after, leftovers, write_conf},
-    FakeWorld,
+    jail::{claude_jail, claude_jail_after, leftovers, waiting_jail, world_with_conf, write_conf},
 };
 
 #[test]
@@ -13,10 +12,7 @@ fn check_is_green_where_a_jail_starts_and_names_the_fix_where_it_cannot() {
     if !have_root() {
         return;
     }
-    let world = FakeWorld::builder().build().unwrap();
-    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = write_conf(&world, "claude-sandbox.conf", "allow-ip = 10.1.2.3\n").unwrap();
-    let conf = conf.display().to_string();
+    let (world, conf) = world_with_conf("allow-ip = 10.1.2.3\n").unwrap();
 
     let out = claude_jail(&world, &["check", "--config", &conf])
         .unwrap()
@@ -152,44 +148,14 @@ fn usage_errors_and_status_speak_as_the_rest_of_the_tool() {
     if !have_root() {
         return;
     }
-    let world = FakeWorld::builder().build().unwrap();
-    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = write_conf(&world, "claude-sandbox.conf", "allow-ip = 10.1.2.3\n").unwrap();
-    let conf = conf.display().to_string();
-    let mut jail = claude_jail(
-        &world,
-        &[
-            "run",
-            "--config",
-            &conf,
-            "--user",
-            "nobody",
-            "--",
-            "bash",
-            "-c",
-            "echo UP; read -r _",
-        ],
-    )
-    .unwrap()
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut up = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(jail.stdout.as_mut().unwrap()),
-        &mut up,
-    )
-    .unwrap();
-    assert_eq!(up.trim(), "UP");
+    let (world, conf) = world_with_conf("allow-ip = 10.1.2.3\n").unwrap();
+    let jail = waiting_jail(&world, &conf, ":", "UP").unwrap();
     let status = claude_jail(&world, &["status"]).unwrap().output().unwrap();
     let policy = claude_jail(&world, &["policy", "--config", &conf])
         .unwrap()
         .output()
         .unwrap();
-    drop(jail.stdin.take());
-    let _ = jail.wait();
+    drop(jail);
     let status = String::from_utf8_lossy(&status.stdout);
     let policy = String::from_utf8_lossy(&policy.stdout);
     let digest = policy
@@ -220,10 +186,7 @@ fn verify_audits_a_fresh_jail_from_inside_and_out() {
     if !have_root() {
         return;
     }
-    let world = FakeWorld::builder().build().unwrap();
-    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = write_conf(&world, "claude-sandbox.conf", "allow-ip = 172.16.0.1\n").unwrap();
-    let conf = conf.display().to_string();
+    let (world, conf) = world_with_conf("allow-ip = 172.16.0.1\n").unwrap();
     let capture = world.capture().unwrap();
     let out = claude_jail(
         &world,

@@ -15,7 +15,7 @@ use std::{
 
 use jail_tests::{
     have_root,
-    jail::{claude_jail_after, claude_jail_bin, leftovers, write_conf},
+    jail::{claude_jail_after, claude_jail_bin, leftovers, world_with_conf},
     pasta::locate_pasta,
     FakeWorld,
 };
@@ -29,10 +29,7 @@ fn root_without_cap_bpf_but_with_cap_sys_admin_builds_the_jail() {
     if !have_root() {
         return;
     }
-    let world = FakeWorld::builder().build().unwrap();
-    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = write_conf(&world, "claude-sandbox.conf", "").unwrap();
-    let conf = conf.display().to_string();
+    let (world, conf) = world_with_conf("").unwrap();
     let out = claude_jail_after(
         &world,
         "exec setpriv --inh-caps=-bpf --bounding-set=-bpf -- sh -c 'exec \"$@\"' sh \"$@\"",
@@ -305,10 +302,7 @@ fn in_a_user_namespace_the_refusal_says_ebpf_cannot_load_there() {
     if !have_root() {
         return;
     }
-    let world = FakeWorld::builder().build().unwrap();
-    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = write_conf(&world, "claude-sandbox.conf", "").unwrap();
-    let conf = conf.display().to_string();
+    let (world, conf) = world_with_conf("").unwrap();
     let out = claude_jail_after(
         &world,
         "exec unshare --user --map-root-user -- sh -c 'exec \"$@\"' sh \"$@\"",

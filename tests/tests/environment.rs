@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fs, os::unix::fs::PermissionsExt};
 
 use jail_tests::{
     have_root,
-    jail::{claude_jail, write_conf},
+    jail::{claude_jail, world_with_conf},
     sudo::Sudo,
     FakeWorld,
 };
@@ -98,10 +98,7 @@ fn for_another_user_root_passes_the_allow_list_and_pass_env_only() {
     if !have_root() {
         return;
     }
-    let world = FakeWorld::builder().build().unwrap();
-    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = write_conf(&world, "claude-sandbox.conf", "pass-env = EPICS_*\n").unwrap();
-    let conf = conf.display().to_string();
+    let (world, conf) = world_with_conf("pass-env = EPICS_*\n").unwrap();
     let out = claude_jail(
         &world,
         &[

@@ -6,7 +6,7 @@ use std::{fs, os::unix::fs::PermissionsExt, process::Output};
 
 use jail_tests::{
     have_root,
-    jail::{claude_jail, write_conf},
+    jail::{claude_jail, waiting_jail, world_with_conf, write_conf},
     sudo::Sudo,
     FakeWorld,
 };
@@ -157,39 +157,16 @@ fn a_user_behind_sudo_sees_only_their_own_jails() {
     if !have_root() {
         return;
     }
-    let world = FakeWorld::builder().build().unwrap();
-    fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = write_conf(&world, "claude-sandbox.conf", "").unwrap();
-    let conf_s = conf.display().to_string();
+    let (world, conf) = world_with_conf("").unwrap();
     // Root runs a jail for another user (nobody) and keeps it open; it makes one refused
     // attempt.
-    let mut other = claude_jail(
+    let other = waiting_jail(
         &world,
-        &[
-            "run",
-            "--config",
-            &conf_s,
-            "--user",
-            "nobody",
-            "--",
-            "bash",
-            "-c",
-            "(exec 3<>/dev/tcp/10.0.0.5/80) 2>/dev/null; echo OTHER-UP; read -r _",
-        ],
-    )
-    .unwrap()
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut up = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(other.stdout.as_mut().unwrap()),
-        &mut up,
+        &conf,
+        "(exec 3<>/dev/tcp/10.0.0.5/80) 2>/dev/null",
+        "OTHER-UP",
     )
     .unwrap();
-    assert_eq!(up.trim(), "OTHER-UP");
     let sudo = Sudo::new(&world, "", "").unwrap();
     // cjuser's own jail makes one refused attempt of its own and then asks.
     let out = sudo
@@ -203,8 +180,7 @@ fn a_user_behind_sudo_sees_only_their_own_jails() {
         .output()
         .unwrap();
     let (o, e) = text(&out);
-    drop(other.stdin.take());
-    let _ = other.wait();
+    drop(other);
     let section = |name: &str| -> String {
         o.split(&format!("== {name}\n"))
             .nth(1)
