@@ -392,6 +392,33 @@ pub fn escape(s: &str) -> String {
 }
 
 /// One record as a line of text (escaped).
+/// Where the system logger listens (syslog daemons and journald alike).
+const SYSLOG_SOCKET: &str = "/dev/log";
+
+/// Sends `records` to the system log as well (facility auth, level warning), so that a fleet's
+/// existing log pipeline collects the refusals: the same records the JSONL log gets, so the same
+/// aggregation, per-window cap and per-jail budget limit their rate. A host without a logger
+/// (no /dev/log) gets the JSONL log only; a send that fails is not retried.
+pub fn to_syslog(records: &[Record]) {
+    if records.is_empty() {
+        return;
+    }
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    const AUTH_WARNING: u8 = (4 << 3) | 4;
+    let pid = std::process::id();
+    for r in records {
+        // `render` begins with the time; the logger stamps its own.
+        let line = render(r);
+        let msg = line.split_once(' ').map_or(line.as_str(), |(_, m)| m);
+        let datagram = format!("<{AUTH_WARNING}>claude-jail[{pid}]: {msg}");
+        if sock.send_to(datagram.as_bytes(), SYSLOG_SOCKET).is_err() {
+            return;
+        }
+    }
+}
+
 pub fn render(r: &Record) -> String {
     let time = format_time(r.time);
     match r.kind.as_str() {

@@ -166,7 +166,8 @@ fn launch(args: RunArgs) -> Result<i32> {
                 ),
             );
             if let Err(e) = state::write_record(p, &record)
-                .and_then(|()| events::append(&p.events_log(), &[note]))
+                .and_then(|()| events::append(&p.events_log(), std::slice::from_ref(&note)))
+                .map(|()| events::to_syslog(&[note]))
             {
                 eprintln!("claude-jail: warning: cannot record the unjailed launch: {e:#}");
             }

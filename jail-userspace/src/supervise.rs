@@ -99,7 +99,8 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
                 flush(j, &mut counters);
                 // What the jail's log budget left uncounted in the log so far.
                 if let Some(r) = j.aggregator.finish() {
-                    let _ = events::append(&j.paths.events_log(), &[r]);
+                    let _ = events::append(&j.paths.events_log(), std::slice::from_ref(&r));
+                    events::to_syslog(&[r]);
                 }
             }
             return Ok(code);
@@ -265,6 +266,7 @@ fn flush(j: &mut JailWatch, counters: &mut Option<JailMaps>) {
         // Not onto the session's terminal now; the counters still count.
         j.log_error.get_or_insert_with(|| format!("{e:#}"));
     }
+    events::to_syslog(&records);
 }
 
 /// Brings the jail's maps to its conf and the host's current network. Failures are logged, and

@@ -244,3 +244,58 @@ fn verify_audits_a_fresh_jail_from_inside_and_out() {
     );
     assert!(leftovers(&world, &[]).is_empty(), "the verify jail is gone");
 }
+
+/// Refusals also go to the system log (issue 12, item 6), for a fleet's log pipeline: a logger
+/// stands in at /dev/log (an overlay over /dev in the test's own mount namespace, so the
+/// machine's /dev is untouched) and receives the refused connect, tagged claude-jail.
+#[test]
+fn refusals_also_reach_the_system_log() {
+    if !have_root() {
+        return;
+    }
+    let (world, conf) = world_with_conf("").unwrap();
+    let d = world.dir().join("devlog");
+    let log = d.join("syslog.txt");
+    let setup = format!(
+        "mkdir -p {d}/u {d}/w && \
+         mount -t overlay cjt-dev -o lowerdir=/dev,upperdir={d}/u,workdir={d}/w /dev || exit 1\n\
+         socat -u UNIX-RECV:/dev/log,mode=0666 OPEN:{log},creat,append </dev/null >/dev/null 2>&1 &
+         echo $! > {d}/socat.pid\n\
+         for i in $(seq 100); do [ -S /dev/log ] && break; sleep 0.05; done",
+        d = d.display(),
+        log = log.display()
+    );
+    let out = claude_jail_after(
+        &world,
+        &setup,
+        &[
+            "run",
+            "--config",
+            &conf,
+            "--user",
+            "nobody",
+            "--",
+            "bash",
+            "-c",
+            "(exec 3<>/dev/tcp/10.0.0.5/80) 2>/dev/null; echo done",
+        ],
+    )
+    .unwrap()
+    .output()
+    .unwrap();
+    let pid = fs::read_to_string(d.join("socat.pid")).unwrap_or_default();
+    let logged = fs::read_to_string(&log).unwrap_or_default();
+    if let Ok(pid) = pid.trim().parse::<i32>() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let o = String::from_utf8_lossy(&out.stdout);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && o.contains("done"), "{o}\n{e}");
+    assert!(
+        logged.contains("<36>claude-jail[") && logged.contains("refused tcp 10.0.0.5:80"),
+        "the refusal reached the system log, facility auth, level warning: {logged:?}"
+    );
+}
