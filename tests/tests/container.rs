@@ -355,6 +355,7 @@ fn the_debian_package_makes_every_users_claude_jailed_on_a_clean_machine() {
     fs::set_permissions(world.dir(), fs::Permissions::from_mode(0o755)).unwrap();
     let podman = Podman::new(&world);
     let fake_claude = r#"#!/bin/bash
+if [ "$1" = nested ]; then exec claude inner; fi
 echo "FAKE-CLAUDE args=[$*] uid=$(id -u) nnp=$(awk '/^NoNewPrivs/ {print $2}' /proc/self/status)"
 echo "LAN $( (exec 3<>/dev/tcp/10.0.0.5/80 && head -n1 <&3) 2>&1 | head -c 120)"
 echo "ENVS EPICS=${EPICS_CA_ADDR_LIST:-unset} TMUX=${TMUX:-unset} HOME=$HOME"
@@ -371,6 +372,7 @@ echo "ENVS EPICS=${EPICS_CA_ADDR_LIST:-unset} TMUX=${TMUX:-unset} HOME=$HOME"
          set +e\n\
          echo '== check'; claude-jail check; echo \"check-exit=$?\"\n\
          echo '== jailed'; su -l dev -c 'EPICS_CA_ADDR_LIST=10.1.2.3 TMUX=/tmp/x claude --print \"two words\"'; echo \"jailed-exit=$?\"\n\
+         echo '== nested'; su -l dev -c 'claude nested' 2>&1; echo \"nested-exit=$?\"\n\
          echo '== off'; su -l dev -c 'CLAUDE_SANDBOX_EGRESS_JAIL=0 claude -x' 2>&1; echo \"off-exit=$?\"\n\
          echo '== outsider'; su -l outsider -c 'claude' 2>&1; echo \"outsider-exit=$?\"\n\
          echo '== man'; MANPAGER=cat man claude-jail 2>&1 | head -n 20\n\
@@ -412,6 +414,12 @@ echo "ENVS EPICS=${EPICS_CA_ADDR_LIST:-unset} TMUX=${TMUX:-unset} HOME=$HOME"
         jailed.contains("ENVS EPICS=10.1.2.3 TMUX=unset HOME=/home/dev"),
         "the user's environment reaches the jailed claude through the shim and sudo, less the \
          broker variables (issue 17): {jailed}"
+    );
+    let nested = section("nested");
+    assert!(
+        nested.contains("FAKE-CLAUDE args=[inner] uid=1000 nnp=1")
+            && nested.contains("nested-exit=0"),
+        "inside a jail, `claude` runs the real claude directly (no second jail, no sudo): {nested}"
     );
     let off = section("off");
     assert!(
