@@ -33,6 +33,26 @@ const PROBE: &str = env!("CARGO_BIN_EXE_jail-probe");
 const PROBE_FN: &str = r#"p() { local out; out=$(printf 'probe\n' | timeout 8 socat -t2 -T4 - "$1:$2:$3" 2>&1); echo "R $1 $2 $3 ${out//$'\n'/ }"; }
 "#;
 
+/// `netstate`: the jail's links, addresses and main-table routes, one sorted line each, by the
+/// fields that matter (`link NAME up|down`, `addr DEV ADDR/LEN`, `route TYPE DST via GW dev DEV`).
+/// Not `ip addr`'s text: its flags and lifetimes change on their own (the link-local address is
+/// `tentative` for a while after pasta brings the link up), and the local table gains that
+/// address's route when it stops being tentative.
+const NETSTATE_FN: &str = r#"netstate() { /usr/bin/python3 -c '
+import json, subprocess
+def ip(*a):
+    return json.loads(subprocess.run(["ip", "-j", *a], check=True, capture_output=True, text=True).stdout)
+for l in ip("link"):
+    print("link", l["ifname"], "up" if "UP" in l["flags"] else "down")
+for l in ip("addr"):
+    for a in l.get("addr_info", []):
+        print("addr", l["ifname"], "%s/%s" % (a["local"], a["prefixlen"]))
+for f in ("-4", "-6"):
+    for r in ip(f, "route"):
+        print("route", r.get("type", "unicast"), r["dst"], "via", r.get("gateway", "-"), "dev", r.get("dev", "-"))
+' | sort; }
+"#;
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -395,6 +415,7 @@ fn jailed_user_cannot_undo_the_jail_and_root_is_refused() {
     let cg = claude_jail::cgroup::cgroup2_mount().unwrap();
     let script = format!(
         r#"{PRINT_JAIL_ID}
+{NETSTATE_FN}
 id=$(awk '$5 == "/etc/resolv.conf" {{ split($4, p, "/"); print p[2] }}' /proc/self/mountinfo | grep -E '^[0-9a-f]{{12}}$' | head -n1)
 cg={cg}
 grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status | sed 's/^/STATUS /'
@@ -406,12 +427,13 @@ for f in $(find $(awk '/ - cgroup2 / {{ print $5 }}' /proc/self/mountinfo | sort
   if (echo $$ > "$f") 2>/dev/null; then echo "ESCAPE $f SUCCEEDED"; else echo "ESCAPE $f refused"; fi
 done
 echo "CGROUP-AFTER $(grep '^0::' /proc/self/cgroup)"
-before=$(ip -4 route; ip -6 route; ip addr)
+before=$(netstate)
+echo "$before" | sed 's/^/NETSTATE /'
 for c in "route add 10.0.0.0/8 dev lo" "route del default" "addr add 10.9.9.9/32 dev lo" "link set lo down" "addr flush dev lo"; do
   if ip $c 2>/dev/null; then echo "NET $c SUCCEEDED"; else echo "NET $c refused"; fi
 done
-after=$(ip -4 route; ip -6 route; ip addr)
-[ "$before" = "$after" ] && echo "NET unchanged" || echo "NET CHANGED"
+after=$(netstate)
+[ "$before" = "$after" ] && echo "NET unchanged" || {{ echo "NET CHANGED"; diff <(echo "$before") <(echo "$after") | sed 's/^/NETDIFF /'; }}
 echo "RAW $({PROBE} raw-syn 10.0.0.5:22 192.168.1.100)"
 echo "RAWUDP $({PROBE} raw-udp 10.0.0.5:5064)"
 echo "ICMPRAW $({PROBE} icmp-echo 10.0.0.5:0)"
@@ -471,9 +493,23 @@ echo "AFTER $({PROBE} tcp 10.0.0.5:22)"
         stdout.matches("ESCAPE ").count() >= 4 && stdout.contains("/cgroup.procs refused"),
         "the jail's own cgroup.procs and its parents' were tried: {stdout}"
     );
+    let state: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("NETSTATE "))
+        .collect();
+    for want in [
+        "link lo up",
+        "addr lo 127.0.0.1/8",
+        "route unicast default via 192.168.1.1 dev uplink0",
+    ] {
+        assert!(
+            state.contains(&want),
+            "the jail's network state was read (it has {want:?}): {state:?}"
+        );
+    }
     assert!(
         stdout.contains("NET unchanged"),
-        "routes and addresses are unchanged"
+        "routes, addresses and links are unchanged: {stdout}"
     );
     assert!(
         stdout.contains("CGROUP-BEFORE 0::/\n") && stdout.contains("CGROUP-AFTER 0::/\n"),
