@@ -638,7 +638,8 @@ fn host_port_and_publish_port_open_one_port_in_one_direction() {
         "{PROBE_FN}p TCP4 127.0.0.1 8080\np TCP4 127.0.0.1 8081\n\
          socat TCP4-LISTEN:8910,reuseaddr,fork EXEC:'echo published-8910' &\n\
          socat TCP4-LISTEN:8911,bind=127.0.0.1,fork SYSTEM:'echo jail-8911' &\n\
-         sleep 0.3; p TCP4 127.0.0.1 8910; echo READY; read -r _; kill %1 %2\n"
+         for i in $(seq 300); do l=$(ss -Hltn); [[ $l == *' 0.0.0.0:8910 '* && $l == *' 127.0.0.1:8911 '* ]] && break; sleep 0.1; done\n\
+         p TCP4 127.0.0.1 8910; echo READY; read -r _; kill %1 %2\n"
     );
     let conf_s = conf.display().to_string();
     let mut child = claude_jail(
@@ -809,7 +810,7 @@ fn sudo_from_a_normal_account_finds_local_bin_home_and_ssh_agent() {
     } else {
         format!(
             "setpriv --reuid 4242 --regid 4242 --init-groups -- socat UNIX-LISTEN:{s},fork EXEC:cat &\n\
-             AGENT_PID=$!; sleep 0.3",
+             AGENT_PID=$!; for i in $(seq 300); do [ -S {s} ] && break; sleep 0.1; done",
             s = sock.display()
         )
     };
@@ -1094,8 +1095,10 @@ fn ping_itself_runs_in_the_jail() {
 
 /// A SIGTERM (or Ctrl-C) that reaches the launcher while it is still building the jail stops the
 /// launch before the command starts: exit 128+15, it says so, nothing ran and nothing is left.
-/// pasta is made slow to start (a wrapper that sleeps, then runs the real one) so that the
-/// signal lands in the middle of the build.
+/// pasta is made slow to start (a wrapper that waits, then runs the real one) so that the
+/// signal lands in the middle of the build: the wrapper waits until its parent, the launcher
+/// (blocked in pasta's start), has the SIGTERM pending (/proc/PID/status ShdPnd bit 15; 20 s at
+/// most), not for a time that a busy machine could exceed.
 #[test]
 fn a_sigterm_while_the_jail_is_built_stops_it_before_the_command_runs() {
     use std::time::Duration;
@@ -1108,11 +1111,20 @@ fn a_sigterm_while_the_jail_is_built_stops_it_before_the_command_runs() {
     let marker = world.dir().join("ran");
     let started = world.dir().join("pasta-starting");
     let setup = format!(
-        "mount -t tmpfs -o mode=0755 cjt-slow /mnt || exit 1
-real=$(readlink -f \"$CLAUDE_JAIL_PASTA\")
-printf '#!/bin/bash\\ntouch {started}\\nsleep 2\\nexec -a pasta %s \"$@\"\\n' \"$real\" > /mnt/pasta
+        r#"mount -t tmpfs -o mode=0755 cjt-slow /mnt || exit 1
+real=$(readlink -f "$CLAUDE_JAIL_PASTA")
+cat > /mnt/pasta <<EOF
+#!/bin/bash
+touch {started}
+for i in \$(seq 200); do
+  p=\$(awk '/^ShdPnd:/ {{ print \$2 }}' /proc/\$PPID/status)
+  [ \$((0x\$p & 0x4000)) != 0 ] && break
+  sleep 0.1
+done
+exec -a pasta $real "\$@"
+EOF
 chmod 755 /mnt/pasta
-CLAUDE_JAIL_PASTA=/mnt/pasta; export CLAUDE_JAIL_PASTA",
+CLAUDE_JAIL_PASTA=/mnt/pasta; export CLAUDE_JAIL_PASTA"#,
         started = started.display()
     );
     let touch = format!("touch {}", marker.display());

@@ -153,7 +153,7 @@ fn sigterm_and_sighup_reach_the_command_and_leftovers_die() {
                     .unwrap_or(false)
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while !daemon_running() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
@@ -197,6 +197,9 @@ fn sigterm_and_sighup_reach_the_command_and_leftovers_die() {
     );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // Not a wait for a state (there is none to see when a signal is ignored): a launcher that
+    // SIGINT killed is usually gone by now; if not, the exit status below (7, from the
+    // command's TERM trap, not death by SIGINT) still shows it survived SIGINT, sent first.
     thread::sleep(Duration::from_millis(300));
     assert!(
         child.try_wait().unwrap().is_none(),
