@@ -373,9 +373,12 @@ cleanup() {
   kill $pids 2>/dev/null; wait 2>/dev/null
 }
 trap cleanup EXIT
+# Each listener sends a file (not a child's output: socat drops a connection whose child exits
+# before socat reaches its transfer loop, which a busy machine makes happen).
 listen() { # PATH NAME UID
+  echo "reached-$2" > /mnt/greet-$2
   setpriv --reuid=$3 --regid=$3 --clear-groups \
-    socat UNIX-LISTEN:$1,fork,mode=0666 SYSTEM:"echo reached-$2" 2>/dev/null &
+    socat -U UNIX-LISTEN:$1,fork,mode=0666 OPEN:/mnt/greet-$2,rdonly 2>/dev/null &
   pids="$pids $!"
 }
 SOCKETS="/var/run/docker.sock:docker:0 /run/user/65534/bus:dbus:65534

@@ -633,11 +633,15 @@ fn host_port_and_publish_port_open_one_port_in_one_direction() {
         "host-port = 8080/tcp\npublish-port = 8910/tcp\n",
     )
     .unwrap();
-    // The jail serves 8910 (published) and 8911 (not), then waits for the test to be done.
+    // The jail serves 8910 (published) and 8911 (not), then waits for the test to be done. The
+    // servers send a file (-U: from the file to the client only), not the output of a child
+    // such as `EXEC:echo`: socat (1.7.4) drops the connection without sending anything when its
+    // child exits before socat reaches its transfer loop, which a busy machine makes happen.
     let script = format!(
         "{PROBE_FN}p TCP4 127.0.0.1 8080\np TCP4 127.0.0.1 8081\n\
-         socat TCP4-LISTEN:8910,reuseaddr,fork EXEC:'echo published-8910' &\n\
-         socat TCP4-LISTEN:8911,bind=127.0.0.1,fork SYSTEM:'echo jail-8911' &\n\
+         g=$(mktemp -d); echo published-8910 > $g/8910; echo jail-8911 > $g/8911\n\
+         socat -d -d -U TCP4-LISTEN:8910,reuseaddr,fork OPEN:$g/8910,rdonly &\n\
+         socat -U TCP4-LISTEN:8911,bind=127.0.0.1,fork OPEN:$g/8911,rdonly &\n\
          for i in $(seq 300); do l=$(ss -Hltn); [[ $l == *' 0.0.0.0:8910 '* && $l == *' 127.0.0.1:8911 '* ]] && break; sleep 0.1; done\n\
          p TCP4 127.0.0.1 8910; echo READY; read -r _; kill %1 %2\n"
     );
@@ -723,7 +727,7 @@ fn host_port_and_publish_port_open_one_port_in_one_direction() {
     );
     assert!(
         published.contains("published-8910"),
-        "publish-port 8910/tcp: the host's loopback reaches the jail's :8910: {published:?} {seen}"
+        "publish-port 8910/tcp: the host's loopback reaches the jail's :8910: {published:?} {seen}\n{stderr}"
     );
     assert!(
         !neighbour.contains("jail-8911"),
