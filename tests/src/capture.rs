@@ -21,6 +21,8 @@ use crate::netns::Netns;
 
 /// `sll_pkttype` of a packet this host sent (we only want what arrived).
 const PACKET_OUTGOING: u8 = 4;
+/// How long [`Capture::wait_for`] waits for an expected packet: only a failure waits this long.
+pub const WAIT_MAX: Duration = Duration::from_secs(20);
 /// How long [`Capture::stop`] may spend draining packets already queued.
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 
@@ -121,6 +123,23 @@ impl Capture {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Waits until the capture has seen `n` packets satisfying `pred` (or [`WAIT_MAX`] passed);
+    /// true if it did. For positive controls: a packet that a sender's call has handed to the
+    /// kernel crosses the veth pair in the kernel's own time (the receive softirq), which on a
+    /// busy machine can be after [`Capture::stop`]'s short drain.
+    pub fn wait_for(&self, n: usize, pred: impl Fn(&Packet) -> bool) -> bool {
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            if self.packets().iter().filter(|p| pred(p)).count() >= n {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stops the capture after draining what is queued, and returns every packet seen.

@@ -373,9 +373,12 @@ cleanup() {
   kill $pids 2>/dev/null; wait 2>/dev/null
 }
 trap cleanup EXIT
+# Each listener sends a file (not a child's output: socat drops a connection whose child exits
+# before socat reaches its transfer loop, which a busy machine makes happen).
 listen() { # PATH NAME UID
+  echo "reached-$2" > /mnt/greet-$2
   setpriv --reuid=$3 --regid=$3 --clear-groups \
-    socat UNIX-LISTEN:$1,fork,mode=0666 SYSTEM:"echo reached-$2" 2>/dev/null &
+    socat -U UNIX-LISTEN:$1,fork,mode=0666 OPEN:/mnt/greet-$2,rdonly 2>/dev/null &
   pids="$pids $!"
 }
 SOCKETS="/var/run/docker.sock:docker:0 /run/user/65534/bus:dbus:65534
@@ -384,7 +387,8 @@ SOCKETS="/var/run/docker.sock:docker:0 /run/user/65534/bus:dbus:65534
 /run/podman/podman.sock:podman-root:0 /run/user/65534/wayland-0:wayland:65534
 /tmp/.X11-unix/X0:x11:0 /run/screen/S-nobody/1.pts-0.host:screen:65534"
 for s in $SOCKETS; do IFS=: read -r p n u <<<"$s"; listen "$p" "$n" "$u"; done
-for i in $(seq 50); do
+# Waits are for states (a socket, a directory, a file), with deadlines only a failure reaches.
+for i in $(seq 300); do
   ok=1; for s in $SOCKETS; do [ -S "${s%%:*}" ] || ok=0; done
   [ $ok = 1 ] && break; sleep 0.1
 done
@@ -407,7 +411,9 @@ export CHECK
 setpriv --reuid=65534 --regid=65534 --clear-groups env WHERE=outside HOME=/tmp bash -c "$CHECK" | sed 's/^/outside:/'
 "$J" run --config /run/claude-sandbox.conf --user nobody -- env WHERE=inside SOCKETS="$SOCKETS" bash -c "$CHECK" | sed 's/^/inside:/'
 echo "jail_rc=${PIPESTATUS[0]}"
-sleep 1
+# tmux runs a new window's command in its own time: wait for the control's (outside) to run;
+# the jail's tmux client was refused before it reached the server, so nothing of it is pending.
+for i in $(seq 300); do [ -e /tmp/tmux-ran-outside ] && break; sleep 0.1; done
 for w in outside inside; do [ -e /tmp/tmux-ran-$w ] && echo "tmux_ran_$w=yes" || echo "tmux_ran_$w=no"; done
 # A tmux server that the user starts only after the launch (no /tmp/tmux-UID at launch time):
 # the jail made that directory itself and covered it, so the late server is out of reach too.
@@ -417,14 +423,18 @@ rm -rf /tmp/tmux-65534
   while [ ! -e /tmp/late-started ]; do sleep 0.1; done
   if tmux new-window "echo ran > /tmp/tmux-ran-late" 2>/dev/null; then echo late_tmux=ok; else echo late_tmux=refused; fi' &
 late=$!
-for i in $(seq 100); do [ -d /tmp/tmux-65534 ] && break; sleep 0.1; done
+for i in $(seq 300); do [ -d /tmp/tmux-65534 ] && break; sleep 0.1; done
 setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp tmux new-session -d -s late 'sleep 600' || exit 1
 if setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp tmux has-session -t late 2>/dev/null; then
   echo late_tmux_outside=ok; else echo late_tmux_outside=refused; fi
 touch /tmp/late-started
 wait $late
 echo "late_rc=$?"
-sleep 1
+# As above: once a window the late server accepted from outside has run, one it had accepted
+# from the jail would have been created before it.
+setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp tmux new-window -t late "echo ran > /tmp/tmux-ran-late-control"
+for i in $(seq 300); do [ -e /tmp/tmux-ran-late-control ] && break; sleep 0.1; done
+[ -e /tmp/tmux-ran-late-control ] && echo "tmux_ran_late_control=yes" || echo "tmux_ran_late_control=no"
 [ -e /tmp/tmux-ran-late ] && echo "tmux_ran_late=yes" || echo "tmux_ran_late=no"
 "#;
 
@@ -509,6 +519,11 @@ fn brokers_outside_the_jail_are_masked() {
         get(&m, "late_tmux", &stdout),
         "refused",
         "a tmux server started after the launch is masked too: {stdout}"
+    );
+    assert_eq!(
+        get(&m, "tmux_ran_late_control", &stdout),
+        "yes",
+        "control: the late server runs a window's command: {stdout}"
     );
     assert_eq!(get(&m, "tmux_ran_late", &stdout), "no", "{stdout}");
     assert_eq!(

@@ -210,9 +210,10 @@ fn greeting(ip: impl Into<IpAddr>, port: u16) -> String {
     format!("ok hello from {}", SocketAddr::new(ip.into(), port))
 }
 
-/// Waits (bounded) until the fake servers recorded at least `n` hits on `target`.
+/// Waits (20 s at most: only a failure waits that long) until the fake servers recorded at least
+/// `n` hits on `target`.
 fn wait_hits(world: &FakeWorld, target: SocketAddr, n: usize) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if world.hits(target).len() >= n {
             return true;
@@ -670,6 +671,11 @@ fn raw_packets_to_denied_destinations_are_dropped_by_the_backstop() {
         "a raw SYN to the public server is sent"
     );
     let after = jail.counters();
+    for proto in [PROTO_TCP, PROTO_ICMP] {
+        capture.wait_for(1, |p| {
+            p.dst == IpAddr::from(PUBLIC_V4) && p.protocol == proto
+        });
+    }
     let packets = capture.stop().expect("stop the capture");
     let to_lan: Vec<_> = packets
         .iter()
@@ -1544,33 +1550,31 @@ fn non_first_fragments_pass_only_where_the_policy_documents() {
             "a non-first {proto} fragment to {dest}: {why}"
         );
     }
-    let packets = capture.stop().expect("stop the capture");
     // On the wire: IPv4 fragments by (address, protocol); IPv6 fragments show next header 44
     // (the fragment header), so count them per address.
+    let on_wire = |dest: &SocketAddr, proto: &str, p: &jail_tests::capture::Packet| {
+        p.dst == dest.ip()
+            && match dest {
+                SocketAddr::V4(_) => {
+                    p.protocol == if proto == "tcp" { PROTO_TCP } else { PROTO_UDP }
+                }
+                SocketAddr::V6(_) => p.protocol == 44,
+            }
+    };
+    let want = |dest: &SocketAddr, passes: bool| match dest {
+        SocketAddr::V4(_) => usize::from(passes),
+        // Both fd00::5 fragments share (address, 44): one of the two passes.
+        SocketAddr::V6(a) if *a.ip() == LAN_V6 => 1,
+        SocketAddr::V6(_) => usize::from(passes),
+    };
+    // The fragments that pass cross the veth in the kernel's own time: wait for them.
+    for (dest, proto, passes, _) in &cases {
+        capture.wait_for(want(dest, *passes), |p| on_wire(dest, proto, p));
+    }
+    let packets = capture.stop().expect("stop the capture");
     for (dest, proto, passes, why) in &cases {
-        let seen = packets
-            .iter()
-            .filter(|p| {
-                p.dst == dest.ip()
-                    && match dest {
-                        SocketAddr::V4(_) => {
-                            p.protocol
-                                == if *proto == "tcp" {
-                                    PROTO_TCP
-                                } else {
-                                    PROTO_UDP
-                                }
-                        }
-                        SocketAddr::V6(_) => p.protocol == 44,
-                    }
-            })
-            .count();
-        let want = match dest {
-            SocketAddr::V4(_) => usize::from(*passes),
-            // Both fd00::5 fragments share (address, 44): one of the two passes.
-            SocketAddr::V6(a) if *a.ip() == LAN_V6 => 1,
-            SocketAddr::V6(_) => usize::from(*passes),
-        };
+        let seen = packets.iter().filter(|p| on_wire(dest, proto, p)).count();
+        let want = want(dest, *passes);
         assert_eq!(
             seen, want,
             "fragments of {proto} to {dest} on the wire ({why}): {packets:?}"
@@ -1627,6 +1631,9 @@ fn source_routed_udp_is_judged_by_its_first_hop() {
         ["ok sent", "ok sent"],
         "control: without programs the source-routed datagrams are sent"
     );
+    for (hop, _) in routes {
+        capture.wait_for(1, |p| p.dst == IpAddr::from(hop) && p.protocol == PROTO_UDP);
+    }
     let packets = capture.stop().expect("stop the capture");
     for (hop, kind) in routes {
         assert!(

@@ -29,6 +29,26 @@ const PROBE: &str = env!("CARGO_BIN_EXE_jail-probe");
 const PROBE_FN: &str = r#"p() { local out; out=$(printf 'probe\n' | timeout 8 socat -t2 -T4 - "$1:$2:$3" 2>&1); echo "R $1 $2 $3 ${out//$'\n'/ }"; }
 "#;
 
+/// `netstate`: the jail's links, addresses and main-table routes, one sorted line each, by the
+/// fields that matter (`link NAME up|down`, `addr DEV ADDR/LEN`, `route TYPE DST via GW dev DEV`).
+/// Not `ip addr`'s text: its flags and lifetimes change on their own (the link-local address is
+/// `tentative` for a while after pasta brings the link up), and the local table gains that
+/// address's route when it stops being tentative.
+const NETSTATE_FN: &str = r#"netstate() { /usr/bin/python3 -c '
+import json, subprocess
+def ip(*a):
+    return json.loads(subprocess.run(["ip", "-j", *a], check=True, capture_output=True, text=True).stdout)
+for l in ip("link"):
+    print("link", l["ifname"], "up" if "UP" in l["flags"] else "down")
+for l in ip("addr"):
+    for a in l.get("addr_info", []):
+        print("addr", l["ifname"], "%s/%s" % (a["local"], a["prefixlen"]))
+for f in ("-4", "-6"):
+    for r in ip(f, "route"):
+        print("route", r.get("type", "unicast"), r["dst"], "via", r.get("gateway", "-"), "dev", r.get("dev", "-"))
+' | sort; }
+"#;
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -391,6 +411,7 @@ fn jailed_user_cannot_undo_the_jail_and_root_is_refused() {
     let cg = claude_jail::cgroup::cgroup2_mount().unwrap();
     let script = format!(
         r#"{PRINT_JAIL_ID}
+{NETSTATE_FN}
 id=$(awk '$5 == "/etc/resolv.conf" {{ split($4, p, "/"); print p[2] }}' /proc/self/mountinfo | grep -E '^[0-9a-f]{{12}}$' | head -n1)
 cg={cg}
 grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status | sed 's/^/STATUS /'
@@ -402,12 +423,13 @@ for f in $(find $(awk '/ - cgroup2 / {{ print $5 }}' /proc/self/mountinfo | sort
   if (echo $$ > "$f") 2>/dev/null; then echo "ESCAPE $f SUCCEEDED"; else echo "ESCAPE $f refused"; fi
 done
 echo "CGROUP-AFTER $(grep '^0::' /proc/self/cgroup)"
-before=$(ip -4 route; ip -6 route; ip addr)
+before=$(netstate)
+echo "$before" | sed 's/^/NETSTATE /'
 for c in "route add 10.0.0.0/8 dev lo" "route del default" "addr add 10.9.9.9/32 dev lo" "link set lo down" "addr flush dev lo"; do
   if ip $c 2>/dev/null; then echo "NET $c SUCCEEDED"; else echo "NET $c refused"; fi
 done
-after=$(ip -4 route; ip -6 route; ip addr)
-[ "$before" = "$after" ] && echo "NET unchanged" || echo "NET CHANGED"
+after=$(netstate)
+[ "$before" = "$after" ] && echo "NET unchanged" || {{ echo "NET CHANGED"; diff <(echo "$before") <(echo "$after") | sed 's/^/NETDIFF /'; }}
 echo "RAW $({PROBE} raw-syn 10.0.0.5:22 192.168.1.100)"
 echo "RAWUDP $({PROBE} raw-udp 10.0.0.5:5064)"
 echo "ICMPRAW $({PROBE} icmp-echo 10.0.0.5:0)"
@@ -467,9 +489,23 @@ echo "AFTER $({PROBE} tcp 10.0.0.5:22)"
         stdout.matches("ESCAPE ").count() >= 4 && stdout.contains("/cgroup.procs refused"),
         "the jail's own cgroup.procs and its parents' were tried: {stdout}"
     );
+    let state: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("NETSTATE "))
+        .collect();
+    for want in [
+        "link lo up",
+        "addr lo 127.0.0.1/8",
+        "route unicast default via 192.168.1.1 dev uplink0",
+    ] {
+        assert!(
+            state.contains(&want),
+            "the jail's network state was read (it has {want:?}): {state:?}"
+        );
+    }
     assert!(
         stdout.contains("NET unchanged"),
-        "routes and addresses are unchanged"
+        "routes, addresses and links are unchanged: {stdout}"
     );
     assert!(
         stdout.contains("CGROUP-BEFORE 0::/\n") && stdout.contains("CGROUP-AFTER 0::/\n"),
@@ -593,12 +629,17 @@ fn host_port_and_publish_port_open_one_port_in_one_direction() {
         "host-port = 8080/tcp\npublish-port = 8910/tcp\n",
     )
     .unwrap();
-    // The jail serves 8910 (published) and 8911 (not), then waits for the test to be done.
+    // The jail serves 8910 (published) and 8911 (not), then waits for the test to be done. The
+    // servers send a file (-U: from the file to the client only), not the output of a child
+    // such as `EXEC:echo`: socat (1.7.4) drops the connection without sending anything when its
+    // child exits before socat reaches its transfer loop, which a busy machine makes happen.
     let script = format!(
         "{PROBE_FN}p TCP4 127.0.0.1 8080\np TCP4 127.0.0.1 8081\n\
-         socat TCP4-LISTEN:8910,reuseaddr,fork EXEC:'echo published-8910' &\n\
-         socat TCP4-LISTEN:8911,bind=127.0.0.1,fork SYSTEM:'echo jail-8911' &\n\
-         sleep 0.3; p TCP4 127.0.0.1 8910; echo READY; read -r _; kill %1 %2\n"
+         g=$(mktemp -d); echo published-8910 > $g/8910; echo jail-8911 > $g/8911\n\
+         socat -d -d -U TCP4-LISTEN:8910,reuseaddr,fork OPEN:$g/8910,rdonly &\n\
+         socat -U TCP4-LISTEN:8911,bind=127.0.0.1,fork OPEN:$g/8911,rdonly &\n\
+         for i in $(seq 300); do l=$(ss -Hltn); [[ $l == *' 0.0.0.0:8910 '* && $l == *' 127.0.0.1:8911 '* ]] && break; sleep 0.1; done\n\
+         p TCP4 127.0.0.1 8910; echo READY; read -r _; kill %1 %2\n"
     );
     let conf_s = conf.display().to_string();
     let mut child = claude_jail(
@@ -682,7 +723,7 @@ fn host_port_and_publish_port_open_one_port_in_one_direction() {
     );
     assert!(
         published.contains("published-8910"),
-        "publish-port 8910/tcp: the host's loopback reaches the jail's :8910: {published:?} {seen}"
+        "publish-port 8910/tcp: the host's loopback reaches the jail's :8910: {published:?} {seen}\n{stderr}"
     );
     assert!(
         !neighbour.contains("jail-8911"),
@@ -709,7 +750,7 @@ fn sudo_from_a_normal_account_finds_local_bin_home_and_ssh_agent() {
     } else {
         format!(
             "as_user socat UNIX-LISTEN:{s},fork EXEC:cat &\n\
-             AGENT_PID=$!; while [ ! -S {s} ]; do sleep 0.05; done",
+             AGENT_PID=$!; for i in $(seq 300); do [ -S {s} ] && break; sleep 0.1; done",
             s = sock.display()
         )
     };
@@ -978,8 +1019,10 @@ fn ping_itself_runs_in_the_jail() {
 
 /// A SIGTERM (or Ctrl-C) that reaches the launcher while it is still building the jail stops the
 /// launch before the command starts: exit 128+15, it says so, nothing ran and nothing is left.
-/// pasta is made slow to start (a wrapper that sleeps, then runs the real one) so that the
-/// signal lands in the middle of the build.
+/// pasta is made slow to start (a wrapper that waits, then runs the real one) so that the
+/// signal lands in the middle of the build: the wrapper waits until its parent, the launcher
+/// (blocked in pasta's start), has the SIGTERM pending (/proc/PID/status ShdPnd bit 15; 20 s at
+/// most), not for a time that a busy machine could exceed.
 #[test]
 fn a_sigterm_while_the_jail_is_built_stops_it_before_the_command_runs() {
     use std::time::Duration;
@@ -992,11 +1035,20 @@ fn a_sigterm_while_the_jail_is_built_stops_it_before_the_command_runs() {
     let marker = world.dir().join("ran");
     let started = world.dir().join("pasta-starting");
     let setup = format!(
-        "mount -t tmpfs -o mode=0755 cjt-slow /mnt || exit 1
-real=$(readlink -f \"$CLAUDE_JAIL_PASTA\")
-printf '#!/bin/bash\\ntouch {started}\\nsleep 2\\nexec -a pasta %s \"$@\"\\n' \"$real\" > /mnt/pasta
+        r#"mount -t tmpfs -o mode=0755 cjt-slow /mnt || exit 1
+real=$(readlink -f "$CLAUDE_JAIL_PASTA")
+cat > /mnt/pasta <<EOF
+#!/bin/bash
+touch {started}
+for i in \$(seq 200); do
+  p=\$(awk '/^ShdPnd:/ {{ print \$2 }}' /proc/\$PPID/status)
+  [ \$((0x\$p & 0x4000)) != 0 ] && break
+  sleep 0.1
+done
+exec -a pasta $real "\$@"
+EOF
 chmod 755 /mnt/pasta
-CLAUDE_JAIL_PASTA=/mnt/pasta; export CLAUDE_JAIL_PASTA",
+CLAUDE_JAIL_PASTA=/mnt/pasta; export CLAUDE_JAIL_PASTA"#,
         started = started.display()
     );
     let touch = format!("touch {}", marker.display());

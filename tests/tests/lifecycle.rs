@@ -153,7 +153,7 @@ fn sigterm_and_sighup_reach_the_command_and_leftovers_die() {
                     .unwrap_or(false)
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while !daemon_running() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
@@ -197,6 +197,9 @@ fn sigterm_and_sighup_reach_the_command_and_leftovers_die() {
     );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // Not a wait for a state (there is none to see when a signal is ignored): a launcher that
+    // SIGINT killed is usually gone by now; if not, the exit status below (7, from the
+    // command's TERM trap, not death by SIGINT) still shows it survived SIGINT, sent first.
     thread::sleep(Duration::from_millis(300));
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -304,9 +307,32 @@ fn fifty_large_half_closed_exchanges_through_the_jail_are_byte_exact() {
 }
 
 /// A tmux server on a private socket in the world's host namespaces, killed on drop.
+///
+/// Every wait is for a state, never for time or for text the test typed (which the pane shows
+/// too): the jailed bash's prompt is `cj[N]$ ` with N counting the prompts it printed (bash
+/// expands `$((++N))` each time), so "the shell is back at its prompt" is "a prompt numbered
+/// higher than the last one appeared", and no typed line looks like a prompt. Keys are only sent
+/// to a shell at its prompt or to a job that holds the terminal (tmux's pane_current_command
+/// is the name of the terminal's foreground process group).
 struct Tmux {
     world_cmd: Box<dyn Fn() -> Command>,
     sock: PathBuf,
+}
+
+/// How long any one state may take to appear; generous, because a busy machine is slow, and
+/// only a failure waits this long.
+const TMUX_WAIT: Duration = Duration::from_secs(30);
+
+/// The prompt's number on a line that starts with the jailed shell's prompt.
+fn prompt_number(line: &str) -> Option<u32> {
+    let rest = line.strip_prefix("cj[")?;
+    let (n, tail) = rest.split_once(']')?;
+    tail.starts_with('$').then(|| n.parse().ok())?
+}
+
+/// The highest prompt number in `pane`.
+fn last_prompt(pane: &str) -> Option<u32> {
+    pane.lines().filter_map(prompt_number).max()
 }
 
 impl Tmux {
@@ -317,6 +343,11 @@ impl Tmux {
             .args(args)
             .output()
             .unwrap();
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
     fn keys(&self, keys: &[&str]) {
@@ -324,23 +355,92 @@ impl Tmux {
         a.extend_from_slice(keys);
         self.cmd(&a);
     }
-    fn pane(&self) -> String {
-        self.cmd(&["capture-pane", "-p", "-t", "cj"])
+    /// Types `text` literally (`-l`: no key names), without Enter.
+    fn type_text(&self, text: &str) {
+        self.cmd(&["send-keys", "-t", "cj", "-l", text]);
     }
-    /// Waits until the pane shows `what` (in a line after the last `mark` when given).
-    fn wait_for(&self, what: &str, rule: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
+    /// The pane's screen and history, wrapped lines joined.
+    fn pane(&self) -> String {
+        self.cmd(&["capture-pane", "-p", "-J", "-S", "-", "-t", "cj"])
+    }
+    /// The name of the process group in the foreground of the pane's terminal.
+    fn foreground(&self) -> String {
+        self.cmd(&[
+            "display-message",
+            "-p",
+            "-t",
+            "cj",
+            "#{pane_current_command}",
+        ])
+        .trim()
+        .to_string()
+    }
+    /// Polls until `done` holds for the pane; returns the pane.
+    fn wait_until(&self, rule: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TMUX_WAIT;
         loop {
             let p = self.pane();
-            if p.contains(what) {
+            if done(&p) {
                 return p;
             }
             if Instant::now() > deadline {
-                panic!("{rule}: the pane never showed {what:?}:\n{p}");
+                panic!("{rule}: not seen within {TMUX_WAIT:?}; the pane:\n{p}");
             }
             thread::sleep(Duration::from_millis(50));
         }
     }
+    /// Waits until `name` holds the terminal (the shell handed it a job, and the job's process
+    /// has exec'd `name`).
+    fn wait_foreground(&self, name: &str, rule: &str) {
+        let deadline = Instant::now() + TMUX_WAIT;
+        loop {
+            let fg = self.foreground();
+            if fg == name {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{rule}: {name} never held the terminal (the foreground is {fg:?}); the \
+                     pane:\n{}",
+                    self.pane()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    /// The number of the prompt the shell shows now (it must be at one).
+    fn prompt(&self) -> u32 {
+        last_prompt(&self.pane()).expect("the jailed shell is at its cj[N]$ prompt")
+    }
+    /// Waits for a prompt numbered higher than `n`, i.e. the shell is back at its prompt and
+    /// reading keys again.
+    fn wait_prompt_after(&self, n: u32, rule: &str) -> String {
+        self.wait_until(rule, |p| last_prompt(p).is_some_and(|m| m > n))
+    }
+    /// Types `line` and Enter at the prompt, waits for the next prompt, and returns what was
+    /// printed in between (the command's output, not its echo).
+    fn run(&self, line: &str, rule: &str) -> String {
+        let n = self.prompt();
+        self.type_text(line);
+        self.keys(&["Enter"]);
+        let p = self.wait_prompt_after(n, rule);
+        output_after(&p, n)
+    }
+}
+
+/// The lines after the last line of prompt `n` (the one with the typed command; gone if the
+/// command cleared the screen) up to the next prompt.
+fn output_after(pane: &str, n: u32) -> String {
+    let lines: Vec<&str> = pane.lines().collect();
+    let from = lines
+        .iter()
+        .rposition(|l| prompt_number(l) == Some(n))
+        .map_or(0, |i| i + 1);
+    lines[from..]
+        .iter()
+        .take_while(|l| prompt_number(l).is_none_or(|m| m <= n))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 impl Drop for Tmux {
@@ -371,9 +471,11 @@ fn interactive_shell_through_tmux_has_the_terminal_and_job_control() {
         }),
         sock,
     };
+    // The launcher does not pass PS1 on (it is not in its environment list): the shell starts
+    // with bash's default prompt, and the numbered prompt is typed below.
     let launch = format!(
-        "env CLAUDE_JAIL_PASTA={} PS1='cj$ ' {} run --config {} --user nobody -- bash --norc -i; \
-         echo launcher-exit=$?; sleep 100",
+        "env CLAUDE_JAIL_PASTA={} {} run --config {} --user nobody -- bash --norc -i; \
+         echo LAUNCHER-EXIT=$?; sleep 100",
         locate_pasta().unwrap().display(),
         claude_jail_bin().unwrap().display(),
         conf.display()
@@ -391,45 +493,76 @@ fn interactive_shell_through_tmux_has_the_terminal_and_job_control() {
         "24",
         &launch,
     ]);
-    tmux.wait_for("$", "an interactive bash starts in the jail");
-    tmux.keys(&["export PS1='cj$ '; echo tty=$(tty) uid=$(id -u)", "Enter"]);
-    let p = tmux.wait_for("uid=65534", "the jailed shell runs as nobody");
+    // Nothing has been typed yet: a line ending in `$` is the shell's first prompt.
+    tmux.wait_until("an interactive bash starts in the jail", |p| {
+        p.lines().any(|l| l.trim_end().ends_with('$'))
+    });
+    tmux.type_text("PS1='cj[$((++N))]$ '");
+    tmux.keys(&["Enter"]);
+    tmux.wait_prompt_after(0, "the numbered prompt is set");
+    // Markers are split by quotes ("T""TY=") so that only the output, not the typed line,
+    // contains them.
+    let out = tmux.run(r#"echo "T""TY=$(tty) U""ID=$(id -u)""#, "tty and id answer");
     assert!(
-        p.contains("tty=/dev/pts/"),
-        "the command gets the terminal: {p}"
+        out.contains("TTY=/dev/pts/") && out.contains("UID=65534"),
+        "the command gets the terminal and runs as nobody: {out}"
     );
     // Job control: a foreground job stopped with Ctrl-Z, listed, resumed with fg, then Ctrl-C.
-    tmux.keys(&["clear", "Enter"]);
-    tmux.keys(&["sleep 100", "Enter"]);
-    thread::sleep(Duration::from_millis(300));
+    let n = tmux.prompt();
+    tmux.type_text("sleep 100");
+    tmux.keys(&["Enter"]);
+    tmux.wait_foreground("sleep", "the job runs in the foreground");
     tmux.keys(&["C-z"]);
-    tmux.wait_for("Stopped", "Ctrl-Z stops the foreground job");
-    tmux.keys(&["jobs", "Enter"]);
-    tmux.wait_for("sleep 100", "jobs lists the stopped job");
-    tmux.keys(&["fg", "Enter"]);
-    thread::sleep(Duration::from_millis(300));
-    tmux.keys(&["C-c"]);
-    tmux.keys(&["echo after-ctrl-c=$?", "Enter"]);
-    let p = tmux.wait_for("after-ctrl-c=", "Ctrl-C ends the foreground job");
+    let p = tmux.wait_prompt_after(n, "Ctrl-Z gives the prompt back");
+    let out = output_after(&p, n);
     assert!(
-        p.contains("after-ctrl-c=130"),
-        "Ctrl-C reaches the command (the job died of SIGINT), not the launcher: {p}"
+        out.contains("Stopped"),
+        "Ctrl-Z stops the foreground job: {out}"
     );
-    // Window resize reaches the jailed terminal.
+    let out = tmux.run("jobs", "jobs answers");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("[1]") && l.contains("Stopped") && l.contains("sleep 100")),
+        "jobs lists the stopped job: {out}"
+    );
+    let n = tmux.prompt();
+    tmux.type_text("fg");
+    tmux.keys(&["Enter"]);
+    tmux.wait_foreground("sleep", "fg gives the job the terminal again");
+    tmux.keys(&["C-c"]);
+    tmux.wait_prompt_after(n, "Ctrl-C ends the foreground job");
+    let out = tmux.run(r#"echo "S""TATUS=$?""#, "echo answers");
+    assert!(
+        out.contains("STATUS=130"),
+        "Ctrl-C reaches the command (the job died of SIGINT), not the launcher: {out}"
+    );
+    // Window resize reaches the jailed terminal. tmux applies a resize to the pane's terminal
+    // in its own time: ask until the size follows (or give up after TMUX_WAIT).
     tmux.cmd(&["resize-window", "-t", "cj", "-x", "100", "-y", "30"]);
-    thread::sleep(Duration::from_millis(300));
-    tmux.keys(&["clear; echo size=$(stty size)", "Enter"]);
-    let p = tmux.wait_for("size=", "stty size answers");
-    assert!(
-        p.contains("size=30 100"),
-        "the window size follows resize-window: {p}"
-    );
-    // A full-screen program and Ctrl-C at the prompt leave the shell alive.
+    let deadline = Instant::now() + TMUX_WAIT;
+    loop {
+        let out = tmux.run(r#"echo "S""IZE=$(stty size)""#, "stty size answers");
+        assert!(out.contains("SIZE="), "stty size answers: {out}");
+        if out.contains("SIZE=30 100") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the window size follows resize-window: {out}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Ctrl-C at the prompt leaves the shell alive (a new prompt, then it obeys `exit 5`).
+    let n = tmux.prompt();
     tmux.keys(&["C-c"]);
-    tmux.keys(&["exit 5", "Enter"]);
-    let p = tmux.wait_for("launcher-exit=", "the launcher exits with the shell");
+    tmux.wait_prompt_after(n, "Ctrl-C at the prompt gives a new prompt");
+    tmux.type_text("exit 5");
+    tmux.keys(&["Enter"]);
+    let p = tmux.wait_until("the launcher exits with the shell", |p| {
+        p.contains("LAUNCHER-EXIT=")
+    });
     assert!(
-        p.contains("launcher-exit=5"),
+        p.contains("LAUNCHER-EXIT=5"),
         "the launcher's status is the shell's: {p}"
     );
     assert!(

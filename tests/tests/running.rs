@@ -559,7 +559,7 @@ fn events_follow_streams_new_refusals() {
     );
     s.wait_for("refused", |l| l == "refused");
     let line = rx
-        .recv_timeout(Duration::from_secs(10))
+        .recv_timeout(Duration::from_secs(30))
         .expect("--follow prints the new refusal as it is logged");
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["addr"], "172.16.0.5");

@@ -238,7 +238,12 @@ fn capture_sees_every_packet_to_a_fake_host() {
         tcp_connect(sa(LAN_V4[0], 22), T).unwrap();
     })
     .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    let to = |proto: u8, port: u16| {
+        move |p: &jail_tests::capture::Packet| {
+            p.dst == IpAddr::from(LAN_V4[0]) && p.protocol == proto && p.dst_port == Some(port)
+        }
+    };
+    assert!(cap.wait_for(1, to(17, 4444)) && cap.wait_for(1, to(6, 22)));
     let packets = cap.stop().unwrap();
     let to_lan: Vec<_> = packets
         .iter()

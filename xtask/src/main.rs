@@ -6,6 +6,8 @@
 //! - `test`: setup, build, `cargo fmt --check`, clippy, then every test (unit and integration) run
 //!   as root inside `unshare --net --mount`, so that no test packet can reach the real network;
 //!   then the tests that start jails once more on the unified cgroup layout, emulated;
+//!   `test --stress` runs them while two CPU-bound processes keep the machine busy, as a shared
+//!   CI machine is;
 //! - `demo`: setup, build, then a jailed probe in a throwaway fake network;
 //! - `bench`: the performance goals, measured side by side in a fake network (release build);
 //! - `install [--prefix P] [--destdir D]`: the binary, its pasta, the `claude` shim, man pages,
@@ -38,6 +40,10 @@ enum Task {
     Build,
     /// Set up, build, check formatting and lints, and run every test.
     Test {
+        /// Run the tests while two CPU-bound processes keep the machine busy (a shared CI
+        /// machine); xtask starts them and kills them when the tests end, pass or fail.
+        #[arg(long)]
+        stress: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -70,7 +76,7 @@ fn main() -> Result<()> {
             build_ebpf(&root)?;
             run(cargo(&root).args(["build", "--release", "-p", "jail-userspace"]))
         }
-        Task::Test { args } => test(&root, &args),
+        Task::Test { stress, args } => test(&root, stress, &args),
         Task::Demo => demo(&root),
         Task::Bench => bench(&root),
         Task::Install { prefix, destdir } => install(&root, &prefix, destdir.as_deref(), true),
@@ -203,7 +209,7 @@ fn check_traversable(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn test(root: &Path, extra: &[String]) -> Result<()> {
+fn test(root: &Path, stress: bool, extra: &[String]) -> Result<()> {
     check_traversable(root)?;
     setup(root)?;
     build_ebpf(root)?;
@@ -241,6 +247,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
+    let _hogs = stress.then(CpuHogs::start).transpose()?;
     run(&mut cmd)?;
     unified_pass(root, extra)
 }
@@ -283,6 +290,37 @@ fn unified_pass(root: &Path, extra: &[String]) -> Result<()> {
         cmd.arg("--").args(extra);
     }
     run(&mut cmd)
+}
+
+/// `--stress`: two CPU-bound processes (`sh -c 'while :; do :; done'`, at the tests' priority)
+/// for as long as this value lives; dropping it (also when the tests fail, or xtask returns
+/// early with an error) kills and reaps them.
+struct CpuHogs(Vec<std::process::Child>);
+
+impl CpuHogs {
+    fn start() -> Result<Self> {
+        let mut hogs = CpuHogs(Vec::new());
+        for _ in 0..2 {
+            let child = Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .context("cannot start a CPU hog for --stress")?;
+            hogs.0.push(child);
+        }
+        let pids: Vec<u32> = hogs.0.iter().map(|c| c.id()).collect();
+        eprintln!("xtask: --stress: two CPU hogs running (pids {pids:?})");
+        Ok(hogs)
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn demo(root: &Path) -> Result<()> {
