@@ -503,7 +503,10 @@ fn limits(
         };
         match limit {
             cgroup::Limit::V1(dir) => v1.push(dir),
-            cgroup::Limit::Unavailable if value != "max" => eprintln!(
+            // Said only when the conf asked for the limit: a host without the controller at
+            // all would otherwise print this over the session's terminal at every launch, for a
+            // default the admin never chose.
+            cgroup::Limit::Unavailable if asked && value != "max" => eprintln!(
                 "claude-jail: warning: no {} controller is mounted (cgroup v2 or v1): the jail is \
                  not limited ({key})",
                 knob.controller
