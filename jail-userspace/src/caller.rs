@@ -25,6 +25,10 @@ use anyhow::{bail, Result};
 /// The conf a delegated caller gets, whatever it asks for.
 pub use crate::conf::DEFAULT_PATH as SYSTEM_CONF;
 
+/// The uid of a delegated caller whose SUDO_UID or PKEXEC_UID is not a number: nobody's (the
+/// kernel's "no uid", (uid_t)-1), so nothing of anyone's is shown and no account matches it.
+pub const NO_UID: u32 = u32::MAX;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
     /// uid 0, not on behalf of anyone (a root shell, `sudo` from root, CI).
@@ -51,12 +55,19 @@ impl Via {
 }
 
 impl Caller {
-    /// From the real uid and the variables sudo and pkexec set.
+    /// From the real uid and the variables sudo and pkexec set. A variable that is set but is
+    /// not a uid restricts as much as possible ([`NO_UID`]): it never makes the caller root.
     pub fn detect(real_uid: u32, sudo_uid: Option<&OsStr>, pkexec_uid: Option<&OsStr>) -> Caller {
         if real_uid != 0 {
             return Caller::Unprivileged { uid: real_uid };
         }
-        let parse = |v: Option<&OsStr>| v.and_then(|v| v.to_str()).and_then(|v| v.parse().ok());
+        let parse = |v: Option<&OsStr>| {
+            v.map(|v| {
+                v.to_str()
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(NO_UID)
+            })
+        };
         match (parse(sudo_uid), parse(pkexec_uid)) {
             (Some(uid), _) if uid != 0 => Caller::Delegated {
                 uid,
@@ -77,6 +88,14 @@ impl Caller {
             std::env::var_os("SUDO_UID").as_deref(),
             std::env::var_os("PKEXEC_UID").as_deref(),
         )
+    }
+
+    /// The uid of the user behind sudo or pkexec, whose command it is.
+    pub fn delegated_uid(self) -> Option<u32> {
+        match self {
+            Caller::Delegated { uid, .. } => Some(uid),
+            _ => None,
+        }
     }
 
     /// True when the caller may choose files and programs for root: only root itself.
@@ -182,6 +201,18 @@ mod tests {
             }
         );
         assert_eq!(Caller::detect(0, os("0"), None), Caller::Root);
+        assert_eq!(
+            Caller::detect(0, os("x1000"), None),
+            Caller::Delegated {
+                uid: NO_UID,
+                via: Via::Sudo
+            },
+            "a SUDO_UID that is not a uid restricts; it never makes the caller root"
+        );
+        assert_eq!(
+            Caller::detect(0, os("0"), os("")).delegated_uid(),
+            Some(NO_UID)
+        );
         assert_eq!(
             Caller::detect(1000, os("0"), None),
             Caller::Unprivileged { uid: 1000 },

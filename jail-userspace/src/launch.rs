@@ -104,7 +104,7 @@ fn launch(args: RunArgs) -> Result<i32> {
     let switch = conf::jail_enabled(&conf, env_switch.as_deref())?;
     let target = user::resolve(
         args.user.as_deref(),
-        std::env::var_os("SUDO_UID").as_deref(),
+        caller.delegated_uid(),
         std::env::var_os("SUDO_GID").as_deref(),
     )?;
     let command = if args.command.is_empty() {

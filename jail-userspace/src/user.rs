@@ -34,8 +34,6 @@ pub enum UserError {
          with sudo)"
     )]
     NotRoot,
-    #[error("SUDO_UID={0}: not a number (fix: unset SUDO_UID, or pass --user USER)")]
-    BadSudoUid(String),
     #[error("uid {0} has no passwd entry (fix: pass --user with an account that has one)")]
     NoPasswd(u32),
     #[error(
@@ -48,10 +46,11 @@ pub enum UserError {
     Lookup(#[from] nix::Error),
 }
 
-/// Resolves the target user. `sudo_uid`/`sudo_gid` are the values of SUDO_UID/SUDO_GID.
+/// Resolves the target user. `delegated_uid` is the user behind sudo or pkexec
+/// ([`crate::caller::Caller::delegated_uid`]); `sudo_gid` the value of SUDO_GID.
 pub fn resolve(
     user: Option<&str>,
-    sudo_uid: Option<&OsStr>,
+    delegated_uid: Option<u32>,
     sudo_gid: Option<&OsStr>,
 ) -> Result<Target, UserError> {
     let real_root = getuid().is_root();
@@ -62,9 +61,8 @@ pub fn resolve(
             Err(_) => User::from_name(name)?,
         }
         .ok_or_else(|| UserError::NoSuchUser(name.to_string()))?,
-        (None, true) if sudo_uid.is_some() => {
-            let raw = sudo_uid.unwrap().to_string_lossy().into_owned();
-            let uid: u32 = raw.parse().map_err(|_| UserError::BadSudoUid(raw))?;
+        (None, true) if delegated_uid.is_some() => {
+            let uid = delegated_uid.unwrap_or(crate::caller::NO_UID);
             let mut u = User::from_uid(Uid::from_raw(uid))?.ok_or(UserError::NoPasswd(uid))?;
             // sudo says which group the caller had; prefer it over the passwd default.
             if let Some(g) = sudo_gid
