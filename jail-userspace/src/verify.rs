@@ -101,6 +101,9 @@ pub fn command(
         .arg(&me)
         .args(["verify-inside", "--resolve", resolve])
         .args(probe_args.iter().flat_map(|p| ["--refused", p.as_str()]))
+        // A jail, whatever the conf's or the caller's switch says: the probes below are only
+        // ever made from inside one (the inside also checks it is in one before any probe).
+        .env(conf::ENV_EGRESS_JAIL, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     let mut child = cmd.spawn().context("start claude-jail run")?;
@@ -271,7 +274,9 @@ pub fn inside(resolve: &str, refused: &[String]) -> Result<ExitCode> {
             .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
             .unwrap_or_default()
     };
-    if nix::unistd::getuid().is_root() || field("NoNewPrivs:") != "1" {
+    // Only inside a jail (an unjailed command also runs with no_new_privs, but without the
+    // seccomp filter): a probe made anywhere else would leave for the real network.
+    if nix::unistd::getuid().is_root() || field("NoNewPrivs:") != "1" || field("Seccomp:") != "2" {
         bail!("verify-inside runs only inside a jail, started by `claude-jail verify`");
     }
     let say = |name: &str, r: Result<String, String>| {

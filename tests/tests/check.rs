@@ -243,6 +243,34 @@ fn verify_audits_a_fresh_jail_from_inside_and_out() {
         "no probe packet left the jail: {packets:?}"
     );
     assert!(leftovers(&world, &[]).is_empty(), "the verify jail is gone");
+
+    // A conf that turns the jail off: verify still audits a jail (its probes are only ever made
+    // from inside one), never the unjailed command.
+    let off = write_conf(&world, "off.conf", "egress-jail = 0\n").unwrap();
+    let out = claude_jail(
+        &world,
+        &[
+            "verify",
+            "--config",
+            &off.display().to_string(),
+            "--user",
+            "nobody",
+            "--resolve",
+            "public.test.example",
+        ],
+    )
+    .unwrap()
+    .output()
+    .unwrap();
+    let o = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && o.contains("refuse 10/8: connect 10.0.0.1:80: EPERM"),
+        "with egress-jail = 0 in the conf, verify still runs in a jail: {o}"
+    );
+    assert!(
+        capture.packets().iter().all(|p| !probed.contains(&p.dst)),
+        "no probe packet left"
+    );
 }
 
 /// Refusals also go to the system log (issue 12, item 6), for a fleet's log pipeline: a logger
