@@ -42,7 +42,7 @@ use crate::policy::{port_key4, port_key6, MapEntries};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jail-ebpf.o"));
 
 /// Where bpffs is mounted on every systemd host.
-pub const BPFFS: &str = "/sys/fs/bpf";
+pub use crate::dirs::BPFFS;
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// The programs, by their function names in jail-ebpf, and the names of their pinned links.
@@ -53,10 +53,6 @@ const PROGRAMS: [(&str, &str); 5] = [
     ("sendmsg6", "link-sendmsg6"),
     ("skb_egress", "link-skb-egress"),
 ];
-
-/// The fix and escape hatch every refusal names.
-const HATCH: &str =
-    "to run without the egress jail, set CLAUDE_SANDBOX_EGRESS_JAIL=0 or `egress-jail = 0` in the conf";
 
 /// Mounts bpffs at `mount_point` unless one is already there (systemd mounts it at boot; a bare
 /// host or a test namespace may not have it).
@@ -70,12 +66,14 @@ pub fn ensure_bpffs(mount_point: &Path) -> Result<()> {
         Some("bpf"),
         mount_point,
         Some("bpf"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
         Some("mode=0700"),
     )
     .with_context(|| {
         format!(
-            "mount bpffs on {}: the pinned jail state needs it (fix: `mount -t bpf bpf {}`; {HATCH})",
+            "mount bpffs on {}: the pinned jail state needs it (fix: `mount -t bpf bpf {}`)",
             mount_point.display(),
             mount_point.display()
         )
@@ -109,12 +107,12 @@ pub fn attach(cgroup_dir: &Path, pin_dir: &Path, entries: &MapEntries) -> Result
 
 fn attach_inner(cgroup_dir: &Path, pin_dir: &Path, entries: &MapEntries) -> Result<JailMaps> {
     let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
-        anyhow!(e).context(format!(
+        anyhow!(e).context(
             "load the eBPF object: the kernel refused it (fix: run as root on Linux >= 5.8 with \
-             CONFIG_BPF_SYSCALL and cgroup BPF; {HATCH})"
-        ))
+             CONFIG_BPF_SYSCALL and cgroup BPF)",
+        )
     })?;
-    crate::state::private_dir(pin_dir)?;
+    crate::dirs::private_dir(pin_dir)?;
     let mut jail_maps = JailMaps::take_and_pin(&mut ebpf, pin_dir)?;
     jail_maps.apply(entries).context("fill the policy maps")?;
 
@@ -128,7 +126,7 @@ fn attach_inner(cgroup_dir: &Path, pin_dir: &Path, entries: &MapEntries) -> Resu
         let link = attach_program(&mut ebpf, name, &cgroup).with_context(|| {
             format!(
                 "attach {name} to cgroup {}: (fix: a cgroup v2 directory and root with \
-                 CAP_BPF/CAP_NET_ADMIN; {HATCH})",
+                 CAP_BPF/CAP_NET_ADMIN)",
                 cgroup_dir.display()
             )
         })?;
@@ -177,9 +175,9 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
             verifier_log,
         } => anyhow!(
             "the verifier rejected {name} ({io_error}); this build does not fit this kernel: \
-             report it with the log below ({HATCH})\n{verifier_log}"
+             report it with the log below\n{verifier_log}"
         ),
-        e => anyhow!(e).context(format!("load program {name} ({HATCH})")),
+        e => anyhow!(e).context(format!("load program {name}")),
     })
 }
 

@@ -29,13 +29,12 @@ pub enum CgroupError {
     )]
     NoCgroup2,
     #[error("cannot read /proc/self/mountinfo: {0}")]
-    MountInfo(#[source] io::Error),
-    #[error("{op} {path}: {source}")]
+    MountInfo(io::Error),
+    #[error("{op} {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error(
         "cgroup {path} still has processes after {waited:?} (fix: see them in \
@@ -45,10 +44,10 @@ pub enum CgroupError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io {
+    move |cause| CgroupError::Io {
         op,
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

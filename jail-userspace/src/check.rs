@@ -29,7 +29,8 @@ pub fn command(config: Option<PathBuf>, json_out: bool) -> Result<ExitCode> {
     let conf_path = conf::conf_path(config, env_conf.as_deref());
     let facts = Facts::read();
     let mut lines = Vec::new();
-    let conf = conf::load(&conf_path, Trust::Strict).map_err(|e| e.shown_to(caller));
+    let conf =
+        conf::load(&conf_path, Trust::Strict).map_err(|e| e.shown_to(caller.delegated_uid()));
     let switch = conf
         .as_ref()
         .ok()
@@ -170,7 +171,7 @@ fn ebpf_probe() -> Result<String> {
     let dir = root
         .join(crate::cgroup::PARENT)
         .join(format!("check-{}", std::process::id()));
-    let cg = crate::cgroup::Cgroup::create(&dir).map_err(|e| anyhow!("{e}"))?;
+    let cg = crate::cgroup::Cgroup::create(&dir)?;
     let probed = crate::bpf::probe(&dir);
     let removed = cg.remove();
     probed.map_err(|e| {
@@ -179,7 +180,7 @@ fn ebpf_probe() -> Result<String> {
              security module refusing bpf())"
         )
     })?;
-    removed.map_err(|e| anyhow!("{e}"))?;
+    removed?;
     Ok("the five programs load, pass the verifier and attach to a cgroup".into())
 }
 

@@ -149,14 +149,14 @@ pub fn main() -> ExitCode {
             env_fd,
             command,
         } => {
-            return crate::launch::run(crate::launch::RunArgs {
+            return crate::launch::command(crate::launch::RunArgs {
                 config,
                 user,
                 env_fd,
                 command,
             })
         }
-        Command::Policy { config, json } => crate::policy_cmd::run(config, json),
+        Command::Policy { config, json } => crate::policy_cmd::command(config, json),
         Command::Reload { config } => crate::reload::command(config),
         Command::Status { json } => crate::status::command(json),
         Command::Events { follow, json, jail } => {
@@ -175,7 +175,7 @@ pub fn main() -> ExitCode {
                 })
                 .map(|()| ExitCode::SUCCESS)
         }
-        Command::Gc => crate::status::gc_command(),
+        Command::Gc => crate::gc::command(),
         Command::Check { config, json } => crate::check::command(config, json),
         Command::Verify {
             config,

@@ -230,11 +230,10 @@ pub enum ConfError {
         msg: String,
     },
     /// The file exists but could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file (or a directory above it) could be changed by someone other than root, so a
     /// jailed agent running as the user might rewrite its own policy.
@@ -250,10 +249,11 @@ pub enum ConfError {
 }
 
 impl ConfError {
-    /// This error as `caller` may see it: a delegated caller (a user through sudo) who cannot
-    /// read the file is told which line is wrong, never what it says.
-    pub fn shown_to(self, caller: crate::caller::Caller) -> ConfError {
-        let crate::caller::Caller::Delegated { uid, .. } = caller else {
+    /// This error as a reader may see it: `delegated` is the uid of a user who asked through
+    /// sudo or pkexec (`Caller::delegated_uid`); one who cannot read the file is told which line
+    /// is wrong, never what it says.
+    pub fn shown_to(self, delegated: Option<u32>) -> ConfError {
+        let Some(uid) = delegated else {
             return self;
         };
         match self {
@@ -306,9 +306,9 @@ pub fn conf_path(cli: Option<PathBuf>, env: Option<&OsStr>) -> PathBuf {
 /// its owner and mode from `fstat`, its directories from the path the kernel reports for it, and
 /// its content read from it. Nothing can be swapped between the check and the read.
 pub fn load(path: &Path, trust: Trust) -> Result<Conf, ConfError> {
-    let io = |source| ConfError::Io {
+    let io = |cause| ConfError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -329,9 +329,9 @@ pub fn load(path: &Path, trust: Trust) -> Result<Conf, ConfError> {
 /// accepted, since there only the owner of an entry can replace it. Returns the resolved path,
 /// which is what the caller must use: a symlink on the way may be the user's to retarget.
 pub fn check_trusted(path: &Path) -> Result<PathBuf, ConfError> {
-    let file = std::fs::File::open(path).map_err(|source| ConfError::Io {
+    let file = std::fs::File::open(path).map_err(|cause| ConfError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     check_trusted_file(path, &file)
 }
@@ -343,9 +343,9 @@ fn check_trusted_file(path: &Path, file: &std::fs::File) -> Result<PathBuf, Conf
         path: path.to_path_buf(),
         msg,
     };
-    let io = |p: &Path, source| ConfError::Io {
+    let io = |p: &Path, cause| ConfError::Io {
         path: p.to_path_buf(),
-        source,
+        cause,
     };
     let meta = file.metadata().map_err(|e| io(path, e))?;
     // The path of the open file, as the kernel knows it (symlinks resolved).

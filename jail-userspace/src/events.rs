@@ -347,7 +347,7 @@ pub fn append(log: &Path, records: &[Record]) -> Result<()> {
     if let Some(dir) = log.parent() {
         // Root-only, also when an older version made it 0755: the names in it (rotations) are
         // nobody else's business, and the jailed user must not list them.
-        crate::state::private_dir(dir)?;
+        crate::dirs::private_dir(dir)?;
     }
     if fs::metadata(log)
         .map(|m| m.len() > MAX_LOG_BYTES)

@@ -1,7 +1,7 @@
 //! Removing what a launcher that is gone left behind: its registry record, pins, cgroups, run
 //! directory and pasta. A jail whose cgroup still holds processes is never touched: its pinned
 //! programs keep filtering them.
-use std::{fs, path::Path, time::Duration};
+use std::{fs, path::Path, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 
@@ -123,4 +123,21 @@ fn remove_dir(p: &Path) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// `claude-jail gc`.
+pub fn command() -> Result<ExitCode> {
+    crate::caller::Caller::current().need_root("gc")?;
+    let paths = Paths::system()?;
+    let report = collect(&paths, true);
+    for id in &report.removed {
+        println!("removed stale jail {id}");
+    }
+    for id in &report.populated {
+        println!("kept jail {id}: its launcher is gone but processes are still in it (its programs still filter them)");
+    }
+    if report.removed.is_empty() && report.populated.is_empty() {
+        println!("nothing to remove");
+    }
+    Ok(ExitCode::SUCCESS)
 }

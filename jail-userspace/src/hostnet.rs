@@ -56,13 +56,21 @@ pub struct HostNet {
 #[derive(Debug, thiserror::Error)]
 pub enum HostNetError {
     #[error("rtnetlink: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("rtnetlink: cannot decode a reply: {0}")]
     Decode(String),
     #[error("rtnetlink: the kernel refused the {what} dump: error {code}")]
     Refused { what: &'static str, code: i32 },
     #[error("rtnetlink: the {0} dump kept changing while it was read")]
     Interrupted(&'static str),
+}
+
+// By hand rather than `#[from]`, which would also make the error its own `source()` and so print
+// it twice under `{:#}`: a typed error's message is the whole story, once.
+impl From<std::io::Error> for HostNetError {
+    fn from(e: std::io::Error) -> Self {
+        HostNetError::Io(e)
+    }
 }
 
 /// The main and local routing tables' ids (linux/rtnetlink.h): always read, whatever the rules

@@ -54,6 +54,7 @@ use nix::{
 };
 
 use crate::{
+    init_report::{Failure, Step},
     mask::{self, Kind, Mask},
     seccomp, sys,
     user::Target,
@@ -113,19 +114,18 @@ impl Init {
             return Ok(());
         }
         bail!(
-            "setting up the jail inside its namespaces failed, nothing was run: {} (fix: the step \
-             named here needs a kernel with PID, mount, cgroup and IPC namespaces and seccomp, \
-             and a mount table it can cover; its message says which)",
-            msg.trim_end()
+            "setting up the jail inside its namespaces failed, nothing was run: {}",
+            Failure::decode(&msg)
         )
     }
 }
 
-/// Writes a set-up failure to the launcher's report pipe; stderr if there is none.
+/// Writes a set-up failure to the launcher's report pipe, typed ([`Failure`]); stderr if there
+/// is none.
 fn report_failure(report: Option<&File>, e: &anyhow::Error) {
     match report {
         Some(mut f) => {
-            let _ = write!(f, "{e:#}");
+            let _ = f.write_all(Failure::of(e).encode().as_bytes());
         }
         None => eprintln!("claude-jail: {e:#}"),
     }
@@ -158,8 +158,9 @@ pub fn spawn(spec: &Spec) -> Result<Init> {
     })
     .map_err(|e| {
         anyhow::anyhow!(
-            "clone new namespaces: {e} (fix: run as root on a kernel with user, pid, net and mount \
-             namespaces)"
+            "clone the jail's init into new PID, network, mount and IPC namespaces: {e} (fix: run \
+             as root on a kernel with those namespaces; ENOSPC: raise the user.max_*_namespaces \
+             sysctl that is 0)"
         )
     })?;
     // The launcher's copy of the write end must go, or it would never see EOF.
@@ -205,10 +206,14 @@ fn fork_exec(spec: &Spec, jailed: bool, report: Option<&File>) -> Result<Pid> {
 fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32> {
     use std::os::fd::AsRawFd;
     // If the launcher dies, so does the jail (and with pid 1, everything in it).
-    prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
+    prctl::set_pdeathsig(Signal::SIGKILL)
+        .context("PR_SET_PDEATHSIG")
+        .context(Step::Start)?;
     let mut keep = vec![go.as_raw_fd()];
     keep.extend(report.as_ref().map(|f| f.as_raw_fd()));
-    sys::close_all_but(&keep).context("close the launcher's descriptors")?;
+    sys::close_all_but(&keep)
+        .context("close the launcher's descriptors")
+        .context(Step::Start)?;
     mount(
         None::<&str>,
         "/",
@@ -216,26 +221,33 @@ fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32>
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .context("make / private")?;
+    .context("make / private")
+    .context(Step::Start)?;
     let mut byte = [0u8; 1];
     if File::from(go).read(&mut byte).unwrap_or(0) != 1 {
         // The launcher failed and said why; nothing runs.
         return Ok(EXIT_JAIL_FAILED);
     }
-    unshare(CloneFlags::CLONE_NEWCGROUP).context("unshare the cgroup namespace")?;
+    unshare(CloneFlags::CLONE_NEWCGROUP).context(Step::CgroupNamespace)?;
     setup_mounts(spec)?;
     std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
-        .context("allow ping sockets in the jail")?;
+        .context("write /proc/sys/net/ipv4/ping_group_range")
+        .context(Step::PingSockets)?;
 
     let mut watched = SigSet::empty();
     for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGHUP] {
         watched.add(s);
     }
-    watched.thread_block().context("block signals")?;
-    let sfd = SignalFd::with_flags(&watched, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
+    watched
+        .thread_block()
+        .context("block signals")
+        .context(Step::Supervise)?;
+    let sfd = SignalFd::with_flags(&watched, SfdFlags::SFD_CLOEXEC)
+        .context("signalfd")
+        .context(Step::Supervise)?;
 
     // The init is single-threaded.
-    let command = fork_exec(spec, true, report.as_ref())?;
+    let command = fork_exec(spec, true, report.as_ref()).context(Step::Supervise)?;
     drop(report.take());
     loop {
         let Some(info) = sfd.read_signal().context("read signalfd")? else {
@@ -267,26 +279,23 @@ const NOSUID: MsFlags = MsFlags::MS_NOSUID
 
 fn setup_mounts(spec: &Spec) -> Result<()> {
     // Read before /proc is replaced: the mounts this namespace inherited from the host.
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
-    mount(Some("proc"), "/proc", Some("proc"), NOSUID, None::<&str>)
-        .context("mount /proc for the jail's PID namespace")?;
-    bind_ro(&spec.resolv_conf, Path::new("/etc/resolv.conf"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("read /proc/self/mountinfo")
+        .context(Step::Start)?;
+    mount(Some("proc"), "/proc", Some("proc"), NOSUID, None::<&str>).context(Step::MountProc)?;
+    bind_ro(&spec.resolv_conf, Path::new("/etc/resolv.conf")).context(Step::ResolvConf)?;
     for (copy, original) in &spec.uncapped {
-        bind_ro(copy, original)?;
+        bind_ro(copy, original).context(Step::Uncap)?;
     }
     for m in &spec.masks {
-        apply_mask(m).with_context(|| {
-            format!(
-                "cover {} ({}) in the jail (fix: remove it, or name it with `allow-socket`)",
-                m.path.display(),
-                m.what
-            )
-        })?;
+        apply_mask(m)
+            .with_context(|| format!("{} ({})", m.path.display(), m.what))
+            .context(Step::Mask)?;
     }
     for c in mask::cgroup_covers(&mountinfo) {
         cover_cgroup(&c)
-            .with_context(|| format!("hide the host's cgroups at {}", c.at.display()))?;
+            .with_context(|| c.at.display().to_string())
+            .context(Step::CoverCgroup)?;
     }
     Ok(())
 }
@@ -537,9 +546,11 @@ type Never = std::convert::Infallible;
 /// with the exit status to use.
 fn exec_command(spec: &Spec, jailed: bool) -> Result<Never, (i32, anyhow::Error)> {
     let fail = |e: anyhow::Error| (EXIT_JAIL_FAILED, e);
-    reset_signals().map_err(fail)?;
+    reset_signals().context(Step::Supervise).map_err(fail)?;
     if jailed || nix::unistd::geteuid().is_root() {
-        drop_privileges(&spec.target).map_err(fail)?;
+        drop_privileges(&spec.target)
+            .context(Step::DropPrivileges)
+            .map_err(fail)?;
     } else if nix::unistd::getuid().as_raw() != spec.target.uid {
         return Err(fail(anyhow::anyhow!(
             "cannot run as {} without root",
@@ -549,7 +560,7 @@ fn exec_command(spec: &Spec, jailed: bool) -> Result<Never, (i32, anyhow::Error)
     // else: the jail is off and the caller is the unprivileged target itself: nothing to drop.
     if jailed {
         // Before any code of the user runs: the login shell below reads the user's rc files.
-        seccomp::install().map_err(|e| fail(anyhow::anyhow!("install the seccomp filter: {e}")))?;
+        seccomp::install().context(Step::Seccomp).map_err(fail)?;
     }
 
     let mut env = spec.env.clone();
@@ -589,7 +600,10 @@ fn exec_command(spec: &Spec, jailed: bool) -> Result<Never, (i32, anyhow::Error)
             spec.cwd.display(),
             spec.target.home.display()
         );
-        chdir("/").map_err(|e| fail(anyhow::anyhow!("chdir /: {e}")))?;
+        chdir("/")
+            .context("chdir /")
+            .context(Step::Chdir)
+            .map_err(fail)?;
     }
     let argv: Vec<CString> = spec.argv.iter().map(|a| cstring(a)).collect();
     let envp: Vec<CString> = env
@@ -603,7 +617,10 @@ fn exec_command(spec: &Spec, jailed: bool) -> Result<Never, (i32, anyhow::Error)
         .collect();
     let prog = cstring(program.as_os_str());
     // The last thing before execve: no descriptor of the launcher crosses into the command.
-    sys::close_from(3).map_err(|e| fail(anyhow::anyhow!("close_range: {e}")))?;
+    sys::close_from(3)
+        .context("close_range")
+        .context(Step::CloseDescriptors)
+        .map_err(fail)?;
     let err = execve(&prog, &argv, &envp).unwrap_err();
     let code = match err {
         Errno::ENOENT | Errno::ENOTDIR => EXIT_NOT_FOUND,

@@ -1,22 +1,19 @@
 //! `claude-jail run`: build the jail around a command, run it, tear everything down.
 //!
-//! Order (each step names its fix and the escape hatch when it fails; nothing of the command runs
-//! until every step succeeded):
+//! A launch is four phases, each a function below with its contract:
 //!
-//! 1. read the conf (root-owned, StrictModes), the on/off switch (env wins), the target user;
-//! 2. preflight ([`crate::preflight`]): root in the initial user namespace, capabilities,
-//!    /dev/net/tun, a writable cgroup v2, each refusal with the fix for a host or a container;
-//!    then pasta and bpffs;
-//! 3. compile two policies: the jail's (plus pasta's DNS forwarder, port 53 only) and pasta's own
-//!    (plus the host's resolvers, port 53 only);
-//! 4. create the cgroups `claude-jail/<id>/{jail,pasta}`, attach and pin both policies;
-//! 5. clone the jail's init into new namespaces, move it into the jail cgroup;
-//! 6. bind its network namespace to a file and start pasta on it, inside pasta's cgroup;
-//! 7. register the jail, then let the init start the command;
-//! 8. supervise: forward SIGTERM/SIGHUP, ignore the terminal's SIGINT/SIGQUIT (they reach the
-//!    command directly), wait for the init;
-//! 9. on every exit path: kill what is left in the jail cgroup (cgroup.kill), stop pasta, unmount,
-//!    unpin, remove cgroups, run directory and registry record.
+//! 1. [`gather`]: the caller's choices (conf, on/off switch, target user, command, environment);
+//! 2. [`run_unjailed`], when the switch is off: the command with host networking, recorded;
+//! 3. [`build`]: the jail around a waiting init. Preflight ([`crate::preflight`]), the jail's and
+//!    pasta's policies, cgroups, the eBPF programs attached and pinned, the init cloned into new
+//!    namespaces, pasta attached to its network namespace, the registry record;
+//! 4. [`run_jailed`]: the init starts the command; the supervisor ([`crate::supervise`]) follows
+//!    signals, reloads and the host's changes until it exits; then everything is torn down.
+//!
+//! Every failure before the command starts is a refusal: exit 125, the step that failed, its fix,
+//! and the escape hatch ([`HATCH`], appended once by [`command`]). Teardown ([`Built`]) runs on every
+//! exit path: kill what is left in the jail cgroup (cgroup.kill), stop pasta, unmount, unpin,
+//! remove cgroups, run directory and registry record.
 use std::{
     ffi::OsString,
     fs,
@@ -26,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use nix::{
     sys::{
@@ -47,14 +44,18 @@ use crate::{
     jail::{self, EXIT_JAIL_FAILED},
     netns, pasta,
     policy::{Policy, Source},
-    reload,
-    state::{self, JailRecord, Paths},
+    state::{self, JailLock, JailRecord, Paths},
     supervise, user,
 };
 
-/// The escape hatch, named by every refusal.
+/// The escape hatch: the one sentence every refusal ends with.
 pub const HATCH: &str = "to run without the egress jail: CLAUDE_SANDBOX_EGRESS_JAIL=0, or \
                          `egress-jail = 0` in the conf";
+
+/// How a refusal reads: the error with each cause once (`{:#}`), then the escape hatch.
+pub fn refusal(e: &anyhow::Error) -> String {
+    format!("claude-jail: error: {e:#}\nclaude-jail: {HATCH}")
+}
 
 pub struct RunArgs {
     pub config: Option<PathBuf>,
@@ -65,11 +66,11 @@ pub struct RunArgs {
 }
 
 /// Runs the command; the exit status is the command's, or 125 when the jail could not be built.
-pub fn run(args: RunArgs) -> ExitCode {
+pub fn command(args: RunArgs) -> ExitCode {
     let code = match launch(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("claude-jail: error: {e:#}\nclaude-jail: {HATCH}");
+            eprintln!("{}", refusal(&e));
             EXIT_JAIL_FAILED
         }
     };
@@ -81,20 +82,47 @@ fn launch(args: RunArgs) -> Result<i32> {
     // the jail is being built is read (below) before the command would start, and a SIGTERM
     // forwarded to the init is queued for it, never discarded.
     let signals = block_signals()?;
-    // A normal user behind sudo/pkexec chooses neither the conf nor another user.
+    let inputs = gather(args)?;
+    if !inputs.switch.enabled {
+        return run_unjailed(inputs, &signals);
+    }
+    let jail = build(inputs)?;
+    run_jailed(jail, &signals)
+}
+
+/// What a launch was asked to do, read once.
+struct Inputs {
+    caller: Caller,
+    conf_path: PathBuf,
+    conf: conf::Conf,
+    switch: conf::JailSwitch,
+    target: user::Target,
+    command: Vec<OsString>,
+    cwd: PathBuf,
+    env: Vec<(OsString, OsString)>,
+}
+
+/// Phase 1. Must: read the caller's choices and hold them to the caller's rights ([`Caller`]: a
+/// user behind sudo chooses neither the conf nor another user). This is the only place that reads
+/// the launcher's environment. Must not: create anything, or decide from the command's
+/// environment (the user's, handed over) anything of the launcher's own.
+fn gather(args: RunArgs) -> Result<Inputs> {
     let caller = Caller::current();
     let env_conf = std::env::var_os(conf::ENV_CONF);
     caller.check_conf_choice(args.config.as_deref(), env_conf.as_deref())?;
     caller.check_user_choice(args.user.as_deref())?;
     let conf_path = conf::conf_path(args.config, env_conf.as_deref());
     let env_switch = std::env::var_os(conf::ENV_EGRESS_JAIL);
-    let conf = match conf::load(&conf_path, Trust::Strict).map_err(|e| e.shown_to(caller)) {
+    let conf = match conf::load(&conf_path, Trust::Strict)
+        .map_err(|e| e.shown_to(caller.delegated_uid()))
+    {
         Ok(c) => c,
         // The escape hatch works even when the conf is what is broken: the jail is off, and the
         // conf's only other use is the jail.
         Err(e) if env_switch.as_deref() == Some(std::ffi::OsStr::new("0")) => {
             eprintln!(
-                "claude-jail: warning: {e} (not used: {}=0)",
+                "claude-jail: warning: {:#} (not used: {}=0)",
+                anyhow::Error::from(e),
                 conf::ENV_EGRESS_JAIL
             );
             conf::Conf::empty(&conf_path)
@@ -113,87 +141,138 @@ fn launch(args: RunArgs) -> Result<i32> {
         args.command
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| target.home.clone());
-    let env = user::environment(&target, env_from(caller, args.env_fd, &conf)?);
+    let env = user::environment(
+        &target,
+        env_from(caller, args.env_fd, &conf)?,
+        &crate::mask::MASKED_ENV,
+    );
+    Ok(Inputs {
+        caller,
+        conf_path,
+        conf,
+        switch,
+        target,
+        command,
+        cwd,
+        env,
+    })
+}
 
-    let mut record = JailRecord {
-        id: state::new_id()?,
-        jailed: switch.enabled,
-        launcher_pid: std::process::id(),
-        init_pid: 0,
-        command_pid: 0,
-        uid: target.uid,
-        user: target.name.clone(),
-        command: command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        started: state::now_unix(),
-        conf: conf_path.display().to_string(),
-        switch_source: switch.source.clone(),
-        policy_digest: String::new(),
-        conf_digest: String::new(),
-        pasta_pid: 0,
-        own_addrs: Vec::new(),
-    };
-
-    if !switch.enabled {
-        eprintln!(
-            "claude-jail: egress jail is OFF ({}): the command runs with host networking",
-            switch.source
-        );
-        let spec = jail::Spec {
-            target,
-            argv: command,
-            env,
-            cwd,
-            resolv_conf: PathBuf::new(),
-            masks: Vec::new(),
-            uncapped: Vec::new(),
-        };
-        // Recorded where `status` and `events` show it; a host that cannot record still runs
-        // what it was told to (the jail is off by the admin's choice), but says so.
-        let paths = Paths::system().ok();
-        if let Some(p) = &paths {
-            let note = events::Record::note(
-                &record.id,
-                "unjailed-launch",
-                1,
-                format!(
-                    "egress jail off ({}): {} ran {} with host networking",
-                    switch.source,
-                    record.user,
-                    record.command.join(" ")
-                ),
-            );
-            if let Err(e) = state::write_record(p, &record)
-                .and_then(|()| events::append(&p.events_log(), std::slice::from_ref(&note)))
-                .map(|()| events::to_syslog(&[note]))
-            {
-                eprintln!("claude-jail: warning: cannot record the unjailed launch: {e:#}");
-            }
-        }
-        let child = jail::fork_command(&spec)?;
-        record.command_pid = child.as_raw() as u32;
-        if let Some(p) = &paths {
-            let _ = state::write_record(p, &record);
-        }
-        let code = supervise::run(
-            child,
-            &mut supervise::Watch {
-                signals: &signals,
-                jail: None,
-            },
-        );
-        if let Some(p) = &paths {
-            let _ = state::remove_record(p, &record.id);
-        }
-        return code;
+impl Inputs {
+    /// The registry record of this launch, before anything of it exists.
+    fn record(&self) -> Result<JailRecord> {
+        Ok(JailRecord {
+            id: state::new_id()?,
+            jailed: self.switch.enabled,
+            launcher_pid: std::process::id(),
+            init_pid: 0,
+            command_pid: 0,
+            uid: self.target.uid,
+            user: self.target.name.clone(),
+            command: self
+                .command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            started: state::now_unix(),
+            conf: self.conf_path.display().to_string(),
+            switch_source: self.switch.source.clone(),
+            policy_digest: String::new(),
+            conf_digest: String::new(),
+            pasta_pid: 0,
+            own_addrs: Vec::new(),
+        })
     }
+}
 
+/// Phase 2. Must: run the command with host networking, as the conf or environment chose, and say
+/// so on the terminal, in the registry, the event log and syslog; a host that cannot record still
+/// runs it (the jail is off by the admin's choice) and warns. Must not: build any part of a jail.
+fn run_unjailed(inputs: Inputs, signals: &SignalFd) -> Result<i32> {
+    let mut record = inputs.record()?;
+    let switch = &inputs.switch;
+    eprintln!(
+        "claude-jail: egress jail is OFF ({}): the command runs with host networking",
+        switch.source
+    );
+    let spec = jail::Spec {
+        target: inputs.target,
+        argv: inputs.command,
+        env: inputs.env,
+        cwd: inputs.cwd,
+        resolv_conf: PathBuf::new(),
+        masks: Vec::new(),
+        uncapped: Vec::new(),
+    };
+    let paths = Paths::system().ok();
+    if let Some(p) = &paths {
+        let note = events::Record::note(
+            &record.id,
+            "unjailed-launch",
+            1,
+            format!(
+                "egress jail off ({}): {} ran {} with host networking",
+                switch.source,
+                record.user,
+                record.command.join(" ")
+            ),
+        );
+        if let Err(e) = state::write_record(p, &record)
+            .and_then(|()| events::append(&p.events_log(), std::slice::from_ref(&note)))
+            .map(|()| events::to_syslog(&[note]))
+        {
+            eprintln!("claude-jail: warning: cannot record the unjailed launch: {e:#}");
+        }
+    }
+    let child = jail::fork_command(&spec)?;
+    record.command_pid = child.as_raw() as u32;
+    if let Some(p) = &paths {
+        let _ = state::write_record(p, &record);
+    }
+    let code = supervise::run(
+        child,
+        &mut supervise::Watch {
+            signals,
+            jail: None,
+        },
+    );
+    if let Some(p) = &paths {
+        let _ = state::remove_record(p, &record.id);
+    }
+    code
+}
+
+/// A jail around an init that waits for its go, and what tears it down.
+struct Jail {
+    /// First, so dropped first: teardown completes before the lock is released.
+    built: Built,
+    /// Held while the jail is built: a `reload` that finds the record waits for it, and so applies
+    /// its policy after this launch's, never to maps that do not exist yet or are half removed.
+    lock: Option<JailLock>,
+    init: jail::Init,
+    maps: bpf::JailMaps,
+    watch: supervise::JailWatch,
+}
+
+/// Phase 3. Must: refuse (with the fix) unless every part of the jail can be built, then build it
+/// around an init that has run nothing: the policies attached before the init joins its cgroup,
+/// pasta attached, the registry record written. Returns what [`run_jailed`] and teardown need.
+/// Must not: let anything of the command run, or leave anything behind when it fails (each part
+/// goes into [`Built`] as soon as it exists).
+fn build(inputs: Inputs) -> Result<Jail> {
+    let Inputs {
+        caller,
+        conf,
+        target,
+        command,
+        cwd,
+        env,
+        ..
+    } = &inputs;
+    let mut record = inputs.record()?;
     crate::preflight::check(&crate::preflight::Facts::read())?;
-    let pasta_bin = pasta::locate(caller, &conf)
-        .with_context(|| "pasta is the jail's only way out".to_string())?;
-    let paths = Paths::system().map_err(|e| anyhow!("{e:#}"))?;
+    let pasta_bin = pasta::locate(*caller, conf).context("pasta is the jail's only way out")?;
+    let paths = Paths::system()?;
     state::private_dir(&paths.run)?;
     bpf::ensure_bpffs(&paths.bpffs)?;
     state::private_dir(&paths.pins)?;
@@ -201,42 +280,39 @@ fn launch(args: RunArgs) -> Result<i32> {
 
     let host = HostNet::read().context("read the host's addresses and routes")?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolvers = netns::resolvers(&host_resolv);
     // The jail's own addresses are known once pasta has configured its namespace (below); until
     // then the jail runs nothing.
-    let (jail_policy, pasta_policy) = policies(&conf, &host, &netns::resolvers(&host_resolv), &[]);
+    let (jail_policy, pasta_policy) = policies(conf, &host, &resolvers, &[]);
     if let Some(msg) = jail_policy.map_entries().over_capacity() {
         bail!("{msg}");
     }
     record.policy_digest = jail_policy.digest();
-    record.conf_digest = Policy::build(&conf, &host).digest();
+    record.conf_digest = Policy::build(conf, &host).digest();
 
     let id = record.id.clone();
-    // Declared before `built`, so dropped after it: a launch that fails keeps its lock until its
-    // cleanup is done, and a concurrent reload never finds a half-removed jail.
-    let build_lock;
     let mut built = Built::default();
     built.paths = Some(paths.clone());
     built.id = id.clone();
     let run_dir = paths.jail_run(&id);
     state::private_dir(&run_dir)?;
     built.run_dir = Some(run_dir.clone());
-    // Held until the jail is complete: a `reload` that finds the record waits for it, and so
-    // applies its policy after this launch's, never to maps that do not exist yet.
-    build_lock = reload::lock(&paths, &id)?;
+    let lock = state::lock(&paths, &id)?;
     // Registered before anything of the jail exists: a concurrent launcher's gc then sees this
     // launch as live and never takes its cgroups or pins while they are being built.
     state::write_record(&paths, &record)?;
     built.record = true;
 
-    let jail_cg = cgroup::Cgroup::create(&paths.jail_cgroup(&id)).map_err(|e| {
-        anyhow!("{e} (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
-    })?;
+    let cgroup_fix = |whose| {
+        format!("create {whose} cgroup (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
+    };
+    let jail_cg = cgroup::Cgroup::create(&paths.jail_cgroup(&id))
+        .with_context(|| cgroup_fix("the jail's"))?;
     built.cgroups.push(jail_cg.clone());
-    let pasta_cg = cgroup::Cgroup::create(&paths.pasta_cgroup(&id)).map_err(|e| {
-        anyhow!("{e} (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
-    })?;
+    let pasta_cg =
+        cgroup::Cgroup::create(&paths.pasta_cgroup(&id)).with_context(|| cgroup_fix("pasta's"))?;
     built.cgroups.push(pasta_cg.clone());
-    let v1_limits = limits(&conf, &paths, &id, &jail_cg)?;
+    let v1_limits = limits(conf, &paths, &id, &jail_cg)?;
     built.v1_cgroups.extend(v1_limits.iter().cloned());
 
     built.pins.push(paths.jail_pins(&id));
@@ -247,7 +323,7 @@ fn launch(args: RunArgs) -> Result<i32> {
     )
     .context("attach the jail's eBPF programs")?;
     built.pins.push(paths.pasta_pins(&id));
-    bpf::attach(
+    let mut pasta_maps = bpf::attach(
         pasta_cg.path(),
         &paths.pasta_pins(&id),
         pasta_policy.map_entries(),
@@ -258,63 +334,32 @@ fn launch(args: RunArgs) -> Result<i32> {
     fs::write(&resolv, netns::jail_resolv_conf(&host_resolv))?;
     fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
 
-    crate::mask::precreate(&target).context("create the user's tmux socket directory")?;
-    let plan = crate::mask::plan_as_user(
-        &target,
-        &crate::mask::allowed(&conf),
-        crate::mask::agent_socket(&env).as_deref(),
-    )?;
-    if let Some((dir, e)) = plan.unreadable.first() {
-        bail!(
-            "cannot list {} as {} ({e}), who may still enter it: a socket there (an ssh \
-             ControlMaster) would stay reachable from the jail by its name (fix: let {} read it, \
-             `chmod u+r {}`, or remove it)",
-            dir.display(),
-            target.name,
-            target.name,
-            dir.display()
-        );
-    }
-    for w in &plan.warnings {
-        eprintln!("claude-jail: warning: {w}");
-    }
-    let masks = plan.masks;
     let spec = jail::Spec {
-        target,
-        argv: command,
-        env,
-        cwd,
+        target: target.clone(),
+        argv: command.clone(),
+        env: env.clone(),
+        cwd: cwd.clone(),
         resolv_conf: resolv,
-        masks,
+        masks: masks(target, conf, env)?,
         uncapped: jail::uncapped_copies(&run_dir)?,
     };
-    let mut init = jail::spawn(&spec)?;
+    let init = jail::spawn(&spec)?;
     built.init = Some(init.pid);
-    record.init_pid = init.pid.as_raw() as u32;
+    let init_pid = init.pid.as_raw() as u32;
+    record.init_pid = init_pid;
     jail_cg
-        .add_pid(init.pid.as_raw() as u32)
+        .add_pid(init_pid)
         .context("move the jail's init into the jail cgroup")?;
     for dir in &v1_limits {
         cgroup::Cgroup::existing(dir)
-            .add_pid(init.pid.as_raw() as u32)
+            .add_pid(init_pid)
             .with_context(|| format!("move the jail's init into {}", dir.display()))?;
     }
 
     let netns_file = run_dir.join("netns");
     built.netns_file = Some(netns_file.clone());
-    netns::bind_netns(init.pid.as_raw() as u32, &netns_file)?;
-    for p in &conf.host_ports {
-        eprintln!(
-            "claude-jail: host-port {} ({}:{}): the jail's loopback reaches this port of the host's loopback",
-            p.value, conf.path.display(), p.line
-        );
-    }
-    for p in &conf.publish_ports {
-        eprintln!(
-            "claude-jail: publish-port {} ({}:{}): the host's loopback reaches this port of the jail",
-            p.value, conf.path.display(), p.line
-        );
-    }
+    netns::bind_netns(init_pid, &netns_file)?;
+    announce_ports(conf);
     let host_ports: Vec<PortSpec> = conf.host_ports.iter().map(|l| l.value).collect();
     let publish_ports: Vec<PortSpec> = conf.publish_ports.iter().map(|l| l.value).collect();
     let pasta = pasta::start(
@@ -333,56 +378,65 @@ fn launch(args: RunArgs) -> Result<i32> {
     built.pasta = Some(pasta);
 
     // Now that the namespace has its addresses: the policies that know them.
-    record.own_addrs = netns::own_addresses(init.pid.as_raw() as u32)?;
-    let (jail_policy, pasta_policy) = policies(
-        &conf,
-        &host,
-        &netns::resolvers(&host_resolv),
-        &record.own_addrs,
-    );
+    record.own_addrs = netns::own_addresses(init_pid)?;
+    let (jail_policy, pasta_policy) = policies(conf, &host, &resolvers, &record.own_addrs);
     jail_maps.apply(jail_policy.map_entries())?;
-    bpf::JailMaps::open(&paths.pasta_pins(&id))?.apply(pasta_policy.map_entries())?;
+    pasta_maps.apply(pasta_policy.map_entries())?;
     record.policy_digest = jail_policy.digest();
-
     state::write_record(&paths, &record)?;
-    built.record = true;
 
-    let mut watch = supervise::Watch {
-        signals: &signals,
-        jail: Some(supervise::JailWatch {
-            paths: paths.clone(),
-            id: id.clone(),
-            conf,
-            policy: jail_policy,
-            netlink: Some(
-                supervise::netlink_socket()
-                    .context("subscribe to the host's address and route changes (rtnetlink)")?,
-            ),
-            events: jail_maps
-                .take_events()
-                .context("the jail's event ring buffer")?,
-            aggregator: events::Aggregator::new(&id),
-            init_awaiting_command: Some(init.pid),
-            log_error: None,
-        }),
+    let watch = supervise::JailWatch {
+        paths,
+        id: id.clone(),
+        conf: inputs.conf,
+        policy: jail_policy,
+        netlink: Some(
+            supervise::netlink_socket()
+                .context("subscribe to the host's address and route changes (rtnetlink)")?,
+        ),
+        events: jail_maps
+            .take_events()
+            .context("the jail's event ring buffer")?,
+        aggregator: events::Aggregator::new(&id),
+        init_awaiting_command: Some(init.pid),
+        log_error: None,
     };
-    drop(build_lock);
-    if let Some(sig) = stop_asked(&signals)? {
+    Ok(Jail {
+        built,
+        lock: Some(lock),
+        init,
+        maps: jail_maps,
+        watch,
+    })
+}
+
+/// Phase 4. Must: start the command only if no stop was asked while the jail was built, supervise
+/// it to its exit, tear the jail down before returning, then summarise the refusals. Must not:
+/// change the jail's policy other than through the supervisor's reload and host-change paths.
+fn run_jailed(mut jail: Jail, signals: &SignalFd) -> Result<i32> {
+    drop(jail.lock.take());
+    if let Some(sig) = stop_asked(signals)? {
         eprintln!("claude-jail: {sig} while the jail was being built: nothing was run");
         return Ok(128 + sig as i32);
     }
-    if let Err(e) = init.go() {
+    if let Err(e) = jail.init.go() {
         // The init is gone already: what it reported says why.
-        init.started()?;
+        jail.init.started()?;
         return Err(e);
     }
-    init.started()?;
-    let code = supervise::run(init.pid, &mut watch)?;
-    built.init = None;
-    let counters = jail_maps.counters().unwrap_or_default();
-    let suppressed = watch.jail.as_ref().map_or(0, |j| j.aggregator.suppressed);
-    let log_error = watch.jail.as_mut().and_then(|j| j.log_error.take());
-    drop(built);
+    jail.init.started()?;
+    let mut watch = supervise::Watch {
+        signals,
+        jail: Some(jail.watch),
+    };
+    let code = supervise::run(jail.init.pid, &mut watch)?;
+    jail.built.init = None;
+    let counters = jail.maps.counters().unwrap_or_default();
+    let id = jail.built.id.clone();
+    drop(jail.built);
+    let (suppressed, log_error) = watch
+        .jail
+        .map_or((0, None), |j| (j.aggregator.suppressed, j.log_error));
     if let Some(e) = log_error {
         eprintln!("claude-jail: warning: some refusals could not be written to the event log: {e}");
     }
@@ -391,6 +445,51 @@ fn launch(args: RunArgs) -> Result<i32> {
         eprintln!("{line}");
     }
     Ok(code)
+}
+
+/// The broker sockets to cover in the jail, planned with the user's own rights.
+fn masks(
+    target: &user::Target,
+    conf: &conf::Conf,
+    env: &[(OsString, OsString)],
+) -> Result<Vec<crate::mask::Mask>> {
+    crate::mask::precreate(target).context("create the user's tmux socket directory")?;
+    let plan = crate::mask::plan_as_user(
+        target,
+        &crate::mask::allowed(conf),
+        crate::mask::agent_socket(env).as_deref(),
+    )?;
+    if let Some((dir, e)) = plan.unreadable.first() {
+        bail!(
+            "cannot list {} as {} ({e}), who may still enter it: a socket there (an ssh \
+             ControlMaster) would stay reachable from the jail by its name (fix: let {} read it, \
+             `chmod u+r {}`, or remove it)",
+            dir.display(),
+            target.name,
+            target.name,
+            dir.display()
+        );
+    }
+    for w in &plan.warnings {
+        eprintln!("claude-jail: warning: {w}");
+    }
+    Ok(plan.masks)
+}
+
+/// Says which host ports the conf opens between the jail's loopback and the host's.
+fn announce_ports(conf: &conf::Conf) {
+    for p in &conf.host_ports {
+        eprintln!(
+            "claude-jail: host-port {} ({}:{}): the jail's loopback reaches this port of the host's loopback",
+            p.value, conf.path.display(), p.line
+        );
+    }
+    for p in &conf.publish_ports {
+        eprintln!(
+            "claude-jail: publish-port {} ({}:{}): the host's loopback reaches this port of the jail",
+            p.value, conf.path.display(), p.line
+        );
+    }
 }
 
 /// The jail's policy and pasta's.
@@ -666,6 +765,111 @@ impl Drop for Built {
             if let Err(e) = fs::remove_dir_all(&d) {
                 warn("remove the run directory", e.into());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io, path::PathBuf, time::Duration};
+
+    use super::*;
+    use crate::{cgroup::CgroupError, conf::ConfError, hostnet::HostNetError, user::UserError};
+
+    /// Every typed error, as a refusal prints it (`{:#}`, under a context as the launcher adds).
+    fn every_error() -> Vec<anyhow::Error> {
+        let io = || io::Error::from_raw_os_error(13);
+        let p = PathBuf::from("/etc/claude-sandbox.conf");
+        let typed: Vec<anyhow::Error> = vec![
+            CgroupError::NoCgroup2.into(),
+            CgroupError::MountInfo(io()).into(),
+            CgroupError::Io {
+                op: "mkdir",
+                path: p.clone(),
+                cause: io(),
+            }
+            .into(),
+            CgroupError::NotEmpty {
+                path: p.clone(),
+                waited: Duration::from_secs(1),
+            }
+            .into(),
+            ConfError::Line {
+                path: p.clone(),
+                line: 2,
+                msg: "bad".into(),
+            }
+            .into(),
+            ConfError::Io {
+                path: p.clone(),
+                cause: io(),
+            }
+            .into(),
+            ConfError::Untrusted {
+                path: p.clone(),
+                msg: "group-writable".into(),
+            }
+            .into(),
+            ConfError::Env {
+                var: conf::ENV_EGRESS_JAIL,
+                value: "2".into(),
+                msg: "must be 0 or 1".into(),
+            }
+            .into(),
+            HostNetError::from(io()).into(),
+            HostNetError::Decode("short".into()).into(),
+            HostNetError::Refused {
+                what: "route",
+                code: -1,
+            }
+            .into(),
+            HostNetError::Interrupted("route").into(),
+            UserError::NoSuchUser("x".into()).into(),
+            UserError::NotRoot.into(),
+            UserError::NoPasswd(7).into(),
+            UserError::Root.into(),
+            UserError::from(nix::Error::EACCES).into(),
+        ];
+        typed
+            .into_iter()
+            .map(|e| e.context("build the jail"))
+            .collect()
+    }
+
+    #[test]
+    fn a_refusal_names_each_cause_once_and_the_escape_hatch_once() {
+        for e in every_error() {
+            let text = refusal(&e);
+            let first = text.lines().next().unwrap();
+            let segments: Vec<&str> = first.split(": ").collect();
+            for (i, s) in segments.iter().enumerate() {
+                assert!(
+                    !segments[i + 1..].contains(s),
+                    "`{s}` is printed twice in: {first}"
+                );
+            }
+            assert!(
+                !first.contains("os error 13") || first.matches("os error 13").count() == 1,
+                "{first}"
+            );
+            assert_eq!(
+                text.matches("CLAUDE_SANDBOX_EGRESS_JAIL=0").count(),
+                1,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_typed_errors_carry_no_source_chain_that_would_repeat_their_message() {
+        for e in every_error() {
+            let mut chain = e.chain();
+            chain.next();
+            let typed = chain.next().unwrap();
+            assert!(
+                std::error::Error::source(typed).is_none(),
+                "{typed} has a source(): `{{:#}}` prints it again"
+            );
         }
     }
 }

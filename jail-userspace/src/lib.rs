@@ -9,9 +9,11 @@
 //! - [`cgroup`]: the jail's cgroup v2 directories;
 //! - [`bpf`]: loads, fills, attaches and pins the eBPF programs and maps;
 //! - [`user`]: the target user and the command's environment;
-//! - [`state`]: the registry, pins and logs that reload, status and events find jails by;
+//! - [`state`]: the registry, pins and logs that reload, status and events find jails by, and
+//!   the per-jail lock every writer of a jail takes ([`dirs`]: where they live);
 //! - [`netns`], [`pasta`]: the jail's network namespace seen from outside, and its way out;
-//! - [`jail`]: inside the jail: its init and the command's privilege drop;
+//! - [`jail`]: inside the jail: its init and the command's privilege drop ([`init_report`]: a
+//!   set-up step that fails there, typed, with its fix);
 //! - [`mask`]: the broker sockets and cgroup mounts the jail's mount namespace hides;
 //! - [`seccomp`]: the jailed command's filter (TIOCSTI, vsock, packet sockets, io_uring);
 //! - [`launch`]: `claude-jail run`, in order, with cleanup on every path;
@@ -28,9 +30,11 @@ pub mod cgroup;
 pub mod check;
 pub mod cli;
 pub mod conf;
+pub mod dirs;
 pub mod events;
 pub mod gc;
 pub mod hostnet;
+pub mod init_report;
 pub mod jail;
 pub mod launch;
 pub mod mask;

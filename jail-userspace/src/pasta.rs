@@ -111,12 +111,10 @@ pub fn locate(caller: crate::caller::Caller, conf: &crate::conf::Conf) -> Result
                 })?
         }
     };
-    let real = crate::conf::check_trusted(&found)
-        .map_err(|e| anyhow::anyhow!("{e} (pasta runs as root)"))?;
+    let real = crate::conf::check_trusted(&found).context("pasta runs as root")?;
     let avx2 = PathBuf::from(format!("{}.avx2", real.display()));
     if avx2.exists() {
-        crate::conf::check_trusted(&avx2)
-            .map_err(|e| anyhow::anyhow!("{e} (pasta runs it as root on AVX2 CPUs)"))?;
+        crate::conf::check_trusted(&avx2).context("pasta runs it as root on AVX2 CPUs")?;
     }
     check_options(&real)?;
     Ok(real)

@@ -14,12 +14,12 @@ use crate::{
     user,
 };
 
-pub fn run(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+pub fn command(config: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     let caller = crate::caller::Caller::current();
     let env_conf = std::env::var_os(conf::ENV_CONF);
     caller.check_conf_choice(config.as_deref(), env_conf.as_deref())?;
     let path = conf::conf_path(config, env_conf.as_deref());
-    let conf = conf::load(&path, Trust::Any).map_err(|e| e.shown_to(caller))?;
+    let conf = conf::load(&path, Trust::Any).map_err(|e| e.shown_to(caller.delegated_uid()))?;
     let switch = conf::jail_enabled(&conf, std::env::var_os(conf::ENV_EGRESS_JAIL).as_deref())?;
     let host = HostNet::read().context("reading the host's addresses and routes")?;
     let proxies = proxy_env(std::env::vars_os());
@@ -407,7 +407,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("bad.conf");
         std::fs::write(&f, "allow-ip = 10.0.0.1\nallow-ip = 10.1.0.5/24\n").unwrap();
-        let e = run(Some(f.clone()), false).unwrap_err();
+        let e = command(Some(f.clone()), false).unwrap_err();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             format!("{e:#}"),

@@ -5,14 +5,9 @@
 //! makes every running jail follow FILE from then on. Map updates go through
 //! [`bpf::JailMaps::apply`] (add before remove), under a per-jail lock so that two writers (the
 //! reload command and the launcher reacting to a route change) never interleave.
-use std::{
-    fs::{File, OpenOptions},
-    os::unix::fs::OpenOptionsExt,
-    path::Path,
-};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{Flock, FlockArg};
 
 use crate::{
     bpf::JailMaps,
@@ -22,24 +17,6 @@ use crate::{
     policy::Policy,
     state::{self, JailRecord, Paths},
 };
-
-/// Holds a jail's update lock while alive.
-pub struct JailLock(#[allow(dead_code)] Flock<File>);
-
-pub fn lock(paths: &Paths, id: &str) -> Result<JailLock> {
-    let path = paths.jail_run(id).join("lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("open {}", path.display()))?;
-    let l = Flock::lock(f, FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .with_context(|| format!("lock {}", path.display()))?;
-    Ok(JailLock(l))
-}
 
 /// The jail's and pasta's policies for `conf` on this host (pasta's resolvers from the host's
 /// resolv.conf, as at launch).
@@ -80,36 +57,6 @@ pub fn apply(paths: &Paths, rec: &JailRecord, conf: &Conf, host: &HostNet) -> Re
     Ok(jail)
 }
 
-/// Reads jail `id`'s registry record, lets `f` change it (and the jail's maps), and writes it
-/// back, all under the jail's lock: the reload command, the launcher's own refreshes and its
-/// bookkeeping never interleave, so none of them writes back a record another has changed since
-/// it read it. `Ok(None)` when the jail is gone (or going).
-pub fn with_record<T>(
-    paths: &Paths,
-    id: &str,
-    f: impl FnOnce(&mut JailRecord) -> Result<T>,
-) -> Result<Option<T>> {
-    if !paths.jail_run(id).exists() {
-        return Ok(None);
-    }
-    let _lock = match lock(paths, id) {
-        Ok(l) => l,
-        // The run directory went away between the check and the open: the jail ended.
-        Err(_) if !paths.jail_run(id).exists() => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let Some(mut rec) = state::list_records(paths)?
-        .into_iter()
-        .flatten()
-        .find(|r| r.id == id)
-    else {
-        return Ok(None);
-    };
-    let out = f(&mut rec)?;
-    state::write_record(paths, &rec)?;
-    Ok(Some(out))
-}
-
 /// Reads a jail's conf as `run` does (root-owned, refused when invalid).
 pub fn load_conf(path: &Path) -> Result<Conf> {
     Ok(conf::load(path, Trust::Strict)?)
@@ -126,7 +73,7 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
     let path = conf::conf_path(config, env_conf.as_deref());
     // Invalid: nothing changes anywhere.
     let conf = load_conf(&path).map_err(|e| match e.downcast::<conf::ConfError>() {
-        Ok(c) => anyhow::Error::from(c.shown_to(caller)),
+        Ok(c) => anyhow::Error::from(c.shown_to(caller.delegated_uid())),
         Err(e) => e,
     })?;
     let switch = conf::jail_enabled(&conf, None)?;
@@ -170,7 +117,7 @@ fn apply_to_record(paths: &Paths, rec: JailRecord, conf: &Conf, host: &HostNet) 
     // as it is now (the launch may also have failed and removed it).
     let id = rec.id.clone();
     let launcher = rec.launcher_pid;
-    let done = with_record(paths, &id, |rec| {
+    let done = state::with_record(paths, &id, |rec| {
         let policy = apply(paths, rec, conf, host)?;
         rec.conf = conf.path.display().to_string();
         rec.policy_digest = policy.digest();

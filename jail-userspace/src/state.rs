@@ -19,18 +19,18 @@
 use std::{
     fs,
     io::{ErrorKind, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::{bpf, cgroup};
+use crate::{cgroup, dirs};
 
-pub const RUN_DIR: &str = "/run/claude-jail";
-pub const LOG_DIR: &str = "/var/log/claude-jail";
+pub use crate::dirs::{private_dir, LOG_DIR, RUN_DIR};
 
 /// Where each piece of state lives. One value, built once, so tests and code agree.
 #[derive(Clone, Debug)]
@@ -48,8 +48,8 @@ impl Paths {
         let cg = cgroup::cgroup2_mount()?;
         Ok(Paths {
             run: PathBuf::from(RUN_DIR),
-            bpffs: PathBuf::from(bpf::BPFFS),
-            pins: Path::new(bpf::BPFFS).join(cgroup::PARENT),
+            bpffs: PathBuf::from(dirs::BPFFS),
+            pins: Path::new(dirs::BPFFS).join(cgroup::PARENT),
             log: PathBuf::from(LOG_DIR),
             cgroup_root: cg.join(cgroup::PARENT),
         })
@@ -79,17 +79,6 @@ impl Paths {
     pub fn events_log(&self) -> PathBuf {
         self.log.join("events.jsonl")
     }
-}
-
-/// A root-only directory (and parents).
-pub fn private_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("create {}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod 700 {}", dir.display()))
 }
 
 /// A fresh jail id: 12 hex digits from the kernel's random pool.
@@ -208,6 +197,54 @@ pub fn pid_alive(pid: u32) -> bool {
                     .unwrap_or(false)
             })
             .unwrap_or(false)
+}
+
+/// Holds a jail's update lock while alive.
+pub struct JailLock(#[allow(dead_code)] Flock<fs::File>);
+
+pub fn lock(paths: &Paths, id: &str) -> Result<JailLock> {
+    let path = paths.jail_run(id).join("lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let l = Flock::lock(f, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("lock {}", path.display()))?;
+    Ok(JailLock(l))
+}
+
+/// Reads jail `id`'s registry record, lets `f` change it (and the jail's maps), and writes it
+/// back, all under the jail's lock: the reload command, the launcher's own refreshes and its
+/// bookkeeping never interleave, so none of them writes back a record another has changed since
+/// it read it. `Ok(None)` when the jail is gone (or going).
+pub fn with_record<T>(
+    paths: &Paths,
+    id: &str,
+    f: impl FnOnce(&mut JailRecord) -> Result<T>,
+) -> Result<Option<T>> {
+    if !paths.jail_run(id).exists() {
+        return Ok(None);
+    }
+    let _lock = match lock(paths, id) {
+        Ok(l) => l,
+        // The run directory went away between the check and the open: the jail ended.
+        Err(_) if !paths.jail_run(id).exists() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(mut rec) = list_records(paths)?
+        .into_iter()
+        .flatten()
+        .find(|r| r.id == id)
+    else {
+        return Ok(None);
+    };
+    let out = f(&mut rec)?;
+    write_record(paths, &rec)?;
+    Ok(Some(out))
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use serde::Serialize;
 use crate::{
     bpf::{Counters, JailMaps},
     events::escape,
-    gc,
     state::{self, JailRecord, Paths},
 };
 
@@ -137,22 +136,6 @@ pub fn command(json: bool) -> Result<ExitCode> {
         if e.state == "stale" {
             println!("    stale: its launcher is gone; `claude-jail gc` removes it");
         }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn gc_command() -> Result<ExitCode> {
-    crate::caller::Caller::current().need_root("gc")?;
-    let paths = Paths::system()?;
-    let report = gc::collect(&paths, true);
-    for id in &report.removed {
-        println!("removed stale jail {id}");
-    }
-    for id in &report.populated {
-        println!("kept jail {id}: its launcher is gone but processes are still in it (its programs still filter them)");
-    }
-    if report.removed.is_empty() && report.populated.is_empty() {
-        println!("nothing to remove");
     }
     Ok(ExitCode::SUCCESS)
 }

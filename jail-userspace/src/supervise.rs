@@ -235,7 +235,7 @@ fn record_command_pid(j: &mut JailWatch) {
         return;
     };
     j.init_awaiting_command = None;
-    let _ = reload::with_record(&j.paths, &j.id, |rec| {
+    let _ = state::with_record(&j.paths, &j.id, |rec| {
         rec.command_pid = pid;
         Ok(())
     });
@@ -305,7 +305,7 @@ fn refresh(j: &mut JailWatch, reread: bool, host_changed: bool) {
         if !host_changed && compiled.digest() == seen.policy_digest {
             return Ok(Some((conf, compiled)));
         }
-        let applied = reload::with_record(&j.paths, &j.id, |rec| {
+        let applied = state::with_record(&j.paths, &j.id, |rec| {
             if rec.conf != seen.conf || rec.policy_digest != seen.policy_digest {
                 return Ok(None);
             }

@@ -43,7 +43,15 @@ pub enum UserError {
     )]
     Root,
     #[error("looking up users: {0}")]
-    Lookup(#[from] nix::Error),
+    Lookup(nix::Error),
+}
+
+// By hand rather than `#[from]`, which would also make the error its own `source()` and so print
+// it twice under `{:#}`: a typed error's message is the whole story, once.
+impl From<nix::Error> for UserError {
+    fn from(e: nix::Error) -> Self {
+        UserError::Lookup(e)
+    }
 }
 
 /// Resolves the target user. `delegated_uid` is the user behind sudo or pkexec
@@ -180,9 +188,9 @@ pub fn read_env(from: impl std::io::Read) -> std::io::Result<Vec<(OsString, OsSt
 }
 
 /// The command's environment: HOME, USER, LOGNAME and SHELL from the passwd entry, PATH from the
-/// source or a default, and what [`EnvFrom`] lets pass. The broker variables
-/// ([`crate::mask::MASKED_ENV`]) never pass.
-pub fn environment(target: &Target, from: EnvFrom) -> Vec<(OsString, OsString)> {
+/// source or a default, and what [`EnvFrom`] lets pass. `masked` never pass: the launcher gives
+/// the broker variables ([`crate::mask::MASKED_ENV`], kept beside the sockets they name).
+pub fn environment(target: &Target, from: EnvFrom, masked: &[&str]) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = vec![
         ("HOME".into(), target.home.clone().into_os_string()),
         ("USER".into(), target.name.clone().into()),
@@ -201,7 +209,7 @@ pub fn environment(target: &Target, from: EnvFrom) -> Vec<(OsString, OsString)> 
             continue;
         }
         if ["HOME", "USER", "LOGNAME", "SHELL"].contains(&name)
-            || crate::mask::MASKED_ENV.contains(&name)
+            || masked.contains(&name)
             || LAUNCH_VARS.contains(&name)
         {
             continue;
@@ -265,6 +273,7 @@ mod tests {
                 caller: caller.to_vec(),
                 pass_env: vec![],
             },
+            &crate::mask::MASKED_ENV,
         );
         assert_eq!(get(&env, "HOME"), Some(OsStr::new("/home/alice")));
         assert_eq!(get(&env, "USER"), Some(OsStr::new("alice")));
@@ -330,6 +339,7 @@ mod tests {
                 caller: caller.collect(),
                 pass_env: vec![],
             },
+            &crate::mask::MASKED_ENV,
         );
         for k in pass {
             assert!(is_proxy_var(k), "{k}");
@@ -363,7 +373,7 @@ mod tests {
             ("MAIL", "/var/mail/root"),
             ("PATH", "/home/alice/.local/bin:/usr/bin"),
         ]);
-        let env = environment(&alice(), EnvFrom::Own(own));
+        let env = environment(&alice(), EnvFrom::Own(own), &crate::mask::MASKED_ENV);
         for (k, v) in [
             ("EPICS_CA_ADDR_LIST", "10.1.2.3"),
             ("VIRTUAL_ENV", "/opt/venv"),
@@ -398,6 +408,7 @@ mod tests {
                 caller,
                 pass_env: vec!["EPICS_*".into(), "TMUX".into()],
             },
+            &crate::mask::MASKED_ENV,
         );
         assert!(get(&env, "EPICS_CA_ADDR_LIST").is_some());
         assert!(get(&env, "TERM").is_some());
@@ -422,7 +433,7 @@ mod tests {
 
     #[test]
     fn path_defaults_when_the_caller_has_none() {
-        let env = environment(&alice(), EnvFrom::Own(vec![]));
+        let env = environment(&alice(), EnvFrom::Own(vec![]), &crate::mask::MASKED_ENV);
         assert_eq!(get(&env, "PATH"), Some(OsStr::new(DEFAULT_PATH)));
     }
 }

@@ -65,7 +65,8 @@ pub fn command(
     caller.check_conf_choice(config.as_deref(), env_conf.as_deref())?;
     caller.check_user_choice(user.as_deref())?;
     let conf_path = conf::conf_path(config.clone(), env_conf.as_deref());
-    let conf = conf::load(&conf_path, Trust::Strict).map_err(|e| e.shown_to(caller))?;
+    let conf =
+        conf::load(&conf_path, Trust::Strict).map_err(|e| e.shown_to(caller.delegated_uid()))?;
     let host = HostNet::read().context("read the host's addresses and routes")?;
     let policy = Policy::build(&conf, &host);
 

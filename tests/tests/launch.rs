@@ -815,7 +815,7 @@ fn fail_closed(
     setup: &str,
     env: &[(&str, Option<&str>)],
     what: &str,
-) {
+) -> String {
     let conf = write_conf(world, "claude-sandbox.conf", "").unwrap();
     let markers = world.dir().join("markers");
     fs::create_dir_all(&markers).unwrap();
@@ -858,6 +858,7 @@ fn fail_closed(
     );
     let left = leftovers(world, &[]);
     assert!(left.is_empty(), "{name}: nothing is left behind: {left:?}");
+    e
 }
 
 #[test]
@@ -900,16 +901,23 @@ fn each_fail_closed_case_exits_125_without_running_the_command() {
         "not trusted",
     );
     // A step inside the jail's own namespaces fails (here: /etc/resolv.conf is a directory, so
-    // the jail's resolv.conf cannot be bound over it): the init reports it to the launcher,
-    // which says so with the fix and the escape hatch, and the command never starts.
-    fail_closed(
+    // the jail's resolv.conf cannot be bound over it): the init reports the step and the
+    // kernel's errno to the launcher, which says so with that step's own fix and the escape
+    // hatch, and the command never starts.
+    let set_up_failure_fix = fail_closed(
         &world,
         "set-up inside the jail fails",
         "mount -t tmpfs -o mode=0755 cjt-etc /mnt && cp -a /etc /mnt/etc && \
          rm -f /mnt/etc/resolv.conf && mkdir /mnt/etc/resolv.conf && \
          mount --bind /mnt/etc /etc || exit 1",
         &[],
-        "inside its namespaces",
+        "inside its namespaces failed, nothing was run: jail init: bind the jail's resolv.conf \
+         over /etc/resolv.conf",
+    );
+    // ... with that step's own fix, not a generic one.
+    assert!(
+        set_up_failure_fix.contains("(fix: /etc/resolv.conf must be a file"),
+        "{set_up_failure_fix}"
     );
     // A read-only bind of the cgroup2 mount over itself, in a private mount namespace (a
     // per-mount flag: the real hierarchy stays writable for everyone else).
