@@ -36,8 +36,9 @@ pub const ENV_CONF: &str = "CLAUDE_SANDBOX_CONF";
 pub const ENV_EGRESS_JAIL: &str = "CLAUDE_SANDBOX_EGRESS_JAIL";
 
 /// The keys this version knows, in the order the error message lists them.
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "egress-jail",
+    "egress-backend",
     "allow-ip",
     "deny-ip",
     "host-port",
@@ -54,6 +55,28 @@ const KEYS: [&str; 10] = [
 /// host's pid space (this kernel's default pid_max is 4 million; RLIMIT_NPROC is per user, and
 /// the jail's command inherits root's).
 pub const DEFAULT_PIDS_MAX: u32 = 4096;
+
+/// `egress-backend`: what enforces the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// eBPF when the caller can load it (root with CAP_BPF or CAP_SYS_ADMIN in the initial user
+    /// namespace), nftables otherwise. The default.
+    Auto,
+    /// The eBPF cgroup programs only; refused where they cannot load.
+    Ebpf,
+    /// nftables in the jail's own network namespace (the rootless mode), for root too.
+    Nftables,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Ebpf => "ebpf",
+            Backend::Nftables => "nftables",
+        }
+    }
+}
 
 /// A `pids-max` value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +208,7 @@ pub struct Conf {
     /// False when the file does not exist: all defaults.
     pub found: bool,
     pub egress_jail: Option<Located<bool>>,
+    pub egress_backend: Option<Located<Backend>>,
     pub allow: Vec<Located<AllowEntry>>,
     pub deny: Vec<Located<IpNet>>,
     pub host_ports: Vec<Located<PortSpec>>,
@@ -206,6 +230,7 @@ impl Conf {
             path: path.to_path_buf(),
             found: false,
             egress_jail: None,
+            egress_backend: None,
             allow: Vec::new(),
             deny: Vec::new(),
             host_ports: Vec::new(),
@@ -494,6 +519,23 @@ fn parse_line(conf: &mut Conf, line: usize, s: &str) -> Result<(), String> {
         Some(v) if !v.is_empty() => v,
         _ => return Err(format!("{key} needs a value")),
     };
+    if key == "egress-backend" {
+        let b = match value {
+            "auto" => Backend::Auto,
+            "ebpf" => Backend::Ebpf,
+            "nftables" => Backend::Nftables,
+            v => {
+                return Err(format!(
+                    "egress-backend must be auto, ebpf or nftables, not `{v}`"
+                ))
+            }
+        };
+        if let Some(prev) = &conf.egress_backend {
+            return Err(format!("egress-backend is already set on line {}", prev.line));
+        }
+        conf.egress_backend = Some(Located::at(line, b));
+        return Ok(());
+    }
     if key == "pass-env" {
         let name = value.strip_suffix('*').unwrap_or(value);
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -846,7 +888,7 @@ mod tests {
     fn every_rejected_form_has_its_message() {
         let f = "/etc/claude-sandbox.conf";
         let cases: &[(&str, String)] = &[
-            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, allow-ip, deny-ip, host-port, publish-port, allow-socket, pasta, pids-max, memory-max, pass-env)")),
+            ("frobnicate = 1", format!("{f}:1: unknown key `frobnicate` (known keys: egress-jail, egress-backend, allow-ip, deny-ip, host-port, publish-port, allow-socket, pasta, pids-max, memory-max, pass-env)")),
             ("allow-ip", format!("{f}:1: allow-ip needs a value")),
             ("allow-ip =", format!("{f}:1: allow-ip needs a value")),
             ("= 1", format!("{f}:1: expected `key = value`, found `= 1`")),
@@ -979,6 +1021,23 @@ mod tests {
         assert_eq!(c.pids_max.unwrap().value, PidsMax::Unlimited);
         assert_eq!(c.memory_max.unwrap().value, MemoryMax::Bytes(2 << 30));
         assert_eq!(MemoryMax::Unlimited.to_string(), "max");
+    }
+
+    #[test]
+    fn the_backend_is_one_of_three_and_set_once() {
+        for (v, b) in [
+            ("auto", Backend::Auto),
+            ("ebpf", Backend::Ebpf),
+            ("nftables", Backend::Nftables),
+        ] {
+            let c = parse(Path::new("c"), format!("egress-backend = {v}\n").as_bytes()).unwrap();
+            assert_eq!(c.egress_backend, Some(Located::at(1, b)));
+        }
+        let e = parse(Path::new("c"), b"egress-backend = iptables\n").unwrap_err();
+        assert!(e.to_string().contains("auto, ebpf or nftables"), "{e}");
+        let e = parse(Path::new("c"), b"egress-backend = ebpf\negress-backend = auto\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("already set on line 1"), "{e}");
     }
 
     #[test]
@@ -1225,6 +1284,7 @@ mod tests {
     fn line_strategy() -> impl Strategy<Value = String> {
         let key = prop_oneof![
             Just("egress-jail"),
+            Just("egress-backend"),
             Just("allow-ip"),
             Just("deny-ip"),
             Just("host-port"),

@@ -82,6 +82,9 @@ pub struct Spec {
     /// With an empty bounding set the kernel refuses to execute a file whose capabilities it
     /// cannot grant ("insufficient to execute correctly"); ping needs none here (ping sockets).
     pub uncapped: Vec<(PathBuf, PathBuf)>,
+    /// The nftables mode: the init gets a user namespace of its own too ([`crate::userns`]),
+    /// which owns the jail's other namespaces.
+    pub userns: bool,
 }
 
 /// The init, seen from the launcher.
@@ -137,10 +140,13 @@ fn report_failure(report: Option<&File>, e: &anyhow::Error) {
 pub fn spawn(spec: &Spec) -> Result<Init> {
     let (go_r, go_w) = pipe().context("pipe")?;
     let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-    let flags = CloneFlags::CLONE_NEWPID
+    let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWIPC;
+    if spec.userns {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
     let mut go_r = Some(go_r);
     let mut report_w = Some(File::from(report_w));
     let pid = sys::clone_process(flags, || {
@@ -165,11 +171,23 @@ pub fn spawn(spec: &Spec) -> Result<Init> {
     })?;
     // The launcher's copy of the write end must go, or it would never see EOF.
     drop(report_w);
-    Ok(Init {
+    let init = Init {
         pid,
         go: Some(File::from(go_w)),
         report: Some(File::from(report_r)),
-    })
+    };
+    if spec.userns {
+        // Before the go: the init's set-up needs the user's ids to exist in its namespace. On
+        // failure the dropped `Init` closes the go pipe and the init exits without running
+        // anything.
+        crate::userns::write_maps(pid, spec.target.uid, spec.target.gid, &spec.target.groups)
+            .context(
+                "map the user's ids in the jail's user namespace (fix: a kernel that allows \
+                 user namespaces: the user.max_user_namespaces sysctl above 0, and no \
+                 kernel.apparmor_restrict_unprivileged_userns)",
+            )?;
+    }
+    Ok(init)
 }
 
 /// Forks the command without any jail (the egress jail is turned off): same user, same dropped
@@ -205,6 +223,15 @@ fn fork_exec(spec: &Spec, jailed: bool, report: Option<&File>) -> Result<Pid> {
 /// command's process holds its own copy until execve).
 fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32> {
     use std::os::fd::AsRawFd;
+    if spec.userns {
+        // The command runs under the init's own uid in the nftables mode: without this it could
+        // ptrace the init, which holds every capability over the jail's namespaces until the
+        // command is forked. Not dumpable, tracing it needs CAP_SYS_PTRACE where the init's
+        // memory was made: the launcher's user namespace, where the command has nothing.
+        prctl::set_dumpable(false)
+            .context("PR_SET_DUMPABLE")
+            .context(Step::Start)?;
+    }
     // If the launcher dies, so does the jail (and with pid 1, everything in it).
     prctl::set_pdeathsig(Signal::SIGKILL)
         .context("PR_SET_PDEATHSIG")
@@ -249,6 +276,11 @@ fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32>
     // The init is single-threaded.
     let command = fork_exec(spec, true, report.as_ref()).context(Step::Supervise)?;
     drop(report.take());
+    if spec.userns {
+        // Nothing left to do that needs them: reaping and forwarding signals to a process of the
+        // same uid need none.
+        drop_own_capabilities().context(Step::Supervise)?;
+    }
     loop {
         let Some(info) = sfd.read_signal().context("read signalfd")? else {
             continue;
@@ -352,7 +384,7 @@ fn apply_mask(m: &Mask) -> Result<()> {
             None::<&str>,
             at.as_str(),
             None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID | flags,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID | flags | kept_flags(Path::new(&at)),
             None::<&str>,
         )
         .context("make the mount read-only")
@@ -534,10 +566,32 @@ fn bind_ro(src: &Path, dst: &Path) -> Result<()> {
         None::<&str>,
         dst,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kept_flags(dst),
         None::<&str>,
     )
     .with_context(|| format!("make {} read-only", dst.display()))
+}
+
+/// The flags of the mount at `path` that a remount must repeat. In a user namespace the kernel
+/// locks nosuid, nodev, noexec and the atime mode of every mount inherited from outside: a
+/// remount that leaves one out is refused (EPERM) rather than clearing it.
+fn kept_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let Ok(st) = statvfs(path) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(st, _)| f.contains(*st))
+    .fold(MsFlags::empty(), |acc, (_, ms)| acc | ms)
 }
 
 type Never = std::convert::Infallible;
@@ -676,8 +730,12 @@ fn drop_privileges(t: &Target) -> Result<()> {
     }
     caps::clear(None, CapSet::Ambient).context("clear ambient capabilities")?;
     caps::clear(None, CapSet::Inheritable).context("clear inheritable capabilities")?;
-    let gids: Vec<Gid> = t.groups.iter().map(|&g| Gid::from_raw(g)).collect();
-    setgroups(&gids).context("setgroups")?;
+    // In a user namespace an unprivileged launcher made, setgroups is denied, and the command
+    // keeps the supplementary groups it had outside: the user's own ([`crate::userns`]).
+    if crate::userns::setgroups_allowed() {
+        let gids: Vec<Gid> = t.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+        setgroups(&gids).context("setgroups")?;
+    }
     let gid = Gid::from_raw(t.gid);
     setresgid(gid, gid, gid).context("setresgid")?;
     let uid = Uid::from_raw(t.uid);
@@ -700,6 +758,20 @@ fn drop_privileges(t: &Target) -> Result<()> {
     }
     if setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok() {
         bail!("could regain uid 0 after dropping privileges");
+    }
+    Ok(())
+}
+
+/// The init's own capabilities, in the nftables mode once the command is forked.
+fn drop_own_capabilities() -> Result<()> {
+    use caps::CapSet;
+    for set in [
+        CapSet::Ambient,
+        CapSet::Inheritable,
+        CapSet::Effective,
+        CapSet::Permitted,
+    ] {
+        caps::clear(None, set).with_context(|| format!("clear {set:?} capabilities"))?;
     }
     Ok(())
 }

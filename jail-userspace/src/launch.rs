@@ -203,6 +203,7 @@ fn run_unjailed(inputs: Inputs, signals: &SignalFd) -> Result<i32> {
         resolv_conf: PathBuf::new(),
         masks: Vec::new(),
         uncapped: Vec::new(),
+        userns: false,
     };
     let paths = Paths::system().ok();
     if let Some(p) = &paths {
@@ -342,6 +343,7 @@ fn build(inputs: Inputs) -> Result<Jail> {
         resolv_conf: resolv,
         masks: masks(target, conf, env)?,
         uncapped: jail::uncapped_copies(&run_dir)?,
+        userns: false,
     };
     let init = jail::spawn(&spec)?;
     built.init = Some(init.pid);
@@ -366,6 +368,7 @@ fn build(inputs: Inputs) -> Result<Jail> {
         &pasta_bin,
         &pasta::PastaConfig {
             netns_file: &netns_file,
+            userns_file: None,
             pid_file: &run_dir.join("pasta.pid"),
             log_file: &run_dir.join("pasta.log"),
             host_ports: &host_ports,

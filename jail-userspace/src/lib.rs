@@ -8,7 +8,8 @@
 //! - [`preflight`]: whether this host or container can run the jail, and the fix if not;
 //! - [`cgroup`]: the jail's cgroup v2 directories;
 //! - [`bpf`]: loads, fills, attaches and pins the eBPF programs and maps;
-//! - [`user`]: the target user and the command's environment;
+//! - [`user`]: the target user and the command's environment; [`userns`]: the nftables mode's
+//!   user namespace, and the launcher's work inside the jail's namespaces;
 //! - [`state`]: the registry, pins and logs that reload, status and events find jails by, and
 //!   the per-jail lock every writer of a jail takes ([`dirs`]: where they live);
 //! - [`netns`], [`pasta`]: the jail's network namespace seen from outside, and its way out;
@@ -50,4 +51,5 @@ pub mod status;
 pub mod supervise;
 pub mod sys;
 pub mod user;
+pub mod userns;
 pub mod verify;

@@ -59,7 +59,10 @@ const NEEDED_OPTIONS: [&str; 2] = ["--map-host-loopback", "--map-guest-addr"];
 /// lacks one the jail passes is refused in one line, before anything is built.
 pub fn locate(caller: crate::caller::Caller, conf: &crate::conf::Conf) -> Result<PathBuf> {
     let env = std::env::var_os(ENV_PASTA).filter(|p| !p.is_empty());
-    if env.is_some() && !caller.is_root() {
+    // Root, or a user for a pasta that runs as that user: either may choose it. Not a user behind
+    // sudo, for whom pasta would run as root.
+    let may_choose = !matches!(caller, crate::caller::Caller::Delegated { .. });
+    if env.is_some() && !may_choose {
         eprintln!(
             "claude-jail: note: {ENV_PASTA} is ignored for a caller behind sudo or pkexec (set \
              `pasta = PATH` in {} instead)",
@@ -67,7 +70,7 @@ pub fn locate(caller: crate::caller::Caller, conf: &crate::conf::Conf) -> Result
         );
     }
     let found = match (&env, &conf.pasta) {
-        (Some(p), _) if caller.is_root() => {
+        (Some(p), _) if may_choose => {
             let p = PathBuf::from(p);
             if !is_executable(&p) {
                 bail!(
@@ -157,7 +160,12 @@ fn is_executable(p: &Path) -> bool {
 
 /// What pasta is asked to do.
 pub struct PastaConfig<'a> {
+    /// The jail's network namespace: the bind-mounted file (eBPF mode), or /proc/PID/ns/net.
     pub netns_file: &'a Path,
+    /// The nftables mode: the jail's user namespace (/proc/PID/ns/user), which pasta joins
+    /// before the network namespace. pasta then runs as the user, in the foreground, as the
+    /// launcher's child.
+    pub userns_file: Option<&'a Path>,
     pub pid_file: &'a Path,
     pub log_file: &'a Path,
     pub host_ports: &'a [PortSpec],
@@ -166,12 +174,20 @@ pub struct PastaConfig<'a> {
 
 /// The full argument list (tested below: it is the security boundary of the namespace).
 pub fn args(c: &PastaConfig) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "--quiet",
+    let mut a: Vec<String> = match c.userns_file {
         // pasta drops to "nobody" by default, before it opens the namespace file, which a
         // non-root user may not do: stay root (it runs in its own cgroup under its own policy).
-        "--runas",
-        "0",
+        None => vec!["--runas", "0"],
+        // As the user, the launcher's child: it dies with the launcher (parent-death signal,
+        // which a daemon's fork would lose).
+        Some(_) => vec!["--foreground"],
+    }
+    .into_iter()
+    .map(String::from)
+    .collect();
+    a.extend(
+        [
+        "--quiet",
         "--config-net",
         "--no-map-gw",
         "--map-host-loopback",
@@ -180,8 +196,8 @@ pub fn args(c: &PastaConfig) -> Vec<String> {
         "none",
         "--dns-forward",
     ]
-    .map(String::from)
-    .to_vec();
+        .map(String::from),
+    );
     a.push(DNS_FORWARDER.to_string());
     let mut fwd = |flag: &str, spec: Option<String>| {
         a.push(flag.into());
@@ -206,9 +222,11 @@ pub fn args(c: &PastaConfig) -> Vec<String> {
         c.log_file.display().to_string(),
         "--pid".into(),
         c.pid_file.display().to_string(),
-        "--netns".into(),
-        c.netns_file.display().to_string(),
     ]);
+    if let Some(u) = c.userns_file {
+        a.extend(["--userns".into(), u.display().to_string()]);
+    }
+    a.extend(["--netns".into(), c.netns_file.display().to_string()]);
     a
 }
 
@@ -216,8 +234,16 @@ pub fn args(c: &PastaConfig) -> Vec<String> {
 #[derive(Debug)]
 pub struct Pasta {
     pub pid: u32,
+    /// How the launcher knows the pid is still pasta's.
+    tracked: Tracked,
+}
+
+#[derive(Debug)]
+enum Tracked {
     /// pasta's own cgroup (its cgroup.procs): only a pid listed there is pasta, and is signalled.
-    cgroup_procs: PathBuf,
+    Cgroup(PathBuf),
+    /// The launcher's child (nftables mode): a pid that is ours until we reap it.
+    Child(std::sync::Mutex<std::process::Child>),
 }
 
 /// Starts pasta inside `cgroup_procs`' cgroup (written in the child before exec, so pasta never
@@ -264,7 +290,70 @@ pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Past
     let pid = read_pid(c.pid_file, Duration::from_secs(5))?;
     Ok(Pasta {
         pid,
-        cgroup_procs: cgroup_procs.to_path_buf(),
+        tracked: Tracked::Cgroup(cgroup_procs.to_path_buf()),
+    })
+}
+
+/// Starts pasta as the user (nftables mode), as this process's child that dies with it, and
+/// waits until it has configured the namespace (it writes its pid file only then).
+pub fn start_as_user(binary: &Path, c: &PastaConfig) -> Result<Pasta> {
+    let mut cmd = Command::new(binary);
+    cmd.arg0("pasta")
+        .args(args(c))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: runs in the forked child before exec; two system calls, no allocation.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("start pasta ({})", binary.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().context("wait for pasta")? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            let log = fs::read_to_string(c.log_file).unwrap_or_default();
+            bail!(
+                "pasta ({}) failed ({status}): {} (fix: the reason above; the whole log is {})",
+                binary.display(),
+                last_lines(&format!("{err}\n{log}"), 3),
+                c.log_file.display()
+            );
+        }
+        if let Ok(s) = fs::read_to_string(c.pid_file) {
+            if s.trim().parse::<u32>().ok() == Some(child.id()) {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "pasta ({}) did not configure the jail's namespace within 5 s (the log is {})",
+                binary.display(),
+                c.log_file.display()
+            );
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Its stderr is not read again: pasta logs to its file.
+    drop(child.stderr.take());
+    Ok(Pasta {
+        pid: child.id(),
+        tracked: Tracked::Child(std::sync::Mutex::new(child)),
     })
 }
 
@@ -311,14 +400,28 @@ impl Pasta {
             }
             thread::sleep(Duration::from_millis(5));
         }
+        if let Tracked::Child(c) = &self.tracked {
+            // Reaped, so that its pid is never signalled again by mistake.
+            if let Ok(mut c) = c.lock() {
+                let _ = c.wait();
+            }
+        }
     }
 
-    /// Whether pasta's pid is still in pasta's cgroup.
+    /// Whether pasta's pid is still pasta: in pasta's cgroup, or our unreaped child.
     fn running(&self) -> bool {
-        let me = self.pid.to_string();
-        fs::read_to_string(&self.cgroup_procs)
-            .map(|procs| procs.lines().any(|l| l.trim() == me))
-            .unwrap_or(false)
+        match &self.tracked {
+            Tracked::Cgroup(procs) => {
+                let me = self.pid.to_string();
+                fs::read_to_string(procs)
+                    .map(|procs| procs.lines().any(|l| l.trim() == me))
+                    .unwrap_or(false)
+            }
+            Tracked::Child(c) => c
+                .lock()
+                .map(|mut c| matches!(c.try_wait(), Ok(None)))
+                .unwrap_or(false),
+        }
     }
 }
 
@@ -329,6 +432,7 @@ mod tests {
     fn cfg<'a>(host: &'a [PortSpec], publish: &'a [PortSpec]) -> PastaConfig<'a> {
         PastaConfig {
             netns_file: Path::new("/run/claude-jail/x/netns"),
+            userns_file: None,
             pid_file: Path::new("/run/claude-jail/x/pasta.pid"),
             log_file: Path::new("/run/claude-jail/x/pasta.log"),
             host_ports: host,

@@ -55,6 +55,39 @@ impl Paths {
         })
     }
 
+    /// A user's own paths, for the nftables mode run without root: the registry and run
+    /// directories under /run/user/UID/claude-jail (the user's runtime directory, when it is the
+    /// user's), else /tmp/claude-jail-UID; the log under ~/.local/state/claude-jail. No pins and
+    /// no cgroups: that mode has neither. The jail's mount namespace hides both directories from
+    /// the command, which runs as the same user.
+    pub fn for_user(uid: u32, home: &Path) -> Result<Paths> {
+        use std::os::unix::fs::MetadataExt;
+        let runtime = PathBuf::from(format!("/run/user/{uid}"));
+        let owned = |p: &Path| {
+            fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == uid)
+        };
+        let run = if owned(&runtime) {
+            runtime.join(cgroup::PARENT)
+        } else {
+            PathBuf::from(format!("/tmp/claude-jail-{uid}"))
+        };
+        private_dir(&run)?;
+        // Made by someone else in a world-writable /tmp: not ours to use.
+        if !owned(&run) {
+            anyhow::bail!(
+                "{} is not a directory of uid {uid} (fix: remove it; it was made by someone else)",
+                run.display()
+            );
+        }
+        Ok(Paths {
+            run,
+            bpffs: PathBuf::new(),
+            pins: PathBuf::new(),
+            log: home.join(".local/state/claude-jail"),
+            cgroup_root: PathBuf::new(),
+        })
+    }
+
     pub fn registry(&self) -> PathBuf {
         self.run.join("jails")
     }
@@ -131,6 +164,13 @@ pub struct JailRecord {
     /// in its namespace.
     #[serde(default)]
     pub own_addrs: Vec<std::net::IpAddr>,
+    /// What enforces the policy: `ebpf` or `nftables`.
+    #[serde(default = "ebpf")]
+    pub backend: String,
+}
+
+fn ebpf() -> String {
+    "ebpf".into()
 }
 
 /// Writes a record atomically (temp file + rename), root-only.

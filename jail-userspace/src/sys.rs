@@ -155,6 +155,14 @@ pub fn take_fd(fd: i32) -> Result<std::os::fd::OwnedFd, Errno> {
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// Takes ownership of `fd`, a descriptor that just arrived with SCM_RIGHTS (the kernel installed
+/// it in this process for the receiver alone).
+pub fn own_received_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    // SAFETY: recvmsg created this descriptor in this process and returned its number only to the
+    // caller, who hands it over here once: no other object owns or closes it.
+    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+}
+
 /// Installs a seccomp filter on the calling thread. The caller has set no_new_privs.
 pub fn install_seccomp(filter: &[libc::sock_filter]) -> Result<(), Errno> {
     let prog = libc::sock_fprog {
