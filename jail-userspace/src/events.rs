@@ -114,6 +114,38 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
+/// The `hook` of a refusal the nftables table logged (no eBPF hook has this number).
+pub const HOOK_NFTABLES: u8 = 0xfe;
+
+/// A refusal the nftables mode logged, as the eBPF programs would have written it: the
+/// process is not known (the packet was logged, not the socket call), the rule is the one the
+/// policy in force names for this destination.
+pub fn from_packet(dst: IpAddr, port: u16, proto: u8, rule: Option<jail_common::RuleId>) -> Event {
+    let (family, addr) = match dst {
+        IpAddr::V4(a) => (FAMILY_V4, [u32::from_ne_bytes(a.octets()), 0, 0, 0]),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            (jail_common::FAMILY_V6, [w(0), w(4), w(8), w(12)])
+        }
+    };
+    Event {
+        boot_ns: nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0),
+        pid: 0,
+        uid: u32::MAX,
+        addr,
+        rule: rule.unwrap_or(jail_common::RULE_NONE),
+        port,
+        hook: HOOK_NFTABLES,
+        proto,
+        family,
+        _pad: [0; 7],
+        comm: [0; 16],
+    }
+}
+
 fn event_addr(e: &Event) -> IpAddr {
     let b = |w: u32| w.to_ne_bytes();
     if e.family == FAMILY_V4 {
@@ -295,7 +327,10 @@ impl Aggregator {
                 uid: (e.uid != u32::MAX).then_some(e.uid),
                 comm: (comm_len > 0)
                     .then(|| String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
-                hook: Hook::from_u8(e.hook).map(|h| h.name().into()),
+                hook: match e.hook {
+                    HOOK_NFTABLES => Some("nftables".into()),
+                    h => Hook::from_u8(h).map(|h| h.name().into()),
+                },
                 proto: Some(proto_name(e.proto)),
                 addr: Some(event_addr(&e)),
                 port: (e.port != 0).then_some(e.port),

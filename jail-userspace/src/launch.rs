@@ -44,6 +44,7 @@ use crate::{
     jail::{self, EXIT_JAIL_FAILED},
     netns, pasta,
     policy::{Policy, Source},
+    preflight,
     state::{self, JailLock, JailRecord, Paths},
     supervise, user,
 };
@@ -86,8 +87,73 @@ fn launch(args: RunArgs) -> Result<i32> {
     if !inputs.switch.enabled {
         return run_unjailed(inputs, &signals);
     }
-    let jail = build(inputs)?;
+    let jail = match choose_backend(&inputs.conf, &preflight::Facts::read())? {
+        (Enforcement::Ebpf, _) => build(inputs)?,
+        (Enforcement::Nftables, why) => build_nft(inputs, &why)?,
+    };
     run_jailed(jail, &signals)
+}
+
+/// What enforces a jail's policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    /// The cgroup eBPF programs (root with CAP_BPF or CAP_SYS_ADMIN in the initial user
+    /// namespace).
+    Ebpf,
+    /// An nftables table in the jail's own network namespace, owned by a user namespace of its
+    /// own: the rootless mode.
+    Nftables,
+}
+
+impl Enforcement {
+    pub fn name(self) -> &'static str {
+        match self {
+            Enforcement::Ebpf => "ebpf",
+            Enforcement::Nftables => "nftables",
+        }
+    }
+}
+
+/// The one place the backend is chosen: the conf's `egress-backend` (default auto: eBPF when
+/// this process can load it, nftables otherwise), with the reason. Refuses, with the fix of each,
+/// when neither can be built. (`check` reports the same choice.)
+pub fn choose_backend(conf: &conf::Conf, facts: &preflight::Facts) -> Result<(Enforcement, String)> {
+    let asked = conf.egress_backend.as_ref().map(|l| (l.value, l.line));
+    let source = |line| format!("egress-backend = {} ({}:{line})", match asked {
+        Some((b, _)) => b.name(),
+        None => "auto",
+    }, conf.path.display());
+    match asked {
+        Some((conf::Backend::Ebpf, line)) => {
+            preflight::check(facts)?;
+            Ok((Enforcement::Ebpf, source(line)))
+        }
+        Some((conf::Backend::Nftables, line)) => {
+            preflight::check_nftables(facts)?;
+            Ok((Enforcement::Nftables, source(line)))
+        }
+        Some((conf::Backend::Auto, _)) | None => {
+            let ebpf = match preflight::privileges(facts) {
+                Ok(_) => return Ok((Enforcement::Ebpf, "auto: eBPF can be loaded here".into())),
+                Err(e) => e,
+            };
+            match preflight::check_nftables(facts) {
+                Ok(()) => Ok((
+                    Enforcement::Nftables,
+                    format!("auto: eBPF cannot be loaded here ({})", first_clause(&ebpf)),
+                )),
+                Err(nft) => bail!(
+                    "neither backend can enforce the jail here. eBPF: {ebpf:#}. nftables: {nft:#}"
+                ),
+            }
+        }
+    }
+}
+
+/// The start of an error's message, up to its fix: what a one-line reason needs.
+fn first_clause(e: &anyhow::Error) -> String {
+    let s = format!("{e:#}");
+    s.split(" (fix:").next().unwrap_or(&s).to_string()
 }
 
 /// What a launch was asked to do, read once.
@@ -181,6 +247,7 @@ impl Inputs {
             conf_digest: String::new(),
             pasta_pid: 0,
             own_addrs: Vec::new(),
+            backend: Enforcement::Ebpf.name().into(),
         })
     }
 }
@@ -251,7 +318,8 @@ struct Jail {
     /// its policy after this launch's, never to maps that do not exist yet or are half removed.
     lock: Option<JailLock>,
     init: jail::Init,
-    maps: bpf::JailMaps,
+    /// The eBPF mode's maps (their counters summarise the run); none in the nftables mode.
+    maps: Option<bpf::JailMaps>,
     watch: supervise::JailWatch,
 }
 
@@ -271,7 +339,7 @@ fn build(inputs: Inputs) -> Result<Jail> {
         ..
     } = &inputs;
     let mut record = inputs.record()?;
-    crate::preflight::check(&crate::preflight::Facts::read())?;
+    preflight::check(&preflight::Facts::read())?;
     let pasta_bin = pasta::locate(*caller, conf).context("pasta is the jail's only way out")?;
     let paths = Paths::system()?;
     state::private_dir(&paths.run)?;
@@ -397,9 +465,11 @@ fn build(inputs: Inputs) -> Result<Jail> {
             supervise::netlink_socket()
                 .context("subscribe to the host's address and route changes (rtnetlink)")?,
         ),
-        events: jail_maps
-            .take_events()
-            .context("the jail's event ring buffer")?,
+        events: supervise::Refusals::Ring(
+            jail_maps
+                .take_events()
+                .context("the jail's event ring buffer")?,
+        ),
         aggregator: events::Aggregator::new(&id),
         init_awaiting_command: Some(init.pid),
         log_error: None,
@@ -408,7 +478,151 @@ fn build(inputs: Inputs) -> Result<Jail> {
         built,
         lock: Some(lock),
         init,
-        maps: jail_maps,
+        maps: Some(jail_maps),
+        watch,
+    })
+}
+
+/// Phase 3, nftables mode ([`Enforcement::Nftables`]). Must: what [`build`] must, with the same
+/// compiled policy installed as an nftables table in the jail's network namespace (from a child
+/// that joins the jail's user namespace, [`crate::userns`]) before pasta attaches and before the
+/// init runs anything; the registry and the log the caller's own when the caller is not root,
+/// and hidden from the command. Must not: what [`build`] must not; nor run anything as root that
+/// a normal user asked for.
+fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
+    let Inputs {
+        caller,
+        conf,
+        target,
+        command,
+        cwd,
+        env,
+        ..
+    } = &inputs;
+    let mut record = inputs.record()?;
+    record.backend = Enforcement::Nftables.name().into();
+    eprintln!("claude-jail: the jail is enforced by nftables in its own namespaces ({why})");
+    let pasta_bin = pasta::locate(*caller, conf).context("pasta is the jail's only way out")?;
+    let root = nix::unistd::geteuid().is_root();
+    let paths = if root {
+        let p = Paths::system()?;
+        state::private_dir(&p.run)?;
+        p
+    } else {
+        Paths::for_user(target.uid, &target.home)?
+    };
+
+    let host = HostNet::read().context("read the host's addresses and routes")?;
+    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolvers = netns::resolvers(&host_resolv);
+    let (jail_policy, _) = policies(conf, &host, &resolvers, &[]);
+    record.policy_digest = jail_policy.digest();
+    record.conf_digest = Policy::build(conf, &host).digest();
+
+    let id = record.id.clone();
+    let mut built = Built::default();
+    built.paths = Some(paths.clone());
+    built.id = id.clone();
+    let run_dir = paths.jail_run(&id);
+    state::private_dir(&run_dir)?;
+    built.run_dir = Some(run_dir.clone());
+    let lock = state::lock(&paths, &id)?;
+    state::write_record(&paths, &record)?;
+    built.record = true;
+
+    let resolv = run_dir.join("resolv.conf");
+    fs::write(&resolv, netns::jail_resolv_conf(&host_resolv))?;
+    fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
+    let mut masks = masks(target, conf, env)?;
+    if !root {
+        // Made now, so that it exists (and is covered) before the command starts.
+        state::private_dir(&paths.log)?;
+        // The command runs as the user who owns these: it must neither rewrite its registry
+        // record (which `reload` acts on) nor its audit trail.
+        for dir in [&paths.run, &paths.log] {
+            if dir.is_dir() {
+                masks.push(crate::mask::Mask::private_dir(dir));
+            }
+        }
+    }
+    let spec = jail::Spec {
+        target: target.clone(),
+        argv: command.clone(),
+        env: env.clone(),
+        cwd: cwd.clone(),
+        resolv_conf: resolv,
+        masks,
+        uncapped: jail::uncapped_copies(&run_dir)?,
+        userns: true,
+    };
+    let init = jail::spawn(&spec)?;
+    built.init = Some(init.pid);
+    let init_pid = init.pid.as_raw() as u32;
+    record.init_pid = init_pid;
+
+    crate::reload::install_nft(init_pid, &jail_policy)
+        .context("install the jail's nftables table")?;
+    let log = crate::userns::in_jail(init_pid, || {
+        let reader = crate::nft::LogReader::open(crate::nft::DEFAULT_LOG_GROUP)?;
+        Ok(((), Some(reader.into_fd())))
+    })
+    .context("open the jail's refusal log (nflog)")?
+    .fd
+    .context("no nflog socket came back")?;
+
+    announce_ports(conf);
+    let host_ports: Vec<PortSpec> = conf.host_ports.iter().map(|l| l.value).collect();
+    let publish_ports: Vec<PortSpec> = conf.publish_ports.iter().map(|l| l.value).collect();
+    let (netns_file, userns_file) = (
+        PathBuf::from(format!("/proc/{init_pid}/ns/net")),
+        PathBuf::from(format!("/proc/{init_pid}/ns/user")),
+    );
+    let pasta = pasta::start_as_user(
+        &pasta_bin,
+        &pasta::PastaConfig {
+            netns_file: &netns_file,
+            userns_file: Some(&userns_file),
+            pid_file: &run_dir.join("pasta.pid"),
+            log_file: &run_dir.join("pasta.log"),
+            host_ports: &host_ports,
+            publish_ports: &publish_ports,
+        },
+    )
+    .context("start pasta")?;
+    record.pasta_pid = pasta.pid;
+    built.pasta = Some(pasta);
+
+    record.own_addrs = crate::userns::in_jail(init_pid, || {
+        let net = HostNet::read()?;
+        Ok((net.addrs.iter().map(|(a, _)| a.addr()).collect(), None))
+    })
+    .context("read the jail's addresses")?
+    .value;
+    let (jail_policy, _) = policies(conf, &host, &resolvers, &record.own_addrs);
+    crate::reload::install_nft(init_pid, &jail_policy)
+        .context("install the jail's nftables table")?;
+    record.policy_digest = jail_policy.digest();
+    state::write_record(&paths, &record)?;
+
+    let watch = supervise::JailWatch {
+        paths,
+        id: id.clone(),
+        conf: inputs.conf,
+        policy: jail_policy,
+        netlink: Some(
+            supervise::netlink_socket()
+                .context("subscribe to the host's address and route changes (rtnetlink)")?,
+        ),
+        events: supervise::Refusals::Nflog(crate::nft::LogReader::from_fd(log)),
+        aggregator: events::Aggregator::new(&id),
+        init_awaiting_command: Some(init.pid),
+        log_error: None,
+    };
+    Ok(Jail {
+        built,
+        lock: Some(lock),
+        init,
+        maps: None,
         watch,
     })
 }
@@ -434,16 +648,24 @@ fn run_jailed(mut jail: Jail, signals: &SignalFd) -> Result<i32> {
     };
     let code = supervise::run(jail.init.pid, &mut watch)?;
     jail.built.init = None;
-    let counters = jail.maps.counters().unwrap_or_default();
+    let counters = jail
+        .maps
+        .as_ref()
+        .and_then(|m| m.counters().ok())
+        .unwrap_or_default();
     let id = jail.built.id.clone();
     drop(jail.built);
-    let (suppressed, log_error) = watch
-        .jail
-        .map_or((0, None), |j| (j.aggregator.suppressed, j.log_error));
+    let (suppressed, aggregated, log_error) = watch.jail.map_or((0, 0, None), |j| {
+        (j.aggregator.suppressed, j.aggregator.total, j.log_error)
+    });
     if let Some(e) = log_error {
         eprintln!("claude-jail: warning: some refusals could not be written to the event log: {e}");
     }
-    let refused = counters.total_refused();
+    // The eBPF mode counts in the kernel; the nftables mode counts what its log delivered.
+    let refused = match &jail.maps {
+        Some(_) => counters.total_refused(),
+        None => aggregated,
+    };
     if let Some(line) = events::summary(&id, refused, counters.events_dropped, suppressed) {
         eprintln!("{line}");
     }

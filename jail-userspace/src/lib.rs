@@ -8,6 +8,7 @@
 //! - [`preflight`]: whether this host or container can run the jail, and the fix if not;
 //! - [`cgroup`]: the jail's cgroup v2 directories;
 //! - [`bpf`]: loads, fills, attaches and pins the eBPF programs and maps;
+//! - [`nft`]: the same policy as an nftables table, for the rootless mode;
 //! - [`user`]: the target user and the command's environment; [`userns`]: the nftables mode's
 //!   user namespace, and the launcher's work inside the jail's namespaces;
 //! - [`state`]: the registry, pins and logs that reload, status and events find jails by, and
@@ -40,6 +41,7 @@ pub mod jail;
 pub mod launch;
 pub mod mask;
 pub mod netns;
+pub mod nft;
 pub mod pasta;
 pub mod policy;
 pub mod policy_cmd;

@@ -75,6 +75,19 @@ pub struct Mask {
     pub keep: Vec<PathBuf>,
 }
 
+impl Mask {
+    /// An empty read-only tmpfs over `dir`: for claude-jail's own state of a user, which the
+    /// command (the same user, in the nftables mode) must not rewrite.
+    pub fn private_dir(dir: &Path) -> Mask {
+        Mask {
+            path: dir.to_path_buf(),
+            kind: Kind::Dir,
+            what: "claude-jail's own state",
+            keep: Vec::new(),
+        }
+    }
+}
+
 /// The service paths of `uid`, by name, before looking at the filesystem. `*` as the last
 /// component of a socket path is a glob over that directory.
 pub fn candidates(uid: u32) -> Vec<(PathBuf, Kind, &'static str)> {
@@ -140,6 +153,10 @@ pub fn plan_as_user(
     agent: Option<&Path>,
 ) -> anyhow::Result<Plan> {
     use anyhow::Context;
+    if !nix::unistd::geteuid().is_root() {
+        // The nftables mode without root: this process is the user already.
+        return Ok(plan(target, allow, agent));
+    }
     let plan = std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<Plan> {
             crate::sys::become_user_this_thread(target.uid, target.gid, &target.groups)

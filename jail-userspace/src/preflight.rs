@@ -160,8 +160,8 @@ pub fn privileges(facts: &Facts) -> Result<String> {
              kernel loads and attaches cgroup eBPF programs only for capabilities held in the \
              initial user namespace, which no process here can have, whatever --cap-add says \
              (fix: run it on the host with sudo, or in a rootful container started with the \
-             settings of docs/devcontainer.md; claude-jail's rootless mode, which needs no eBPF, \
-             is not available yet)",
+             settings of docs/devcontainer.md; or let the nftables backend, which needs no eBPF, \
+             enforce the jail: `egress-backend = auto` or `nftables` in the conf)",
             facts
                 .uid_map
                 .split_whitespace()
@@ -214,6 +214,43 @@ pub fn privileges(facts: &Facts) -> Result<String> {
             Place::Container { engine } => format!("{engine} container"),
         }
     ))
+}
+
+/// Refuses, naming the fix, unless this process can build an nftables jail: /dev/net/tun opens,
+/// and a user namespace can be made (the jail's init gets one of its own).
+pub fn check_nftables(facts: &Facts) -> Result<()> {
+    tun(facts)?;
+    user_namespaces(facts)?;
+    Ok(())
+}
+
+/// A new user namespace can be made: tried, in a child that exits at once.
+pub fn user_namespaces(facts: &Facts) -> Result<String> {
+    let tried = crate::sys::clone_process(nix::sched::CloneFlags::CLONE_NEWUSER, || 0)
+        .and_then(|pid| nix::sys::wait::waitpid(pid, None));
+    match tried {
+        Ok(_) => Ok("user namespaces can be made".into()),
+        Err(e) => bail!(
+            "a user namespace cannot be made here ({e}): the nftables backend gives the jail one \
+             of its own (fix: {})",
+            match facts.place() {
+                Place::Container { engine: "docker" } => {
+                    "docker's default seccomp profile refuses it: start the container with \
+                     --security-opt seccomp=unconfined, or a profile that allows unshare and clone \
+                     with CLONE_NEWUSER"
+                        .to_string()
+                }
+                Place::Container { engine } => format!(
+                    "the {engine} container refuses it: allow user namespaces in its seccomp \
+                     profile, and keep user.max_user_namespaces above 0"
+                ),
+                Place::Host => "set the user.max_user_namespaces sysctl above 0 (and, on Ubuntu, \
+                               kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor \
+                               profile for claude-jail)"
+                    .to_string(),
+            }
+        ),
+    }
 }
 
 /// /dev/net/tun exists and opens read-write (pasta makes its tap device there).

@@ -30,6 +30,12 @@ pub fn compile(conf: &Conf, host: &HostNet, rec: &JailRecord) -> (Policy, Policy
 pub fn apply(paths: &Paths, rec: &JailRecord, conf: &Conf, host: &HostNet) -> Result<Policy> {
     let id = &rec.id;
     let (jail, pasta) = compile(conf, host, rec);
+    if rec.backend == crate::launch::Enforcement::Nftables.name() {
+        // One table, replaced in one transaction: never a moment without rules. pasta has no
+        // policy of its own in this mode.
+        install_nft(rec.init_pid, &jail)?;
+        return Ok(jail);
+    }
     for p in [&jail, &pasta] {
         if let Some(msg) = p.map_entries().over_capacity() {
             bail!("{msg}");
@@ -55,6 +61,18 @@ pub fn apply(paths: &Paths, rec: &JailRecord, conf: &Conf, host: &HostNet) -> Re
     p.map_err(|_| anyhow::anyhow!("updating pasta's maps panicked"))?
         .context("update pasta's maps")?;
     Ok(jail)
+}
+
+/// Installs `policy` as the nftables table of the jail whose init is `init_pid` (nftables mode),
+/// replacing the one it has, from a child that joins the jail's namespaces.
+pub fn install_nft(init_pid: u32, policy: &Policy) -> Result<()> {
+    let ruleset = crate::nft::Ruleset::compile(policy.map_entries());
+    crate::userns::in_jail(init_pid, || {
+        let sock = crate::nft::open_socket()?;
+        crate::nft::install(std::os::fd::AsFd::as_fd(&sock), &ruleset)?;
+        Ok(((), None))
+    })
+    .map(|_| ())
 }
 
 /// Reads a jail's conf as `run` does (root-owned, refused when invalid).

@@ -326,6 +326,7 @@ mod tests {
             conf_digest: String::new(),
             pasta_pid: 4,
             own_addrs: vec!["192.168.1.100".parse().unwrap()],
+            backend: "nftables".into(),
         };
         write_record(&paths, &rec).unwrap();
         let list = list_records(&paths).unwrap();

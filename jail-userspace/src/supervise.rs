@@ -74,13 +74,30 @@ pub struct JailWatch {
     /// rtnetlink, subscribed before the command starts (so that a failure to subscribe is a
     /// failure to build the jail, not a command killed after it started).
     pub netlink: Option<Socket>,
-    pub events: RingBuf<MapData>,
+    pub events: Refusals,
     pub aggregator: Aggregator,
     /// The init's pid, until the command's pid (its child) is in the registry record.
     pub init_awaiting_command: Option<Pid>,
     /// The first failure to write the event log, reported once the command has exited (the
     /// session's terminal is the command's until then).
     pub log_error: Option<String>,
+}
+
+/// Where the refusals come from.
+pub enum Refusals {
+    /// The eBPF programs' ring buffer.
+    Ring(RingBuf<MapData>),
+    /// nflog in the jail's network namespace (nftables mode): the refused packets' headers.
+    Nflog(crate::nft::LogReader),
+}
+
+impl Refusals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Refusals::Ring(r) => r.as_fd(),
+            Refusals::Nflog(l) => l.as_fd(),
+        }
+    }
 }
 
 /// Waits for `child` (the init, or an unjailed command) and returns its exit status.
@@ -242,9 +259,21 @@ fn record_command_pid(j: &mut JailWatch) {
 }
 
 fn drain(j: &mut JailWatch) {
-    while let Some(item) = j.events.next() {
-        if let Some(e) = events::decode(&item) {
-            j.aggregator.add(e);
+    match &mut j.events {
+        Refusals::Ring(ring) => {
+            while let Some(item) = ring.next() {
+                if let Some(e) = events::decode(&item) {
+                    j.aggregator.add(e);
+                }
+            }
+        }
+        Refusals::Nflog(log) => {
+            // A refused packet says where it went; the policy in force says which rule refused
+            // it (the same judgement the table made, `Policy::decide`).
+            while let Ok(Some(p)) = log.next(Some(Duration::from_micros(1))) {
+                let rule = j.policy.decide(p.dst, p.port, p.proto).rule;
+                j.aggregator.add(events::from_packet(p.dst, p.port, p.proto, rule));
+            }
         }
     }
 }
