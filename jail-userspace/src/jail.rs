@@ -223,15 +223,6 @@ fn fork_exec(spec: &Spec, jailed: bool, report: Option<&File>) -> Result<Pid> {
 /// command's process holds its own copy until execve).
 fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32> {
     use std::os::fd::AsRawFd;
-    if spec.userns {
-        // The command runs under the init's own uid in the nftables mode: without this it could
-        // ptrace the init, which holds every capability over the jail's namespaces until the
-        // command is forked. Not dumpable, tracing it needs CAP_SYS_PTRACE where the init's
-        // memory was made: the launcher's user namespace, where the command has nothing.
-        prctl::set_dumpable(false)
-            .context("PR_SET_DUMPABLE")
-            .context(Step::Start)?;
-    }
     // If the launcher dies, so does the jail (and with pid 1, everything in it).
     prctl::set_pdeathsig(Signal::SIGKILL)
         .context("PR_SET_PDEATHSIG")
@@ -255,9 +246,27 @@ fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32>
         // The launcher failed and said why; nothing runs.
         return Ok(EXIT_JAIL_FAILED);
     }
+    if spec.userns {
+        // The command runs under the init's own uid in the nftables mode: without this it could
+        // ptrace the init, which holds every capability over the jail's namespaces until the
+        // command is forked. Not dumpable, tracing it needs CAP_SYS_PTRACE where the init's
+        // memory was made: the launcher's user namespace, where the command has nothing. Only
+        // now: until the go, the launcher opens the init's namespace files
+        // ([`crate::userns::JailNs`]), which a non-dumpable process keeps root's.
+        prctl::set_dumpable(false)
+            .context("PR_SET_DUMPABLE")
+            .context(Step::Start)?;
+    }
     unshare(CloneFlags::CLONE_NEWCGROUP).context(Step::CgroupNamespace)?;
     setup_mounts(spec)?;
-    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+    // The range must be of groups mapped in the namespace's owner: every group when that is the
+    // initial user namespace, the user's own group in a user namespace of the jail's own.
+    let ping_groups = if spec.userns {
+        format!("{g} {g}", g = spec.target.gid)
+    } else {
+        "0 2147483647".to_string()
+    };
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", ping_groups)
         .context("write /proc/sys/net/ipv4/ping_group_range")
         .context(Step::PingSockets)?;
 

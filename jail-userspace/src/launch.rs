@@ -465,6 +465,7 @@ fn build(inputs: Inputs) -> Result<Jail> {
             supervise::netlink_socket()
                 .context("subscribe to the host's address and route changes (rtnetlink)")?,
         ),
+        ns: None,
         events: supervise::Refusals::Ring(
             jail_maps
                 .take_events()
@@ -559,10 +560,10 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     built.init = Some(init.pid);
     let init_pid = init.pid.as_raw() as u32;
     record.init_pid = init_pid;
+    let ns = crate::userns::JailNs::open(init.pid)?;
 
-    crate::reload::install_nft(init_pid, &jail_policy)
-        .context("install the jail's nftables table")?;
-    let log = crate::userns::in_jail(init_pid, || {
+    crate::reload::install_nft(&ns, &jail_policy).context("install the jail's nftables table")?;
+    let log = crate::userns::in_jail(&ns, || {
         let reader = crate::nft::LogReader::open(crate::nft::DEFAULT_LOG_GROUP)?;
         Ok(((), Some(reader.into_fd())))
     })
@@ -573,10 +574,10 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     announce_ports(conf);
     let host_ports: Vec<PortSpec> = conf.host_ports.iter().map(|l| l.value).collect();
     let publish_ports: Vec<PortSpec> = conf.publish_ports.iter().map(|l| l.value).collect();
-    let (netns_file, userns_file) = (
-        PathBuf::from(format!("/proc/{init_pid}/ns/net")),
-        PathBuf::from(format!("/proc/{init_pid}/ns/user")),
-    );
+    // The init's own files: pasta joins the user namespace first, and from inside it may look
+    // into the init (same namespace, same uid, and dumpable until its go), not the launcher.
+    let userns_file = PathBuf::from(format!("/proc/{init_pid}/ns/user"));
+    let netns_file = PathBuf::from(format!("/proc/{init_pid}/ns/net"));
     let pasta = pasta::start_as_user(
         &pasta_bin,
         &pasta::PastaConfig {
@@ -592,15 +593,14 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     record.pasta_pid = pasta.pid;
     built.pasta = Some(pasta);
 
-    record.own_addrs = crate::userns::in_jail(init_pid, || {
+    record.own_addrs = crate::userns::in_jail(&ns, || {
         let net = HostNet::read()?;
         Ok((net.addrs.iter().map(|(a, _)| a.addr()).collect(), None))
     })
     .context("read the jail's addresses")?
     .value;
     let (jail_policy, _) = policies(conf, &host, &resolvers, &record.own_addrs);
-    crate::reload::install_nft(init_pid, &jail_policy)
-        .context("install the jail's nftables table")?;
+    crate::reload::install_nft(&ns, &jail_policy).context("install the jail's nftables table")?;
     record.policy_digest = jail_policy.digest();
     state::write_record(&paths, &record)?;
 
@@ -614,6 +614,7 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
                 .context("subscribe to the host's address and route changes (rtnetlink)")?,
         ),
         events: supervise::Refusals::Nflog(crate::nft::LogReader::from_fd(log)),
+        ns: Some(ns),
         aggregator: events::Aggregator::new(&id),
         init_awaiting_command: Some(init.pid),
         log_error: None,

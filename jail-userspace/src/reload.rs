@@ -27,13 +27,23 @@ pub fn compile(conf: &Conf, host: &HostNet, rec: &JailRecord) -> (Policy, Policy
 
 /// Compiles `conf` against the host and brings one jail's maps (its own first, then pasta's) to
 /// it. Returns the jail's new policy. The caller holds the jail's lock ([`with_record`]).
-pub fn apply(paths: &Paths, rec: &JailRecord, conf: &Conf, host: &HostNet) -> Result<Policy> {
+///
+/// An nftables jail's table is changed through its namespaces, which only its launcher holds
+/// (`ns`): `claude-jail reload` asks the launcher ([`apply_to_record`]).
+pub fn apply(
+    paths: &Paths,
+    rec: &JailRecord,
+    conf: &Conf,
+    host: &HostNet,
+    ns: Option<&crate::userns::JailNs>,
+) -> Result<Policy> {
     let id = &rec.id;
     let (jail, pasta) = compile(conf, host, rec);
     if rec.backend == crate::launch::Enforcement::Nftables.name() {
+        let ns = ns.context("an nftables jail's table is changed by its launcher only")?;
         // One table, replaced in one transaction: never a moment without rules. pasta has no
         // policy of its own in this mode.
-        install_nft(rec.init_pid, &jail)?;
+        install_nft(ns, &jail)?;
         return Ok(jail);
     }
     for p in [&jail, &pasta] {
@@ -65,9 +75,9 @@ pub fn apply(paths: &Paths, rec: &JailRecord, conf: &Conf, host: &HostNet) -> Re
 
 /// Installs `policy` as the nftables table of the jail whose init is `init_pid` (nftables mode),
 /// replacing the one it has, from a child that joins the jail's namespaces.
-pub fn install_nft(init_pid: u32, policy: &Policy) -> Result<()> {
+pub fn install_nft(ns: &crate::userns::JailNs, policy: &Policy) -> Result<()> {
     let ruleset = crate::nft::Ruleset::compile(policy.map_entries());
-    crate::userns::in_jail(init_pid, || {
+    crate::userns::in_jail(ns, || {
         let sock = crate::nft::open_socket()?;
         crate::nft::install(std::os::fd::AsFd::as_fd(&sock), &ruleset)?;
         Ok(((), None))
@@ -130,13 +140,52 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
     })
 }
 
+/// An nftables jail: its launcher holds the jail's namespaces, so it applies the change. The
+/// record names the conf to follow; SIGUSR1 makes the launcher read it; the record's digest
+/// says when it is done.
+fn ask_launcher(paths: &Paths, rec: JailRecord, conf: &Conf, host: &HostNet) -> Result<bool> {
+    let id = rec.id.clone();
+    let want = compile(conf, host, &rec).0.digest();
+    let asked = state::with_record(paths, &id, |r| {
+        r.conf = conf.path.display().to_string();
+        Ok(())
+    })?;
+    if asked.is_none() {
+        return Ok(false);
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rec.launcher_pid as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .with_context(|| format!("jail {id}: signal its launcher {}", rec.launcher_pid))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = state::list_records(paths)?
+            .into_iter()
+            .flatten()
+            .find(|r| r.id == id);
+        match now {
+            None => return Ok(false),
+            Some(r) if r.policy_digest == want => return Ok(true),
+            Some(_) if std::time::Instant::now() > deadline => bail!(
+                "jail {id}: its launcher did not apply the policy within 5 s (its event log \
+                 says why: claude-jail events --jail {id})"
+            ),
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
 fn apply_to_record(paths: &Paths, rec: JailRecord, conf: &Conf, host: &HostNet) -> Result<bool> {
     // A jail still being built holds its lock: `with_record` waits for it, then takes the record
     // as it is now (the launch may also have failed and removed it).
     let id = rec.id.clone();
     let launcher = rec.launcher_pid;
+    if rec.backend == crate::launch::Enforcement::Nftables.name() {
+        return ask_launcher(paths, rec, conf, host);
+    }
     let done = state::with_record(paths, &id, |rec| {
-        let policy = apply(paths, rec, conf, host)?;
+        let policy = apply(paths, rec, conf, host, None)?;
         rec.conf = conf.path.display().to_string();
         rec.policy_digest = policy.digest();
         rec.conf_digest = crate::policy::Policy::build(conf, host).digest();

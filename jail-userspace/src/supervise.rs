@@ -75,6 +75,8 @@ pub struct JailWatch {
     /// failure to build the jail, not a command killed after it started).
     pub netlink: Option<Socket>,
     pub events: Refusals,
+    /// The jail's namespaces, in the nftables mode: its table is changed through them.
+    pub ns: Option<crate::userns::JailNs>,
     pub aggregator: Aggregator,
     /// The init's pid, until the command's pid (its child) is in the registry record.
     pub init_awaiting_command: Option<Pid>,
@@ -338,7 +340,7 @@ fn refresh(j: &mut JailWatch, reread: bool, host_changed: bool) {
             if rec.conf != seen.conf || rec.policy_digest != seen.policy_digest {
                 return Ok(None);
             }
-            let policy = reload::apply(&j.paths, rec, &conf, &host)?;
+            let policy = reload::apply(&j.paths, rec, &conf, &host, j.ns.as_ref())?;
             rec.policy_digest = policy.digest();
             Ok(Some(policy))
         })?;

@@ -66,6 +66,27 @@ pub fn setgroups_allowed() -> bool {
     fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() != "deny")
 }
 
+/// The jail's user and network namespaces, opened by the launcher while the init still lets it:
+/// once the init has its go it is not dumpable, and its /proc files are root's
+/// ([`crate::jail`]). Kept for the jail's life, for every later change of its table.
+pub struct JailNs {
+    user: File,
+    net: File,
+}
+
+impl JailNs {
+    pub fn open(pid: Pid) -> Result<JailNs> {
+        let open = |ns: &str| {
+            File::open(format!("/proc/{pid}/ns/{ns}"))
+                .with_context(|| format!("open the jail's {ns} namespace"))
+        };
+        Ok(JailNs {
+            user: open("user")?,
+            net: open("net")?,
+        })
+    }
+}
+
 /// What a child in the jail's namespaces sends back: its answer, and a descriptor if it opened
 /// one.
 pub struct Answer<T> {
@@ -73,15 +94,14 @@ pub struct Answer<T> {
     pub fd: Option<OwnedFd>,
 }
 
-/// Runs `job` in a child that joined the user and network namespaces of `pid` (the jail's init),
-/// and returns its answer. The caller must be single-threaded and own that user namespace.
-pub fn in_jail<T, F>(pid: u32, job: F) -> Result<Answer<T>>
+/// Runs `job` in a child that joined the jail's user and network namespaces `ns`, and returns
+/// its answer. The caller must be single-threaded and own that user namespace.
+pub fn in_jail<T, F>(ns: &JailNs, job: F) -> Result<Answer<T>>
 where
     T: Serialize + DeserializeOwned,
     F: FnOnce() -> Result<(T, Option<OwnedFd>)>,
 {
-    let user = File::open(format!("/proc/{pid}/ns/user")).context("open the jail's user namespace")?;
-    let net = File::open(format!("/proc/{pid}/ns/net")).context("open the jail's network namespace")?;
+    let (user, net) = (&ns.user, &ns.net);
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -92,10 +112,10 @@ where
     let mut job = Some(job);
     let child = crate::sys::clone_process(CloneFlags::empty(), || {
         let job = job.take().expect("runs once");
-        let result = setns(&user, CloneFlags::CLONE_NEWUSER)
+        let result = setns(user, CloneFlags::CLONE_NEWUSER)
             .context("join the jail's user namespace")
             .and_then(|()| {
-                setns(&net, CloneFlags::CLONE_NEWNET).context("join the jail's network namespace")
+                setns(net, CloneFlags::CLONE_NEWNET).context("join the jail's network namespace")
             })
             .and_then(|()| job());
         let (msg, fd) = match result {
