@@ -531,7 +531,10 @@ fn parse_line(conf: &mut Conf, line: usize, s: &str) -> Result<(), String> {
             }
         };
         if let Some(prev) = &conf.egress_backend {
-            return Err(format!("egress-backend is already set on line {}", prev.line));
+            return Err(format!(
+                "egress-backend is already set on line {}",
+                prev.line
+            ));
         }
         conf.egress_backend = Some(Located::at(line, b));
         return Ok(());
@@ -1035,8 +1038,11 @@ mod tests {
         }
         let e = parse(Path::new("c"), b"egress-backend = iptables\n").unwrap_err();
         assert!(e.to_string().contains("auto, ebpf or nftables"), "{e}");
-        let e = parse(Path::new("c"), b"egress-backend = ebpf\negress-backend = auto\n")
-            .unwrap_err();
+        let e = parse(
+            Path::new("c"),
+            b"egress-backend = ebpf\negress-backend = auto\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("already set on line 1"), "{e}");
     }
 

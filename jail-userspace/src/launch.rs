@@ -117,12 +117,21 @@ impl Enforcement {
 /// The one place the backend is chosen: the conf's `egress-backend` (default auto: eBPF when
 /// this process can load it, nftables otherwise), with the reason. Refuses, with the fix of each,
 /// when neither can be built. (`check` reports the same choice.)
-pub fn choose_backend(conf: &conf::Conf, facts: &preflight::Facts) -> Result<(Enforcement, String)> {
+pub fn choose_backend(
+    conf: &conf::Conf,
+    facts: &preflight::Facts,
+) -> Result<(Enforcement, String)> {
     let asked = conf.egress_backend.as_ref().map(|l| (l.value, l.line));
-    let source = |line| format!("egress-backend = {} ({}:{line})", match asked {
-        Some((b, _)) => b.name(),
-        None => "auto",
-    }, conf.path.display());
+    let source = |line| {
+        format!(
+            "egress-backend = {} ({}:{line})",
+            match asked {
+                Some((b, _)) => b.name(),
+                None => "auto",
+            },
+            conf.path.display()
+        )
+    };
     match asked {
         Some((conf::Backend::Ebpf, line)) => {
             preflight::check(facts)?;

@@ -187,15 +187,15 @@ pub fn args(c: &PastaConfig) -> Vec<String> {
     .collect();
     a.extend(
         [
-        "--quiet",
-        "--config-net",
-        "--no-map-gw",
-        "--map-host-loopback",
-        "none",
-        "--map-guest-addr",
-        "none",
-        "--dns-forward",
-    ]
+            "--quiet",
+            "--config-net",
+            "--no-map-gw",
+            "--map-host-loopback",
+            "none",
+            "--map-guest-addr",
+            "none",
+            "--dns-forward",
+        ]
         .map(String::from),
     );
     a.push(DNS_FORWARDER.to_string());

@@ -63,9 +63,7 @@ impl Paths {
     pub fn for_user(uid: u32, home: &Path) -> Result<Paths> {
         use std::os::unix::fs::MetadataExt;
         let runtime = PathBuf::from(format!("/run/user/{uid}"));
-        let owned = |p: &Path| {
-            fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == uid)
-        };
+        let owned = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == uid);
         let run = if owned(&runtime) {
             runtime.join(cgroup::PARENT)
         } else {

@@ -274,7 +274,8 @@ fn drain(j: &mut JailWatch) {
             // it (the same judgement the table made, `Policy::decide`).
             while let Ok(Some(p)) = log.next(Some(Duration::from_micros(1))) {
                 let rule = j.policy.decide(p.dst, p.port, p.proto).rule;
-                j.aggregator.add(events::from_packet(p.dst, p.port, p.proto, rule));
+                j.aggregator
+                    .add(events::from_packet(p.dst, p.port, p.proto, rule));
             }
         }
     }

@@ -120,13 +120,22 @@ where
             .and_then(|()| job());
         let (msg, fd) = match result {
             Ok((v, fd)) => (serde_json::to_vec(&Ok::<T, String>(v)), fd),
-            Err(e) => (serde_json::to_vec(&Err::<T, String>(format!("{e:#}"))), None),
+            Err(e) => (
+                serde_json::to_vec(&Err::<T, String>(format!("{e:#}"))),
+                None,
+            ),
         };
         let Ok(msg) = msg else { return 1 };
         let fds: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
         let cmsg = [ControlMessage::ScmRights(&fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-        match sendmsg::<()>(theirs.as_raw_fd(), &[IoSlice::new(&msg)], cmsgs, MsgFlags::empty(), None) {
+        match sendmsg::<()>(
+            theirs.as_raw_fd(),
+            &[IoSlice::new(&msg)],
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        ) {
             Ok(_) => 0,
             Err(_) => 1,
         }
@@ -137,16 +146,21 @@ where
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let received = {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        recvmsg::<()>(ours.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map(|m| {
-                let fd = m.cmsgs().ok().and_then(|mut c| {
-                    c.find_map(|c| match c {
-                        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-                        _ => None,
-                    })
-                });
-                (m.bytes, fd)
-            })
+        recvmsg::<()>(
+            ours.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map(|m| {
+            let fd = m.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|c| match c {
+                    ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                    _ => None,
+                })
+            });
+            (m.bytes, fd)
+        })
     };
     let status = waitpid(child, None).context("wait for the child in the jail's namespaces")?;
     let (len, fd) = received.context("read the answer from the jail's namespaces")?;
@@ -157,8 +171,8 @@ where
     if !matches!(status, WaitStatus::Exited(_, 0)) {
         bail!("the child in the jail's namespaces failed ({status:?})");
     }
-    let answer: std::result::Result<T, String> =
-        serde_json::from_slice(&buf[..len]).context("decode the answer from the jail's namespaces")?;
+    let answer: std::result::Result<T, String> = serde_json::from_slice(&buf[..len])
+        .context("decode the answer from the jail's namespaces")?;
     let value = answer.map_err(|e| anyhow!(e))?;
     Ok(Answer { value, fd })
 }

@@ -315,6 +315,41 @@ fn rule_exprs(
     e
 }
 
+/// The rule before all others: ICMPv6 types 130-143 (multicast listener reports, router and
+/// neighbour solicitations and advertisements, redirects) pass. The kernel sends them itself
+/// to link-local and multicast addresses, which the deny set covers; refused, the jail's IPv6
+/// would have no neighbours. Only a raw socket could send them from a program, which needs
+/// CAP_NET_RAW over the jail's network namespace, which nothing in the jail has; a ping socket
+/// sends echo requests (128) only.
+fn link_protocol_rule() -> Vec<ListAttribute<ExpressionAttribute>> {
+    let cmp = |op, v: u8| {
+        expr(Expressions::Cmp(vec![
+            Cmp::SourceRegister(Register::Reg1),
+            Cmp::Op(op),
+            Cmp::Data(DataAttribute::Value(vec![v])),
+        ]))
+    };
+    let mut e = nfproto_is(NFPROTO_IPV6).to_vec();
+    e.push(meta(MetaKey::L4Proto, Register::Reg1));
+    e.push(cmp(Operator::Equal, PROTO_ICMPV6));
+    e.push(payload(BASE_TRANSPORT, 0, 1, Register::Reg1));
+    e.push(cmp(Operator::GreatherThanEqual, ICMPV6_LINK_FIRST));
+    e.push(cmp(Operator::LessThanEqual, ICMPV6_LINK_LAST));
+    e.push(expr(Expressions::Immediate(vec![
+        Immediate::DestinationRegister(Register::Verdict),
+        Immediate::Data(DataAttribute::Verdict(vec![VerdictAttribute::Code(
+            Verdict::Other(NF_ACCEPT),
+        )])),
+    ])));
+    e
+}
+
+/// ICMPv6 types the kernel sends for the link itself ([`link_protocol_rule`]): 130 (multicast
+/// listener query) to 143 (listener report v2).
+const ICMPV6_LINK_FIRST: u8 = 130;
+const ICMPV6_LINK_LAST: u8 = 143;
+const PROTO_ICMPV6: u8 = 58;
+
 /// What each message of a batch is, for error messages.
 pub(crate) type Batch = Vec<(String, NetlinkMessage<NetfilterMessage>)>;
 
@@ -440,6 +475,17 @@ pub(crate) fn batch(rs: &Ruleset) -> Batch {
             );
         }
     }
+    push(
+        "adding the rule for the kernel's own ICMPv6 (neighbour discovery, MLD)".into(),
+        NfTablesMessage::NewRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(table()),
+                RuleAttribute::Chain(CHAIN.to_owned()),
+                RuleAttribute::Expressions(link_protocol_rule()),
+            ],
+        }),
+        NLM_F_CREATE | NLM_F_APPEND,
+    );
     for (i, (addr, set, then)) in RULES.into_iter().enumerate() {
         push(
             format!(
