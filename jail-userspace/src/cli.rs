@@ -161,16 +161,18 @@ pub fn main() -> ExitCode {
         Command::Status { json } => crate::status::command(json),
         Command::Events { follow, json, jail } => {
             let caller = crate::caller::Caller::current();
-            caller
-                .need_root("events")
-                .and_then(|()| crate::state::Paths::system())
+            crate::state::Paths::for_caller(caller)
                 .and_then(|p| {
                     crate::events::command(
                         &p.events_log(),
                         follow,
                         json,
                         jail.as_deref(),
-                        caller.sees_only(),
+                        // A user without root reads their own log: all of it is theirs.
+                        match caller {
+                            crate::caller::Caller::Unprivileged { .. } => None,
+                            _ => caller.sees_only(),
+                        },
                     )
                 })
                 .map(|()| ExitCode::SUCCESS)

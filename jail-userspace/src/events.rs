@@ -118,9 +118,15 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
 pub const HOOK_NFTABLES: u8 = 0xfe;
 
 /// A refusal the nftables mode logged, as the eBPF programs would have written it: the
-/// process is not known (the packet was logged, not the socket call), the rule is the one the
-/// policy in force names for this destination.
-pub fn from_packet(dst: IpAddr, port: u16, proto: u8, rule: Option<jail_common::RuleId>) -> Event {
+/// process is not known (the packet was logged, not the socket call), its uid is the jail's
+/// user's, the rule is the one the policy in force names for this destination.
+pub fn from_packet(
+    dst: IpAddr,
+    port: u16,
+    proto: u8,
+    rule: Option<jail_common::RuleId>,
+    uid: u32,
+) -> Event {
     let (family, addr) = match dst {
         IpAddr::V4(a) => (FAMILY_V4, [u32::from_ne_bytes(a.octets()), 0, 0, 0]),
         IpAddr::V6(a) => {
@@ -134,7 +140,7 @@ pub fn from_packet(dst: IpAddr, port: u16, proto: u8, rule: Option<jail_common::
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
             .unwrap_or(0),
         pid: 0,
-        uid: u32::MAX,
+        uid,
         addr,
         rule: rule.unwrap_or(jail_common::RULE_NONE),
         port,

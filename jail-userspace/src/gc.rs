@@ -60,6 +60,23 @@ pub fn collect(paths: &Paths, verbose: bool) -> Report {
             },
             Err(_) => false,
         };
+        if !paths.has_kernel_state() {
+            // A user's own jail (nftables mode): its run directory and record are all there is;
+            // its processes died with its launcher (parent-death signals).
+            let r = fs::remove_dir_all(paths.jail_run(&id))
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(anyhow::Error::from)
+                .and_then(|()| state::remove_record(paths, &id));
+            match r {
+                Ok(()) => report.removed.push(id),
+                Err(e) if verbose => eprintln!("claude-jail: warning: gc {id}: {e:#}"),
+                Err(_) => {}
+            }
+            continue;
+        }
         let jail = Cgroup::existing(&paths.jail_cgroup(&id));
         if jail.path().exists() && jail.populated().unwrap_or(true) {
             report.populated.push(id);
@@ -127,8 +144,7 @@ fn remove_dir(p: &Path) -> Result<()> {
 
 /// `claude-jail gc`.
 pub fn command() -> Result<ExitCode> {
-    crate::caller::Caller::current().need_root("gc")?;
-    let paths = Paths::system()?;
+    let paths = Paths::for_caller(crate::caller::Caller::current())?;
     let report = collect(&paths, true);
     for id in &report.removed {
         println!("removed stale jail {id}");

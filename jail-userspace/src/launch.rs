@@ -519,8 +519,11 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
         state::private_dir(&p.run)?;
         p
     } else {
-        Paths::for_user(target.uid, &target.home)?
+        let p = Paths::for_user(target.uid, &target.home)?;
+        state::private_dir(&p.run)?;
+        p
     };
+    crate::gc::collect(&paths, false);
 
     let host = HostNet::read().context("read the host's addresses and routes")?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -613,6 +616,7 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     record.policy_digest = jail_policy.digest();
     state::write_record(&paths, &record)?;
 
+    let jail_uid = target.uid;
     let watch = supervise::JailWatch {
         paths,
         id: id.clone(),
@@ -622,7 +626,10 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
             supervise::netlink_socket()
                 .context("subscribe to the host's address and route changes (rtnetlink)")?,
         ),
-        events: supervise::Refusals::Nflog(crate::nft::LogReader::from_fd(log)),
+        events: supervise::Refusals::Nflog {
+            log: crate::nft::LogReader::from_fd(log),
+            uid: jail_uid,
+        },
         ns: Some(ns),
         aggregator: events::Aggregator::new(&id),
         init_awaiting_command: Some(init.pid),

@@ -92,9 +92,6 @@ pub fn load_conf(path: &Path) -> Result<Conf> {
 
 /// `claude-jail reload [--config FILE]`.
 pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitCode> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("only root can reload: the jails' pinned maps belong to root (fix: sudo claude-jail reload)");
-    }
     let caller = crate::caller::Caller::current();
     let env_conf = std::env::var_os(conf::ENV_CONF);
     caller.check_conf_choice(config.as_deref(), env_conf.as_deref())?;
@@ -111,7 +108,8 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
             switch.source
         );
     }
-    let paths = Paths::system()?;
+    // Without root: the caller's own jails of the nftables mode.
+    let paths = Paths::for_caller(caller)?;
     let host = HostNet::read().context("read the host's addresses and routes")?;
     let mut updated = 0;
     let mut failed = 0;

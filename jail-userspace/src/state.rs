@@ -69,9 +69,8 @@ impl Paths {
         } else {
             PathBuf::from(format!("/tmp/claude-jail-{uid}"))
         };
-        private_dir(&run)?;
         // Made by someone else in a world-writable /tmp: not ours to use.
-        if !owned(&run) {
+        if fs::symlink_metadata(&run).is_ok() && !owned(&run) {
             anyhow::bail!(
                 "{} is not a directory of uid {uid} (fix: remove it; it was made by someone else)",
                 run.display()
@@ -84,6 +83,26 @@ impl Paths {
             log: home.join(".local/state/claude-jail"),
             cgroup_root: PathBuf::new(),
         })
+    }
+
+    /// The paths of `caller`'s jails: the system's for root (and a user behind sudo, who sees
+    /// their own jails there), the user's own ([`Paths::for_user`]) for a caller without root.
+    pub fn for_caller(caller: crate::caller::Caller) -> Result<Paths> {
+        match caller {
+            crate::caller::Caller::Unprivileged { uid } => {
+                let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .with_context(|| format!("uid {uid} has no passwd entry"))?;
+                Paths::for_user(uid, &user.dir)
+            }
+            _ => Paths::system(),
+        }
+    }
+
+    /// False for a user's own paths: no cgroups, no pins, nothing of root's to clean.
+    pub fn has_kernel_state(&self) -> bool {
+        !self.cgroup_root.as_os_str().is_empty()
     }
 
     pub fn registry(&self) -> PathBuf {

@@ -44,8 +44,8 @@ impl From<Counters> for CountersOut {
 
 pub fn command(json: bool) -> Result<ExitCode> {
     let caller = crate::caller::Caller::current();
-    caller.need_root("status")?;
-    let paths = Paths::system()?;
+    // Without root: the caller's own jails of the nftables mode (root's registry is root's).
+    let paths = Paths::for_caller(caller)?;
     let mut entries = Vec::new();
     for rec in state::list_records(&paths)? {
         let rec = match rec {
@@ -60,7 +60,7 @@ pub fn command(json: bool) -> Result<ExitCode> {
             continue;
         }
         let running = state::pid_alive(rec.launcher_pid);
-        let counters = if rec.jailed {
+        let counters = if rec.jailed && rec.backend == "ebpf" {
             JailMaps::open(&paths.jail_pins(&rec.id))
                 .and_then(|m| m.counters())
                 .ok()

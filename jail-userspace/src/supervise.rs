@@ -89,15 +89,19 @@ pub struct JailWatch {
 pub enum Refusals {
     /// The eBPF programs' ring buffer.
     Ring(RingBuf<MapData>),
-    /// nflog in the jail's network namespace (nftables mode): the refused packets' headers.
-    Nflog(crate::nft::LogReader),
+    /// nflog in the jail's network namespace (nftables mode): the refused packets' headers;
+    /// `uid`, the jail's user (a packet does not say which process sent it).
+    Nflog {
+        log: crate::nft::LogReader,
+        uid: u32,
+    },
 }
 
 impl Refusals {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
             Refusals::Ring(r) => r.as_fd(),
-            Refusals::Nflog(l) => l.as_fd(),
+            Refusals::Nflog { log, .. } => log.as_fd(),
         }
     }
 }
@@ -269,13 +273,13 @@ fn drain(j: &mut JailWatch) {
                 }
             }
         }
-        Refusals::Nflog(log) => {
+        Refusals::Nflog { log, uid } => {
             // A refused packet says where it went; the policy in force says which rule refused
             // it (the same judgement the table made, `Policy::decide`).
             while let Ok(Some(p)) = log.next(Some(Duration::from_micros(1))) {
                 let rule = j.policy.decide(p.dst, p.port, p.proto).rule;
                 j.aggregator
-                    .add(events::from_packet(p.dst, p.port, p.proto, rule));
+                    .add(events::from_packet(p.dst, p.port, p.proto, rule, *uid));
             }
         }
     }

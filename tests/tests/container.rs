@@ -296,13 +296,14 @@ fn in_a_rootful_podman_devcontainer_the_jail_starts_and_each_missing_setting_is_
 }
 
 /// In a user namespace (rootless podman; here `unshare --user --map-root-user`) no capability
-/// counts for bpf(): the launch is refused up front, saying why and what to use instead.
+/// counts for bpf(): with `egress-backend = ebpf` the launch is refused up front, saying why and
+/// what to use instead (the nftables backend).
 #[test]
 fn in_a_user_namespace_the_refusal_says_ebpf_cannot_load_there() {
     if !have_root() {
         return;
     }
-    let (world, conf) = world_with_conf("").unwrap();
+    let (world, conf) = world_with_conf("egress-backend = ebpf\n").unwrap();
     let out = claude_jail_after(
         &world,
         "exec unshare --user --map-root-user -- sh -c 'exec \"$@\"' sh \"$@\"",
@@ -316,6 +317,10 @@ fn in_a_user_namespace_the_refusal_says_ebpf_cannot_load_there() {
     assert!(
         e.contains("user namespace") && e.contains("initial user namespace"),
         "the message says why eBPF cannot load here: {e}"
+    );
+    assert!(
+        e.contains("egress-backend = auto` or `nftables`"),
+        "and names the backend that can: {e}"
     );
     assert!(
         e.contains("fix:") && e.contains("CLAUDE_SANDBOX_EGRESS_JAIL=0"),

@@ -816,7 +816,9 @@ fn fail_closed(
     env: &[(&str, Option<&str>)],
     what: &str,
 ) -> String {
-    let conf = write_conf(world, "claude-sandbox.conf", "").unwrap();
+    // The eBPF mode's prerequisites: with `auto`, a root without CAP_BPF would get the
+    // nftables mode instead (tests/tests/rootless.rs).
+    let conf = write_conf(world, "claude-sandbox.conf", "egress-backend = ebpf\n").unwrap();
     let markers = world.dir().join("markers");
     fs::create_dir_all(&markers).unwrap();
     // The marker must be creatable by nobody had the command run.

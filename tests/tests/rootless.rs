@@ -2,20 +2,24 @@
 //! capability, as in a rootless devcontainer. The user (cjuser, made in the test's own /etc copy,
 //! tests/src/sudo.rs) runs the launcher directly; /dev/net/tun is a 0666 node bound over the
 //! machine's 0600 one in the test's private mount namespace, as stock distributions ship it.
-use std::{fs, process::Output};
+use std::{fs, os::unix::fs::PermissionsExt, process::Output};
 
 use jail_tests::{have_root, sudo::Sudo, FakeWorld};
 
-/// `sh -c SCRIPT` as cjuser, without sudo, with `egress-jail` on and `conf` in
-/// /etc/claude-sandbox.conf; `$CJ` is claude-jail.
-fn as_user(world: &FakeWorld, conf: &str, script: &str) -> Output {
+/// `sh -c SCRIPT` as root in the world's host, with `conf` in /etc/claude-sandbox.conf and a
+/// runtime directory /run/user/4242 of the test's own (the user's registry: tests that run at
+/// the same time do not see each other's jails); in it,
+/// `user CMD...` runs a command as cjuser (no sudo, no capability, sudo's variables unset) and
+/// `$CJ` is claude-jail.
+fn script(world: &FakeWorld, conf: &str, script: &str) -> Output {
     let sudo = Sudo::new(world, conf, "").unwrap();
     let tun = world.dir().join("tun");
     let setup = format!(
         "mknod -m 0666 {tun} c 10 200 && mount --bind {tun} /dev/net/tun || exit 1\n\
-         export CJ; as_user env -u SUDO_UID -u SUDO_GID sh -c '{script}'",
+         mkdir -p /run/user/4242 && \
+         mount -t tmpfs -o mode=0700,uid=4242,gid=4242 cjt-runtime /run/user/4242 || exit 1\n\
+         user() {{ as_user env -u SUDO_UID -u SUDO_GID \"$@\"; }}\n{script}",
         tun = tun.display(),
-        script = script.replace('\'', "'\\''")
     );
     let out = sudo.command(world, &setup).unwrap().output().unwrap();
     eprintln!(
@@ -110,11 +114,11 @@ fn a_normal_user_without_sudo_gets_a_jail_that_refuses_every_internal_range() {
     }
     let world = FakeWorld::builder().ipv6(true).build().unwrap();
     fs::write(world.dir().join("probe.py"), PROBE).unwrap();
-    let out = as_user(
+    let out = script(
         &world,
         "allow-ip = 10.0.0.5:22/tcp\n",
         &format!(
-            "$CJ run -- sh -c 'id -u; python3 {}'",
+            "user $CJ run -- sh -c 'id -u; python3 {}'",
             world.dir().join("probe.py").display()
         ),
     );
@@ -174,4 +178,96 @@ fn a_normal_user_without_sudo_gets_a_jail_that_refuses_every_internal_range() {
     for nested in ["nested-flush", "nested-add"] {
         assert_eq!(got(nested), "refused", "{nested}: {o}");
     }
+}
+
+/// One TCP connect from the jail: prints `open` or the errno's name.
+const CONNECT: &str = r#"
+import errno, socket, sys
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("connect", sys.argv[1], "open")
+except OSError as e:
+    print("connect", sys.argv[1], errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout")
+sys.stdout.flush()
+"#;
+
+/// Operations on a rootless jail, by its user, without root (issue 14, item 4): `status` lists
+/// it (nftables backend), `events` shows its refusal naming the rule, `reload` brings the running
+/// jail to a changed /etc/claude-sandbox.conf (a destination refused before is let through
+/// after), and the user's registry and log are hidden from the jailed command.
+#[test]
+fn the_user_lists_reads_and_reloads_their_rootless_jail_without_root() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    // Where the user's processes and the script meet (the world's directory is root's).
+    let shared = world.dir().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = shared.display().to_string();
+    fs::write(shared.join("connect.py"), CONNECT).unwrap();
+    fs::write(shared.join("reloaded.conf"), "allow-ip = 10.0.0.5:80/tcp\n").unwrap();
+    let jailed = format!(
+        "python3 {dir}/connect.py 10.0.0.5 80; ls /run/user/4242/claude-jail 2>&1 | head -1; \
+         touch {dir}/ran; for i in $(seq 200); do [ -e {dir}/go ] && break; sleep 0.05; done; \
+         python3 {dir}/connect.py 10.0.0.5 80"
+    );
+    // As root (the script), around the user's commands: the conf changes as an admin would.
+    // The refusal reaches the log within a flush (250 ms): waited for, not slept.
+    let out = script(
+        &world,
+        "",
+        &format!(
+            "user $CJ run -- sh -c '{jailed}' > {dir}/jail.out 2>&1 &\n\
+             for i in $(seq 200); do [ -e {dir}/ran ] && break; sleep 0.05; done\n\
+             echo '== status'; user $CJ status --json\n\
+             for i in $(seq 200); do user $CJ events --json | grep -q 10.0.0.5 && break; \
+               sleep 0.05; done\n\
+             echo '== events'; user $CJ events --json\n\
+             cat {dir}/reloaded.conf > /etc/claude-sandbox.conf\n\
+             echo '== reload'; user $CJ reload; echo \"reload-exit=$?\"\n\
+             touch {dir}/go; wait\n\
+             echo '== jail'; cat {dir}/jail.out",
+        ),
+    );
+    let o = String::from_utf8_lossy(&out.stdout);
+    let section = |name: &str| {
+        o.split(&format!("== {name}\n"))
+            .nth(1)
+            .unwrap_or("")
+            .split("\n== ")
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let status = section("status");
+    let listed: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{o}");
+    assert!(
+        listed[0]["backend"] == "nftables" && listed[0]["user"] == "cjuser",
+        "status lists the user's jail and its backend: {o}"
+    );
+    let events = section("events");
+    assert!(
+        events.contains("10.0.0.5") && events.contains("10.0.0.0/8"),
+        "events shows the refusal and the rule that refused it: {o}"
+    );
+    assert!(
+        section("reload").contains("reloaded 1 running jail") && o.contains("reload-exit=0"),
+        "reload brings the user's jail to the conf: {o}"
+    );
+    let jail = section("jail");
+    let lines: Vec<&str> = jail.lines().filter(|l| l.starts_with("connect ")).collect();
+    assert_eq!(
+        lines,
+        ["connect 10.0.0.5 EHOSTUNREACH", "connect 10.0.0.5 open"],
+        "refused before the reload, let through after: {o}"
+    );
+    assert!(
+        !jail.contains(".json") && !jail.contains("No such file"),
+        "the user's registry is hidden (an empty directory) in the jail: {o}"
+    );
 }
