@@ -56,17 +56,44 @@ pub fn command(config: Option<PathBuf>, json_out: bool) -> Result<ExitCode> {
             )),
         });
     }
+    // The backend a launch would choose now, and why (`launch::choose_backend`, the one place).
+    lines.push(Line {
+        name: "backend",
+        outcome: match &conf {
+            Ok(c) => crate::launch::choose_backend(c, &facts)
+                .map(|(b, why)| format!("{} ({why})", b.name())),
+            Err(_) => Err(anyhow!("not chosen: the conf above is invalid")),
+        },
+    });
     if let Caller::Unprivileged { .. } = caller {
+        // Informational: without a sudo rule the nftables mode below is the jail.
         lines.push(Line {
             name: "sudo",
-            outcome: sudo_rule(),
+            outcome: Ok(sudo_rule().unwrap_or_else(|e| {
+                format!("{e:#} (the eBPF mode needs it; the nftables mode does not)")
+            })),
+        });
+        lines.push(Line {
+            name: "tun",
+            outcome: preflight::tun(&facts),
         });
         lines.push(Line {
             name: "rootless",
-            outcome: Err(anyhow!(
-                "claude-jail's rootless mode is not available yet: a jail needs root (fix: run \
-                 `sudo claude-jail check` for the rest of this list)"
-            )),
+            outcome: preflight::user_namespaces(&facts).and_then(|found| {
+                nft_probe().map(|t| format!("the nftables mode is available: {found}; {t}"))
+            }),
+        });
+        lines.push(Line {
+            name: "pasta",
+            outcome: match &conf {
+                Ok(c) => crate::pasta::locate(caller, c).map(|p| {
+                    format!(
+                        "{} (trusted, has every option the jail passes)",
+                        p.display()
+                    )
+                }),
+                Err(_) => Err(anyhow!("not tried: the conf above is invalid")),
+            },
         });
     } else {
         lines.push(Line {
@@ -182,6 +209,51 @@ fn ebpf_probe() -> Result<String> {
     })?;
     removed?;
     Ok("the five programs load, pass the verifier and attach to a cgroup".into())
+}
+
+/// The nftables mode's table, installed for real: in a throwaway user and network namespace (a
+/// child that exits), the table of an empty policy and its log group.
+fn nft_probe() -> Result<String> {
+    use std::io::{Read, Write};
+    let (r, w) = nix::unistd::pipe().context("pipe")?;
+    let mut w = Some(std::fs::File::from(w));
+    let child = crate::sys::clone_process(
+        nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNET,
+        || {
+            let mut w = w.take().expect("runs once");
+            let tried = (|| -> Result<()> {
+                let sock = crate::nft::open_socket()?;
+                let empty = crate::policy::MapEntries::default();
+                crate::nft::install(
+                    std::os::fd::AsFd::as_fd(&sock),
+                    &crate::nft::Ruleset::compile(&empty),
+                )?;
+                crate::nft::LogReader::open(crate::nft::DEFAULT_LOG_GROUP)?;
+                Ok(())
+            })();
+            match tried {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = write!(w, "{e:#}");
+                    1
+                }
+            }
+        },
+    )
+    .context("make a user and network namespace")?;
+    drop(w);
+    let mut said = String::new();
+    std::fs::File::from(r)
+        .read_to_string(&mut said)
+        .context("read the probe's answer")?;
+    let status = nix::sys::wait::waitpid(child, None).context("wait for the probe")?;
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => {
+            Ok("an nftables table and its log install in a namespace of this user's".into())
+        }
+        _ if !said.is_empty() => bail!("{said}"),
+        s => bail!("the nftables probe failed ({s:?})"),
+    }
 }
 
 /// Whether sudo lets this user run claude-jail without a password (`sudo -n -l PATH`).

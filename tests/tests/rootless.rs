@@ -271,3 +271,45 @@ fn the_user_lists_reads_and_reloads_their_rootless_jail_without_root() {
         "the user's registry is hidden (an empty directory) in the jail: {o}"
     );
 }
+
+/// `claude-jail check` by a user without sudo: the nftables mode is available (a real table
+/// installed in a throwaway namespace of the user's), it is the backend a launch would choose,
+/// and why; the whole check passes.
+#[test]
+fn the_users_check_says_the_rootless_mode_is_available() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let out = script(&world, "", "user $CJ check --json");
+    let o = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    let check = |name: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {o}"))
+            .clone()
+    };
+    assert_eq!(check("rootless")["ok"], true, "{o}");
+    assert!(
+        check("rootless")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the nftables mode is available"),
+        "{o}"
+    );
+    let backend = check("backend");
+    assert!(
+        backend["ok"] == true
+            && backend["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("nftables (auto: eBPF cannot be loaded here"),
+        "{o}"
+    );
+    assert_eq!(v["ok"], true, "a jail can start: {o}");
+    assert_eq!(out.status.code(), Some(0), "{o}");
+}
