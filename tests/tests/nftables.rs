@@ -604,3 +604,60 @@ fn a_process_without_cap_net_admin_cannot_replace_the_table() {
         assert_eq!(refused(&pair), Outcome::Refused, "after jail-nft {args:?}");
     }
 }
+
+#[test]
+fn a_large_policy_installs_and_judges_its_last_entries() {
+    if !have_root() {
+        return;
+    }
+    let pair = Pair::new();
+    // 3,000 single addresses with a gap between each: 3,000 ranges, 6,000 set elements,
+    // spread over several messages of one batch.
+    let mut text = String::from(CONF);
+    for i in 0..3000u32 {
+        let [_, _, c, d] = (2 * i).to_be_bytes();
+        text.push_str(&format!("deny-ip = 100.128.{c}.{d}\n"));
+    }
+    let policy = pair.policy(&text);
+    let rs = Ruleset::compile(policy.map_entries());
+    assert!(rs.deny4.len() > 3000, "{}", rs.deny4.len());
+    let sock = pair.socket();
+    nft::install(sock.as_fd(), &rs).expect("install a large policy");
+    let probes = [
+        ("100.128.0.0:80", false),
+        ("100.128.0.1:80", true),
+        ("100.128.23.110:80", false), // 2 * 2999 = 5998 = 0x176e
+        ("100.128.23.111:80", true),
+        ("100.128.23.112:80", true),
+        ("203.0.113.10:80", true),
+    ];
+    let got = pair
+        .jail
+        .run(|| probes.map(|(dst, _)| attempt(dst.parse().unwrap(), PROTO_UDP)))
+        .expect("enter the jail");
+    for ((dst, allowed), got) in probes.iter().zip(got) {
+        let a: SocketAddr = dst.parse().unwrap();
+        assert_eq!(
+            policy.decide(a.ip(), a.port(), PROTO_UDP).allowed,
+            *allowed,
+            "{dst}"
+        );
+        let want = if *allowed {
+            Outcome::Passed
+        } else {
+            Outcome::Refused
+        };
+        assert_eq!(got, want, "{dst}");
+    }
+    // And back to the small policy: the large sets are emptied.
+    nft::install(
+        sock.as_fd(),
+        &Ruleset::compile(pair.policy(CONF).map_entries()),
+    )
+    .expect("reload the small policy");
+    let now = pair
+        .jail
+        .run(|| attempt("100.128.0.0:80".parse().unwrap(), PROTO_UDP))
+        .expect("enter the jail");
+    assert_eq!(now, Outcome::Passed);
+}
