@@ -661,3 +661,50 @@ fn a_large_policy_installs_and_judges_its_last_entries() {
         .expect("enter the jail");
     assert_eq!(now, Outcome::Passed);
 }
+
+/// Runs the helper in its rootless form (no namespace of the test's: it makes its own).
+fn rootless(args: &[&str]) -> Vec<String> {
+    let out = Command::new(HELPER)
+        .arg("--rootless")
+        .args(args)
+        .output()
+        .expect("run jail-nft");
+    assert!(
+        out.status.success(),
+        "jail-nft --rootless {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn an_unprivileged_user_installs_in_its_own_namespaces_and_a_nested_userns_cannot_change_it() {
+    if !have_root() {
+        return;
+    }
+    // uid 65534 makes a user namespace and a network namespace it owns: the rootless launcher.
+    let lines = rootless(&["--log", "--nested"]);
+    assert_eq!(lines[0], "install ok", "{lines:?}");
+    assert_eq!(lines[1], "log ok", "{lines:?}");
+    assert!(lines[2].starts_with("nested err EPERM"), "{lines:?}");
+    // The size limit of an unprivileged socket: a batch over net.core.wmem_max is refused
+    // whole, with the error that says so (and a policy well under it installs).
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .expect("read wmem_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    let fits = rootless(&["--ranges", "2000"]);
+    assert_eq!(fits, ["install ok"]);
+    // Each range is two elements of about 24 bytes; twice wmem_max is what the kernel grants.
+    let too_many = (2 * wmem_max / 40 + 1000).to_string();
+    let refused = rootless(&["--ranges", &too_many]);
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].starts_with("install err EMSGSIZE"),
+        "{too_many} ranges: {refused:?}"
+    );
+}
