@@ -11,15 +11,19 @@
 //! 4. [`LogReader::open`] in the same namespace for the refusals (nflog group
 //!    [`Ruleset::log_group`]); describe each with `Policy::decide(dst, port, proto)`.
 //!
-//! What the table does (`nft list table inet claude_jail` shows it):
+//! What the table does (`nft list table inet claude_jail` shows it; docs/design.md, "The
+//! nftables backend", says why each rule is there):
 //!
 //! ```text
 //! table inet claude_jail {
 //!   set allow4 { type ipv4_addr; flags interval }       # + deny4, allow6, deny6
 //!   set allow4_port { type ipv4_addr . inet_proto . inet_service }   # + allow6_port
 //!   set embedded4in6 { type ipv6_addr; flags interval } # ::2-::ffff:ffff, ::ffff:0:0/96, 64:ff9b::/96
+//!   set kernel_icmp { type icmp_type }                  # + kernel_icmpv6
 //!   chain output {
 //!     type filter hook output priority 0; policy accept;
+//!     icmp type @kernel_icmp accept
+//!     icmpv6 type @kernel_icmpv6 accept
 //!     ip daddr . meta l4proto . th dport @allow4_port accept
 //!     ip daddr @allow4 accept
 //!     ip daddr @deny4 log group 7400 reject with icmpx admin-prohibited

@@ -1,11 +1,22 @@
 //! The ruleset as one nfnetlink batch, and the socket it goes over.
 //!
 //! The batch, in order (one transaction: the kernel applies all of it or none):
-//! 1. `NEWTABLE inet claude_jail` (no-op when it exists), `DELTABLE` of it (so that what an
-//!    earlier install or reload left goes away with everything in it), `NEWTABLE` again;
-//! 2. the base chain `output` (filter, hook output, priority 0, policy accept);
-//! 3. the sets and their elements;
-//! 4. the rules, in the order of [`RULES`].
+//! 1. `NEWTABLE inet claude_jail`, its base chain `output` (filter, hook output, priority 0,
+//!    policy accept) and its sets: created by the first install, left as they are after;
+//! 2. each set flushed and filled again;
+//! 3. the chain's rules flushed and added again, in the order of [`RULES`] (always the same
+//!    rules: only the sets' contents differ from one policy to the next).
+//!
+//! Why nothing is ever deleted and created again (the reload test caught each of these):
+//! - a new base chain is hooked as soon as the kernel reads its message, ahead of the old one
+//!   at the same priority and empty until the commit: a packet that went through it just
+//!   before the commit and through the old chain (emptied by the commit) just after met no
+//!   rule at all;
+//! - a rule reads the generation when its chain starts and looks sets up in the generation
+//!   of the moment: a packet slowed down across two quick reloads could run new rules whose
+//!   new sets were not yet active. With the same sets and rules throughout, any rule it runs
+//!   looks up elements of one generation or the other, and a destination that both policies
+//!   judge alike is judged so.
 //!
 //! Registers: an IPv4 key sits in the 32-bit register 8 (NFT_REG32_00), an IPv6 key in 8..11;
 //! a concatenation `address . l4proto . dport` continues in the next 32-bit registers, each
@@ -59,6 +70,19 @@ const TYPE_IPV4: u32 = 7;
 const TYPE_IPV6: u32 = 8;
 const TYPE_PROTO: u32 = 12;
 const TYPE_SERVICE: u32 = 13;
+const TYPE_ICMP: u32 = 14;
+const TYPE_ICMPV6: u32 = 29;
+/// IPPROTO_ICMP, IPPROTO_ICMPV6.
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+/// The ICMP types only the kernel sends from the jail's namespace (see [`RULES`]):
+/// destination unreachable (what the reject itself sends, to the jail's own address), time
+/// exceeded, parameter problem.
+pub(crate) const KERNEL_ICMP4: [u8; 3] = [3, 11, 12];
+/// ICMPv6: the errors (destination unreachable, packet too big, time exceeded, parameter
+/// problem), neighbour discovery (router and neighbour solicitation, neighbour advertisement:
+/// without them no IPv6 packet reaches the gateway) and MLD reports and done.
+pub(crate) const KERNEL_ICMP6: [u8; 10] = [1, 2, 3, 4, 131, 132, 133, 135, 136, 143];
 /// The reject and log expressions' attributes (linux/netfilter/nf_tables.h): the library
 /// has no types for them.
 const NFTA_REJECT_TYPE: u16 = 1;
@@ -84,10 +108,12 @@ pub(crate) enum Set {
     Embedded,
     Allow4Port,
     Allow6Port,
+    KernelIcmp4,
+    KernelIcmp6,
 }
 
 impl Set {
-    const ALL: [Set; 7] = [
+    const ALL: [Set; 9] = [
         Set::Allow4,
         Set::Deny4,
         Set::Allow6,
@@ -95,6 +121,8 @@ impl Set {
         Set::Embedded,
         Set::Allow4Port,
         Set::Allow6Port,
+        Set::KernelIcmp4,
+        Set::KernelIcmp6,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -106,11 +134,16 @@ impl Set {
             Set::Embedded => "embedded4in6",
             Set::Allow4Port => "allow4_port",
             Set::Allow6Port => "allow6_port",
+            Set::KernelIcmp4 => "kernel_icmp",
+            Set::KernelIcmp6 => "kernel_icmpv6",
         }
     }
 
     fn interval(self) -> bool {
-        !matches!(self, Set::Allow4Port | Set::Allow6Port)
+        !matches!(
+            self,
+            Set::Allow4Port | Set::Allow6Port | Set::KernelIcmp4 | Set::KernelIcmp6
+        )
     }
 
     /// Key length in bytes and nft's type.
@@ -120,6 +153,8 @@ impl Set {
             Set::Allow6 | Set::Deny6 | Set::Embedded => (16, TYPE_IPV6),
             Set::Allow4Port => (12, TYPE_IPV4 << 12 | TYPE_PROTO << 6 | TYPE_SERVICE),
             Set::Allow6Port => (24, TYPE_IPV6 << 12 | TYPE_PROTO << 6 | TYPE_SERVICE),
+            Set::KernelIcmp4 => (1, TYPE_ICMP),
+            Set::KernelIcmp6 => (1, TYPE_ICMPV6),
         }
     }
 }
@@ -133,6 +168,9 @@ enum Addr {
     Embedded,
     /// An IPv6 packet's daddr.
     V6,
+    /// No address: an ICMP (IPv4) or ICMPv6 (IPv6) packet whose type is in the set.
+    KernelIcmp4,
+    KernelIcmp6,
 }
 
 /// What a rule does when its lookup matches.
@@ -145,7 +183,12 @@ enum Then {
 
 /// The chain's rules in order: `(address, set looked up (None: the address test alone),
 /// verdict)`. [`Ruleset::allows`] is the model of exactly this list.
-const RULES: [(Addr, Option<Set>, Then); 10] = [
+const RULES: [(Addr, Option<Set>, Then); 12] = [
+    // What the kernel itself sends: a process without CAP_NET_RAW cannot send these types
+    // (an unprivileged ICMP socket sends echo requests only), and the eBPF mode never sees
+    // them either (they come from no socket of the jail's cgroup).
+    (Addr::KernelIcmp4, Some(Set::KernelIcmp4), Then::Accept),
+    (Addr::KernelIcmp6, Some(Set::KernelIcmp6), Then::Accept),
     (Addr::V4, Some(Set::Allow4Port), Then::Accept),
     (Addr::V4, Some(Set::Allow4), Then::Accept),
     (Addr::V4, Some(Set::Deny4), Then::LogReject),
@@ -202,6 +245,8 @@ fn elements(rs: &Ruleset, set: Set) -> Vec<(Vec<u8>, bool)> {
             .iter()
             .map(|(a, proto, port)| port_key(&a.octets(), *proto, *port))
             .collect(),
+        Set::KernelIcmp4 => KERNEL_ICMP4.iter().map(|&t| (vec![t], false)).collect(),
+        Set::KernelIcmp6 => KERNEL_ICMP6.iter().map(|&t| (vec![t], false)).collect(),
     }
 }
 
@@ -233,15 +278,20 @@ fn lookup(set: Set, sreg: Register) -> ListAttribute<ExpressionAttribute> {
     ]))
 }
 
-fn nfproto_is(p: u8) -> [ListAttribute<ExpressionAttribute>; 2] {
+/// `meta KEY == value` (a one-byte key).
+fn meta_is(key: MetaKey, value: u8) -> [ListAttribute<ExpressionAttribute>; 2] {
     [
-        meta(MetaKey::Nfproto, Register::Reg1),
+        meta(key, Register::Reg1),
         expr(Expressions::Cmp(vec![
             Cmp::SourceRegister(Register::Reg1),
             Cmp::Op(Operator::Equal),
-            Cmp::Data(DataAttribute::Value(vec![p])),
+            Cmp::Data(DataAttribute::Value(vec![value])),
         ])),
     ]
+}
+
+fn nfproto_is(p: u8) -> [ListAttribute<ExpressionAttribute>; 2] {
+    meta_is(MetaKey::Nfproto, p)
 }
 
 /// The expressions of one rule of [`RULES`].
@@ -268,8 +318,22 @@ fn rule_exprs(
             e.extend(nfproto_is(NFPROTO_IPV6));
             (24, 16)
         }
+        Addr::KernelIcmp4 | Addr::KernelIcmp6 => {
+            let (family, proto) = if addr == Addr::KernelIcmp4 {
+                (NFPROTO_IPV4, ICMP)
+            } else {
+                (NFPROTO_IPV6, ICMPV6)
+            };
+            e.extend(nfproto_is(family));
+            e.extend(meta_is(MetaKey::L4Proto, proto));
+            // The type: the first byte of the ICMP header.
+            e.push(payload(BASE_TRANSPORT, 0, 1, Register::Reg32_00));
+            (0, 0)
+        }
     };
-    if let Some(set) = set {
+    if let Some(set) = set.filter(|_| len == 0) {
+        e.push(lookup(set, Register::Reg32_00));
+    } else if let Some(set) = set {
         e.push(payload(BASE_NETWORK, offset, len, Register::Reg32_00));
         if matches!(set, Set::Allow4Port | Set::Allow6Port) {
             // The protocol and port right after the address, in whole 32-bit registers
@@ -315,41 +379,6 @@ fn rule_exprs(
     e
 }
 
-/// The rule before all others: ICMPv6 types 130-143 (multicast listener reports, router and
-/// neighbour solicitations and advertisements, redirects) pass. The kernel sends them itself
-/// to link-local and multicast addresses, which the deny set covers; refused, the jail's IPv6
-/// would have no neighbours. Only a raw socket could send them from a program, which needs
-/// CAP_NET_RAW over the jail's network namespace, which nothing in the jail has; a ping socket
-/// sends echo requests (128) only.
-fn link_protocol_rule() -> Vec<ListAttribute<ExpressionAttribute>> {
-    let cmp = |op, v: u8| {
-        expr(Expressions::Cmp(vec![
-            Cmp::SourceRegister(Register::Reg1),
-            Cmp::Op(op),
-            Cmp::Data(DataAttribute::Value(vec![v])),
-        ]))
-    };
-    let mut e = nfproto_is(NFPROTO_IPV6).to_vec();
-    e.push(meta(MetaKey::L4Proto, Register::Reg1));
-    e.push(cmp(Operator::Equal, PROTO_ICMPV6));
-    e.push(payload(BASE_TRANSPORT, 0, 1, Register::Reg1));
-    e.push(cmp(Operator::GreatherThanEqual, ICMPV6_LINK_FIRST));
-    e.push(cmp(Operator::LessThanEqual, ICMPV6_LINK_LAST));
-    e.push(expr(Expressions::Immediate(vec![
-        Immediate::DestinationRegister(Register::Verdict),
-        Immediate::Data(DataAttribute::Verdict(vec![VerdictAttribute::Code(
-            Verdict::Other(NF_ACCEPT),
-        )])),
-    ])));
-    e
-}
-
-/// ICMPv6 types the kernel sends for the link itself ([`link_protocol_rule`]): 130 (multicast
-/// listener query) to 143 (listener report v2).
-const ICMPV6_LINK_FIRST: u8 = 130;
-const ICMPV6_LINK_LAST: u8 = 143;
-const PROTO_ICMPV6: u8 = 58;
-
 /// What each message of a batch is, for error messages.
 pub(crate) type Batch = Vec<(String, NetlinkMessage<NetfilterMessage>)>;
 
@@ -372,7 +401,8 @@ fn message(
     m
 }
 
-/// The batch that replaces claude-jail's table with `rs`, between BATCH_BEGIN and BATCH_END.
+/// The batch that brings claude-jail's table to `rs`: the table, chain and sets created if
+/// missing, each set flushed and filled, the chain's rules flushed and added again.
 pub(crate) fn batch(rs: &Ruleset) -> Batch {
     let inet = NetfilterProtoFamily::Inet;
     let table = || TABLE.to_owned();
@@ -380,33 +410,18 @@ pub(crate) fn batch(rs: &Ruleset) -> Batch {
     let mut push = |what: String, inner: NfTablesMessage, flags: u16| {
         b.push((what, message(inet, 0, inner, flags | NLM_F_ACK)));
     };
-    let new_table = || {
+    push(
+        format!("creating table inet {TABLE} (if missing)"),
         NfTablesMessage::NewTable(TableMessage {
             attributes: vec![
                 TableAttribute::Name(table()),
                 TableAttribute::Flags(TableFlags::default()),
             ],
-        })
-    };
-    push(
-        format!("creating table inet {TABLE}"),
-        new_table(),
-        NLM_F_CREATE,
-    );
-    push(
-        format!("deleting the previous table inet {TABLE}"),
-        NfTablesMessage::DeleteTable(TableMessage {
-            attributes: vec![TableAttribute::Name(table())],
         }),
-        0,
-    );
-    push(
-        format!("creating table inet {TABLE}"),
-        new_table(),
         NLM_F_CREATE,
     );
     push(
-        format!("creating chain {CHAIN} (hook output)"),
+        format!("creating chain {CHAIN} (hook output, if missing)"),
         NfTablesMessage::NewChain(ChainMessage {
             attributes: vec![
                 ChainAttribute::Table(table()),
@@ -429,7 +444,7 @@ pub(crate) fn batch(rs: &Ruleset) -> Batch {
             SetFlags::empty()
         };
         push(
-            format!("creating set {}", set.name()),
+            format!("creating set {} (if missing)", set.name()),
             NfTablesMessage::NewSet(SetMessage {
                 attributes: vec![
                     SetAttribute::Table(table()),
@@ -441,6 +456,17 @@ pub(crate) fn batch(rs: &Ruleset) -> Batch {
                 ],
             }),
             NLM_F_CREATE,
+        );
+        // An element list without elements: every element of the set.
+        push(
+            format!("flushing set {}", set.name()),
+            NfTablesMessage::DeleteSetElement(SetElementMessage {
+                attributes: vec![
+                    SetElementList::Table(table()),
+                    SetElementList::Set(set.name().to_owned()),
+                ],
+            }),
+            0,
         );
         let all = elements(rs, set);
         for (i, chunk) in all.chunks(ELEMENTS_PER_MESSAGE).enumerate() {
@@ -476,15 +502,14 @@ pub(crate) fn batch(rs: &Ruleset) -> Batch {
         }
     }
     push(
-        "adding the rule for the kernel's own ICMPv6 (neighbour discovery, MLD)".into(),
-        NfTablesMessage::NewRule(RuleMessage {
+        format!("flushing chain {CHAIN}"),
+        NfTablesMessage::DeleteRule(RuleMessage {
             attributes: vec![
                 RuleAttribute::Table(table()),
                 RuleAttribute::Chain(CHAIN.to_owned()),
-                RuleAttribute::Expressions(link_protocol_rule()),
             ],
         }),
-        NLM_F_CREATE | NLM_F_APPEND,
+        0,
     );
     for (i, (addr, set, then)) in RULES.into_iter().enumerate() {
         push(
@@ -622,7 +647,7 @@ pub(crate) fn transact(sock: BorrowedFd<'_>, mut msgs: Batch, batch: bool) -> Re
     }
 }
 
-/// Replaces claude-jail's table in the network namespace of `sock` (see [`open_socket`]) with
+/// Replaces claude-jail's rules in the network namespace of `sock` (see [`open_socket`]) with
 /// `rs`, in one transaction: before it the previous rules hold, after it the new ones, never
 /// neither. Serves the first install and every reload. Needs CAP_NET_ADMIN over that
 /// namespace (in the user namespace that owns it).
@@ -649,20 +674,37 @@ mod tests {
         let rs = Ruleset::compile(&m);
         let b = batch(&rs);
         let whats: Vec<&str> = b.iter().map(|(w, _)| w.as_str()).collect();
-        assert_eq!(whats[0], "creating table inet claude_jail");
-        assert_eq!(whats[1], "deleting the previous table inet claude_jail");
-        assert_eq!(whats[2], "creating table inet claude_jail");
-        assert_eq!(
-            whats
+        assert_eq!(whats[0], "creating table inet claude_jail (if missing)");
+        assert_eq!(whats[1], "creating chain output (hook output, if missing)");
+        // Nothing is deleted: the sets are flushed and filled, the rules flushed and added.
+        assert!(!whats.iter().any(|w| w.contains("delet")));
+        let fill = |name: &str| {
+            let f = whats
                 .iter()
-                .filter(|w| w.starts_with("adding rule"))
-                .count(),
-            10
-        );
+                .position(|w| *w == format!("flushing set {name}"))
+                .unwrap();
+            assert!(
+                whats[f + 1].starts_with("adding elements 0..")
+                    && whats[f + 1].ends_with(&format!("to set {name}")),
+                "{}",
+                whats[f + 1]
+            );
+        };
+        fill("deny4");
+        fill("allow4_port");
+        let flush = whats
+            .iter()
+            .position(|w| *w == "flushing chain output")
+            .unwrap();
+        assert!(whats[..flush].iter().all(|w| !w.starts_with("adding rule")));
+        assert!(whats[flush + 1..]
+            .iter()
+            .all(|w| w.starts_with("adding rule")));
+        assert_eq!(whats.len() - flush - 1, 12);
         assert!(whats
             .last()
             .unwrap()
-            .starts_with("adding rule 10 (V6 deny6"));
+            .starts_with("adding rule 12 (V6 deny6"));
         // Elements: a range is a start and an end key; the port set's key is padded fields.
         assert_eq!(
             elements(&rs, Set::Deny4),
@@ -701,8 +743,12 @@ mod tests {
             .filter(|(w, _)| w.contains("to set deny4"))
             .collect();
         assert_eq!(adds.len(), 6000usize.div_ceil(ELEMENTS_PER_MESSAGE));
-        for (what, msg) in adds {
+        for (what, msg) in &adds {
             assert!(msg.buffer_len() < 65_000, "{what}");
         }
+        // What docs/design.md says of the size: some 24 bytes an IPv4 element, so about 7,000
+        // ranges (two elements each) in the 400 KB an unprivileged socket may send at once.
+        let bytes: usize = adds.iter().map(|(_, m)| m.buffer_len()).sum();
+        assert!((20 * 6000..28 * 6000).contains(&bytes), "{bytes} bytes");
     }
 }

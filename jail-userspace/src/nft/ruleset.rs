@@ -168,6 +168,11 @@ impl Ruleset {
     /// the wire), transport protocol `proto` and destination port `port` (0 for a protocol
     /// without ports, or a non-first fragment): the rules of [`super::install`] in their order.
     /// True: accepted; false: logged and rejected.
+    ///
+    /// For ICMP and ICMPv6 this is an echo request, the only type a process without
+    /// CAP_NET_RAW can send. The chain first accepts the types only the kernel sends (errors,
+    /// including the reject's own admin-prohibited to the jail's address, neighbour discovery,
+    /// MLD), which the eBPF mode does not judge either.
     pub fn allows(&self, dst: IpAddr, port: u16, proto: u8) -> bool {
         match dst {
             IpAddr::V4(a) => self.allows4(a, port, proto),
