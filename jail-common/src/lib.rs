@@ -54,8 +54,9 @@ pub const MAX_PORT_ENTRIES: u32 = 32_768;
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 
-/// Index of a rule in the compiled policy: stored as the value of every policy map entry so that
-/// an event can say which entry matched.
+/// The id of a rule, stored as the value of every policy map entry so that an event can say
+/// which entry matched. Opaque to the programs; userspace hands each id out once per jail, for one
+/// rule (jail-userspace's `policy::ids`), so that it names the same rule after a reload.
 pub type RuleId = u32;
 
 /// IP protocol numbers the port-specific allow entries use.

@@ -27,7 +27,6 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use ipnet::IpNet;
 use nix::{
     sys::{
         signal::{kill, SigSet, Signal},
@@ -41,12 +40,12 @@ use crate::{
     bpf,
     caller::Caller,
     cgroup,
-    conf::{self, AllowEntry, PortSpec, Proto, Trust},
+    conf::{self, PortSpec, Trust},
     events,
     hostnet::HostNet,
     jail::{self, EXIT_JAIL_FAILED},
     netns, pasta,
-    policy::{Policy, Source},
+    policy::{self, Policy, RuleIds},
     reload,
     state::{self, JailRecord, Paths},
     supervise, user,
@@ -203,7 +202,13 @@ fn launch(args: RunArgs) -> Result<i32> {
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     // The jail's own addresses are known once pasta has configured its namespace (below); until
     // then the jail runs nothing.
-    let (jail_policy, pasta_policy) = policies(&conf, &host, &netns::resolvers(&host_resolv), &[]);
+    let (jail_policy, pasta_policy, rule_ids) = policy::policies(
+        &conf,
+        &host,
+        &netns::resolvers(&host_resolv),
+        &[],
+        &RuleIds::default(),
+    )?;
     if let Some(msg) = jail_policy.map_entries().over_capacity() {
         bail!("{msg}");
     }
@@ -239,6 +244,8 @@ fn launch(args: RunArgs) -> Result<i32> {
     let v1_limits = limits(&conf, &paths, &id, &jail_cg)?;
     built.v1_cgroups.extend(v1_limits.iter().cloned());
 
+    // The ids the maps are about to hold, for the launcher's and reloads' descriptions of them.
+    rule_ids.save(&policy::ids::path(&run_dir))?;
     built.pins.push(paths.jail_pins(&id));
     let mut jail_maps = bpf::attach(
         jail_cg.path(),
@@ -334,12 +341,14 @@ fn launch(args: RunArgs) -> Result<i32> {
 
     // Now that the namespace has its addresses: the policies that know them.
     record.own_addrs = netns::own_addresses(init.pid.as_raw() as u32)?;
-    let (jail_policy, pasta_policy) = policies(
+    let (jail_policy, pasta_policy, rule_ids) = policy::policies(
         &conf,
         &host,
         &netns::resolvers(&host_resolv),
         &record.own_addrs,
-    );
+        &rule_ids,
+    )?;
+    rule_ids.save(&policy::ids::path(&run_dir))?;
     jail_maps.apply(jail_policy.map_entries())?;
     bpf::JailMaps::open(&paths.pasta_pins(&id))?.apply(pasta_policy.map_entries())?;
     record.policy_digest = jail_policy.digest();
@@ -391,64 +400,6 @@ fn launch(args: RunArgs) -> Result<i32> {
         eprintln!("{line}");
     }
     Ok(code)
-}
-
-/// The jail's policy and pasta's.
-///
-/// The jail's adds pasta's DNS forwarder (port 53 only) and the jail's own addresses (`own`):
-/// pasta copies the host's address into the jail's namespace, where it is local, so traffic to
-/// it never leaves the jail (a published connection's replies go there). pasta's adds the
-/// host's resolvers (port 53 only) and, for each `publish-port`, that port on the jail's own
-/// addresses: pasta carries a published connection in by connecting, inside the jail's
-/// namespace, to the jail's address.
-pub fn policies(
-    conf: &conf::Conf,
-    host: &HostNet,
-    resolvers: &[std::net::IpAddr],
-    own: &[std::net::IpAddr],
-) -> (Policy, Policy) {
-    let port = |ip: std::net::IpAddr, port, proto| AllowEntry {
-        net: IpNet::from(ip),
-        port: Some(PortSpec {
-            port,
-            proto: Some(proto),
-        }),
-    };
-    let fwd = std::net::IpAddr::V4(pasta::DNS_FORWARDER);
-    let both = [Proto::Udp, Proto::Tcp];
-    let own_allows = own.iter().map(|&a| {
-        (
-            AllowEntry {
-                net: IpNet::from(a),
-                port: None,
-            },
-            Source::Builtin("the jail's own address, local in its namespace"),
-        )
-    });
-    let jail = Policy::build(conf, host).with_extra_allow(
-        both.map(|p| (port(fwd, 53, p), Source::Builtin("pasta's DNS forwarder")))
-            .into_iter()
-            .chain(own_allows),
-    );
-    let resolver_allows = resolvers
-        .iter()
-        .flat_map(|&r| both.map(|p| (port(r, 53, p), Source::Resolver)));
-    let published = conf.publish_ports.iter().flat_map(|l| {
-        let protos: Vec<Proto> = l.value.proto.map_or(both.to_vec(), |p| vec![p]);
-        own.iter().flat_map(move |&a| {
-            protos.clone().into_iter().map(move |p| {
-                (
-                    port(a, l.value.port, p),
-                    Source::Builtin("publish-port, into the jail"),
-                )
-            })
-        })
-    });
-    // pasta's policy cannot deny the host's loopback: its programs judge destinations, not
-    // namespaces, and pasta talks to the jail's loopback too (the inner side of each
-    // `host-port`). The host's loopback is closed by pasta's arguments instead (no mapping).
-    let pasta = Policy::build(conf, host).with_extra_allow(resolver_allows.chain(published));
-    (jail, pasta)
 }
 
 /// The jail's resource limits: `pids.max` (`pids-max`, default [`conf::DEFAULT_PIDS_MAX`]: a

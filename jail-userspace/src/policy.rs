@@ -14,6 +14,15 @@
 //! IPv4-mapped `::ffff:0:0/96`, IPv4-compatible `::/96`, NAT64 `64:ff9b::/96`. Rules written in
 //! those forms are compiled to their IPv4 form, so the maps hold what the programs look up. An
 //! IPv6 prefix shorter than /96 never matches such an address: it is judged in IPv4 only.
+//!
+//! Every map entry holds the id of the rule that made it; a jail's ids are stable across
+//! reloads ([`ids`]).
+pub mod ids;
+mod jail;
+
+pub use ids::{RuleIds, RuleNames};
+pub use jail::policies;
+
 use std::{
     collections::BTreeMap,
     fmt,
@@ -29,6 +38,7 @@ use crate::{
     conf::{AllowEntry, Conf, Located, PortSpec},
     hostnet::HostNet,
 };
+use ids::Numbering;
 
 /// What the site did not have to write: ranges that reach internal hosts from anywhere.
 pub const DEFAULT_DENY: [IpNet; 15] = [
@@ -412,10 +422,12 @@ pub fn embedded_ipv4(net: IpNet) -> Option<Ipv4Net> {
 /// IPv4 routes, which [`crate::hostnet`] leaves out by the same length).
 pub const MIN_HOST_DENY_V4_LEN: u8 = 8;
 
-/// The compiled policy. `rules[id]` is the rule that [`RuleId`] `id` names.
+/// The compiled policy. `ids[i]` is the [`RuleId`] of `rules[i]`: its position, unless the
+/// policy was numbered with a jail's ids ([`Policy::numbered`]).
 #[derive(Clone, Debug)]
 pub struct Policy {
     rules: Vec<Rule>,
+    ids: Vec<RuleId>,
     /// Kept for the proxy warning: a `host-port` may open a proxy on the host's loopback.
     host_ports: Vec<(Located<PortSpec>, Source)>,
     /// Host-derived deny entries left out, with their IPv4 form (see [`MIN_HOST_DENY_V4_LEN`]).
@@ -489,18 +501,36 @@ impl Policy {
             .iter()
             .map(|h| (h.clone(), conf_src(h.line)))
             .collect();
-        let mut p = Policy {
+        Policy {
             rules,
+            ids: Vec::new(),
             host_ports,
             skipped,
             entries: MapEntries::default(),
-        };
-        p.entries = p.compile();
-        p
+        }
+        .numbered_afresh()
+    }
+
+    /// This policy with its rules numbered by `n` (a jail's rule ids), and compiled again.
+    pub fn numbered(mut self, n: &mut Numbering) -> anyhow::Result<Policy> {
+        self.ids = self
+            .rules
+            .iter()
+            .map(|r| n.id(r.to_string()))
+            .collect::<anyhow::Result<_>>()?;
+        self.entries = self.compile();
+        Ok(self)
+    }
+
+    /// Numbered from scratch: rule ids are positions (a repeated rule takes its first id).
+    fn numbered_afresh(self) -> Policy {
+        self.numbered(&mut Numbering::fresh())
+            .expect("ids run out only after u32::MAX distinct rules, more than memory holds")
     }
 
     /// This policy plus more allow entries, appended so that existing rule ids do not change
-    /// (pasta's own policy: the host's resolvers on port 53, the jail's DNS forwarder).
+    /// (pasta's own policy: the host's resolvers on port 53, the jail's DNS forwarder). Numbered
+    /// from scratch, as [`Policy::build`].
     pub fn with_extra_allow(
         mut self,
         extra: impl IntoIterator<Item = (AllowEntry, Source)>,
@@ -512,12 +542,16 @@ impl Policy {
                 source,
             });
         }
-        self.entries = self.compile();
-        self
+        self.numbered_afresh()
     }
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Each rule with its id.
+    pub fn rules_with_ids(&self) -> impl Iterator<Item = (RuleId, &Rule)> {
+        self.ids.iter().copied().zip(&self.rules)
     }
 
     /// Host-derived deny entries that were left out because their IPv4 form is shorter than
@@ -536,7 +570,9 @@ impl Policy {
     }
 
     pub fn rule(&self, id: RuleId) -> Option<&Rule> {
-        self.rules.get(id as usize)
+        self.rules_with_ids()
+            .find(|&(i, _)| i == id)
+            .map(|(_, r)| r)
     }
 
     /// "deny 10.0.0.0/8 (default)", "allow 172.23.142.119/32 (conf /etc/claude-sandbox.conf:7)".
@@ -561,10 +597,7 @@ impl Policy {
 
     fn compile(&self) -> MapEntries {
         let mut m = MapEntries::default();
-        for (i, rule) in self.rules.iter().enumerate() {
-            // More rules than u32 ids cannot come from a file the maps could hold; stop there
-            // rather than wrap (over_capacity reports it).
-            let Ok(id) = RuleId::try_from(i) else { break };
+        for (id, rule) in self.rules_with_ids() {
             let (v4s, v6) = map_forms(rule.target.net);
             match (rule.action, rule.target.port) {
                 (Action::Deny, _) => {
@@ -1684,7 +1717,7 @@ mod tests {
                     let got = pol.decide(ip, port, proto);
                     prop_assert_eq!(got.allowed, want.0, "{} port {} proto {} in {:#?}", ip, port, proto, pol.rules());
                     if let Some(id) = got.rule {
-                        let r = &pol.rules()[id as usize];
+                        let r = pol.rule(id).unwrap();
                         let alone = naive(std::slice::from_ref(r), ip, port, proto);
                         prop_assert!(alone.1.is_some(), "the rule decide names ({}) matches {}", r, ip);
                         prop_assert_eq!(r.action == Action::Allow, got.allowed);
