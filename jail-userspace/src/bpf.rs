@@ -36,7 +36,7 @@ use jail_common::{
     VERDICT_ALLOW, VERDICT_DENY,
 };
 
-use crate::policy::{port_key4, port_key6, MapEntries};
+use crate::policy::MapEntries;
 
 /// The object built by `cargo xtask build-ebpf`, embedded by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jail-ebpf.o"));
@@ -369,24 +369,14 @@ impl JailMaps {
         let mut changes = 0;
         changes += add_lpm(&mut self.allow4, &e.allow4)?;
         changes += add_lpm(&mut self.allow6, &e.allow6)?;
-        changes += add_hash(&mut self.allow4_port, &e.allow4_port, port_key4)?;
-        changes += add_hash(&mut self.allow6_port, &e.allow6_port, port_key6)?;
+        changes += add_hash(&mut self.allow4_port, &e.allow4_port)?;
+        changes += add_hash(&mut self.allow6_port, &e.allow6_port)?;
         changes += add_lpm(&mut self.deny4, &e.deny4)?;
         changes += add_lpm(&mut self.deny6, &e.deny6)?;
         changes += remove_lpm(&mut self.deny4, &current.deny4, &e.deny4)?;
         changes += remove_lpm(&mut self.deny6, &current.deny6, &e.deny6)?;
-        changes += remove_hash(
-            &mut self.allow4_port,
-            &current.allow4_port,
-            &e.allow4_port,
-            port_key4,
-        )?;
-        changes += remove_hash(
-            &mut self.allow6_port,
-            &current.allow6_port,
-            &e.allow6_port,
-            port_key6,
-        )?;
+        changes += remove_hash(&mut self.allow4_port, &current.allow4_port, &e.allow4_port)?;
+        changes += remove_hash(&mut self.allow6_port, &current.allow6_port, &e.allow6_port)?;
         changes += remove_lpm(&mut self.allow4, &current.allow4, &e.allow4)?;
         changes += remove_lpm(&mut self.allow6, &current.allow6, &e.allow6)?;
         Ok(changes)
@@ -409,10 +399,10 @@ impl JailMaps {
             e.deny6.insert((k.prefix_len(), k.data()), 0);
         }
         for k in all_keys(self.allow4_port.keys())? {
-            e.allow4_port.insert(tuple4(&k), 0);
+            e.allow4_port.insert(k, 0);
         }
         for k in all_keys(self.allow6_port.keys())? {
-            e.allow6_port.insert(tuple6(&k), 0);
+            e.allow6_port.insert(k, 0);
         }
         Ok(e)
     }
@@ -454,21 +444,14 @@ impl JailMaps {
         }
         for item in self.allow4_port.iter() {
             let (k, v) = item?;
-            e.allow4_port.insert(tuple4(&k), v);
+            e.allow4_port.insert(k, v);
         }
         for item in self.allow6_port.iter() {
             let (k, v) = item?;
-            e.allow6_port.insert(tuple6(&k), v);
+            e.allow6_port.insert(k, v);
         }
         Ok(e)
     }
-}
-
-fn tuple4(k: &PortKey4) -> (u32, u16, u8) {
-    (k.addr, k.port, k.proto)
-}
-fn tuple6(k: &PortKey6) -> ([u32; 4], u16, u8) {
-    (k.addr, k.port, k.proto)
 }
 
 fn add_lpm<K: aya::Pod + Ord>(
@@ -496,28 +479,26 @@ fn remove_lpm<K: aya::Pod + Ord>(
     Ok(n)
 }
 
-fn add_hash<K: aya::Pod, T: Ord>(
+fn add_hash<K: aya::Pod + Ord>(
     map: &mut HashMap<MapData, K, RuleId>,
-    want: &BTreeMap<T, RuleId>,
-    to_key: fn(&T) -> K,
+    want: &BTreeMap<K, RuleId>,
 ) -> Result<usize> {
-    for (t, &rule) in want {
-        map.insert(to_key(t), rule, 0)
+    for (k, &rule) in want {
+        map.insert(k, rule, 0)
             .context("insert a port entry (map full?)")?;
     }
     Ok(want.len())
 }
 
 /// Removes the keys of `current` that `keep` does not have.
-fn remove_hash<K: aya::Pod, T: Ord>(
+fn remove_hash<K: aya::Pod + Ord>(
     map: &mut HashMap<MapData, K, RuleId>,
-    current: &BTreeMap<T, RuleId>,
-    keep: &BTreeMap<T, RuleId>,
-    to_key: fn(&T) -> K,
+    current: &BTreeMap<K, RuleId>,
+    keep: &BTreeMap<K, RuleId>,
 ) -> Result<usize> {
     let mut n = 0;
-    for t in current.keys().filter(|t| !keep.contains_key(t)) {
-        remove_ok_if_gone(map.remove(&to_key(t)))?;
+    for k in current.keys().filter(|k| !keep.contains_key(k)) {
+        remove_ok_if_gone(map.remove(k))?;
         n += 1;
     }
     Ok(n)
