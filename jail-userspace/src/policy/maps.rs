@@ -35,31 +35,70 @@ pub struct MapEntries {
     pub deny6: BTreeMap<Prefix6, RuleId>,
 }
 
-/// The key of a policy map, as [`MapEntries`] holds it.
+/// The key of a policy map, as [`MapEntries`] holds it and as the kernel's map is keyed.
 pub trait MapKey: Ord + Copy + fmt::Debug {
+    /// An LPM trie, keyed by aya's `Key<Data>` (prefix length and data); else a hash map keyed
+    /// by `Data`, the key itself.
+    const LPM: bool;
+    type Data: aya::Pod;
+    /// The prefix length (0 for a hash key) and the data.
+    fn parts(&self) -> (u32, Self::Data);
+    fn from_parts(prefix_len: u32, data: Self::Data) -> Self;
     /// The key in the digest's canonical text.
     fn canonical(&self) -> String;
 }
 
 impl MapKey for Prefix4 {
+    const LPM: bool = true;
+    type Data = u32;
+    fn parts(&self) -> (u32, u32) {
+        *self
+    }
+    fn from_parts(prefix_len: u32, data: u32) -> Prefix4 {
+        (prefix_len, data)
+    }
     fn canonical(&self) -> String {
         format!("{} {:08x}", self.0, self.1)
     }
 }
 
 impl MapKey for Prefix6 {
+    const LPM: bool = true;
+    type Data = [u32; 4];
+    fn parts(&self) -> (u32, [u32; 4]) {
+        *self
+    }
+    fn from_parts(prefix_len: u32, data: [u32; 4]) -> Prefix6 {
+        (prefix_len, data)
+    }
     fn canonical(&self) -> String {
         format!("{} {:08x?}", self.0, self.1)
     }
 }
 
 impl MapKey for PortKey4 {
+    const LPM: bool = false;
+    type Data = PortKey4;
+    fn parts(&self) -> (u32, PortKey4) {
+        (0, *self)
+    }
+    fn from_parts(_: u32, data: PortKey4) -> PortKey4 {
+        data
+    }
     fn canonical(&self) -> String {
         format!("{:08x} {} {}", self.addr, self.port, self.proto)
     }
 }
 
 impl MapKey for PortKey6 {
+    const LPM: bool = false;
+    type Data = PortKey6;
+    fn parts(&self) -> (u32, PortKey6) {
+        (0, *self)
+    }
+    fn from_parts(_: u32, data: PortKey6) -> PortKey6 {
+        data
+    }
     fn canonical(&self) -> String {
         format!("{:08x?} {} {}", self.addr, self.port, self.proto)
     }
