@@ -369,24 +369,21 @@ impl JailMaps {
     /// the stale entries are those of `current` that `e` does not have). The caller holds the
     /// jail's lock, so nothing else changed the maps in between.
     pub fn apply_checked(&mut self, current: &MapEntries, e: &MapEntries) -> Result<usize> {
-        let mut add = Add {
-            maps: &mut self.policy,
-            want: e,
-            done: Ok(0),
-        };
-        MapEntries::each(&mut add);
-        let mut changes = add.done?;
-        // The deny maps first, then the allow maps.
-        for action in [Action::Deny, Action::Allow] {
-            let mut remove = Remove {
+        let mut changes = 0;
+        // Add to every map; then remove from the deny maps; then from the allow maps.
+        for remove in [
+            None,
+            Some((Action::Deny, current)),
+            Some((Action::Allow, current)),
+        ] {
+            let mut step = Update {
                 maps: &mut self.policy,
-                action,
-                current,
-                keep: e,
+                new: e,
+                remove,
                 done: Ok(0),
             };
-            MapEntries::each(&mut remove);
-            changes += remove.done?;
+            MapEntries::each(&mut step);
+            changes += step.done?;
         }
         Ok(changes)
     }
@@ -437,34 +434,23 @@ enum PolicyMap<T, K: MapKey> {
     Hash(HashMap<T, K::Data, RuleId>),
 }
 
-fn policy_map<'a, K: MapKey>(
-    maps: &'a BTreeMap<&'static str, Map>,
-    name: &str,
-) -> Result<PolicyMap<&'a MapData, K>> {
-    let map = maps
-        .get(name)
-        .ok_or_else(|| anyhow!("no policy map {name}"))?;
-    let typed = if K::LPM {
-        PolicyMap::Lpm(map.try_into()?)
-    } else {
-        PolicyMap::Hash(map.try_into()?)
-    };
-    Ok(typed)
+impl<T, K: MapKey> PolicyMap<T, K> {
+    /// `map` (a `&Map` or a `&mut Map`) as the kind of map `K` keys.
+    fn of<M>(map: M) -> Result<Self>
+    where
+        LpmTrie<T, K::Data, RuleId>: TryFrom<M, Error = aya::maps::MapError>,
+        HashMap<T, K::Data, RuleId>: TryFrom<M, Error = aya::maps::MapError>,
+    {
+        Ok(if K::LPM {
+            PolicyMap::Lpm(map.try_into()?)
+        } else {
+            PolicyMap::Hash(map.try_into()?)
+        })
+    }
 }
 
-fn policy_map_mut<'a, K: MapKey>(
-    maps: &'a mut BTreeMap<&'static str, Map>,
-    name: &str,
-) -> Result<PolicyMap<&'a mut MapData, K>> {
-    let map = maps
-        .get_mut(name)
-        .ok_or_else(|| anyhow!("no policy map {name}"))?;
-    let typed = if K::LPM {
-        PolicyMap::Lpm(map.try_into()?)
-    } else {
-        PolicyMap::Hash(map.try_into()?)
-    };
-    Ok(typed)
+fn no_map(name: &str) -> anyhow::Error {
+    anyhow!("no policy map {name}")
 }
 
 impl<T: Borrow<MapData>, K: MapKey> PolicyMap<T, K> {
@@ -525,69 +511,55 @@ struct Check<'a>(&'a BTreeMap<&'static str, Map>);
 impl EachMap for Check<'_> {
     type Out = Result<()>;
     fn map<K: MapKey>(&mut self, m: &MapDesc<K>) -> Result<()> {
-        policy_map::<K>(self.0, m.name)
+        let map = self.0.get(m.name).ok_or_else(|| no_map(m.name))?;
+        PolicyMap::<_, K>::of(map)
             .map(|_| ())
             .with_context(|| format!("policy map {}", m.name))
     }
 }
 
-/// Adds (or updates in place) the entries of `want`, map by map in the table's order, until
-/// one fails; counts them.
-struct Add<'a> {
+/// One step of an update ([`JailMaps::apply`]) over each map it concerns, in the table's order,
+/// until one fails; counts the entries written or removed.
+struct Update<'a> {
     maps: &'a mut BTreeMap<&'static str, Map>,
-    want: &'a MapEntries,
+    /// The entries after the update.
+    new: &'a MapEntries,
+    /// `None`: add (or update in place) the entries of `new` to every map. `Some((action,
+    /// current))`: remove from the maps of `action` the keys of `current` that `new` does not
+    /// have.
+    remove: Option<(Action, &'a MapEntries)>,
     done: Result<usize>,
 }
 
-impl EachMap for Add<'_> {
+impl EachMap for Update<'_> {
     type Out = ();
     fn map<K: MapKey>(&mut self, m: &MapDesc<K>) {
         let Ok(n) = self.done else { return };
-        let mut add = || -> Result<usize> {
-            let mut map = policy_map_mut::<K>(self.maps, m.name)?;
-            let want = (m.get)(self.want);
-            for (k, &rule) in want {
-                map.insert(k, rule)
-                    .with_context(|| format!("insert into {} (map full?)", m.name))?;
-            }
-            Ok(want.len())
-        };
-        self.done = add().map(|added| n + added);
-    }
-}
-
-/// Removes from the maps of `action` the keys of `current` that `keep` does not have, until
-/// one fails; counts them.
-struct Remove<'a> {
-    maps: &'a mut BTreeMap<&'static str, Map>,
-    action: Action,
-    current: &'a MapEntries,
-    keep: &'a MapEntries,
-    done: Result<usize>,
-}
-
-impl EachMap for Remove<'_> {
-    type Out = ();
-    fn map<K: MapKey>(&mut self, m: &MapDesc<K>) {
-        let Ok(n) = self.done else { return };
-        if m.action != self.action {
+        if self.remove.is_some_and(|(action, _)| action != m.action) {
             return;
         }
-        let mut remove = || -> Result<usize> {
-            let mut map = policy_map_mut::<K>(self.maps, m.name)?;
-            let keep = (m.get)(self.keep);
-            let mut removed = 0;
-            for k in (m.get)(self.current)
+        let new = (m.get)(self.new);
+        let mut step = || -> Result<usize> {
+            let map = self.maps.get_mut(m.name).ok_or_else(|| no_map(m.name))?;
+            let mut map = PolicyMap::<_, K>::of(map)?;
+            let Some((_, current)) = self.remove else {
+                for (k, &rule) in new {
+                    map.insert(k, rule)
+                        .with_context(|| format!("insert into {} (map full?)", m.name))?;
+                }
+                return Ok(new.len());
+            };
+            let stale: Vec<&K> = (m.get)(current)
                 .keys()
-                .filter(|k| !keep.contains_key(k))
-            {
+                .filter(|k| !new.contains_key(k))
+                .collect();
+            for k in &stale {
                 remove_ok_if_gone(map.remove(k))
                     .with_context(|| format!("remove from {}", m.name))?;
-                removed += 1;
             }
-            Ok(removed)
+            Ok(stale.len())
         };
-        self.done = remove().map(|removed| n + removed);
+        self.done = step().map(|changed| n + changed);
     }
 }
 
@@ -606,7 +578,8 @@ impl EachMap for Read<'_> {
             return;
         }
         let read = || -> Result<Vec<(K, RuleId)>> {
-            policy_map::<K>(self.maps, m.name)?
+            let map = self.maps.get(m.name).ok_or_else(|| no_map(m.name))?;
+            PolicyMap::<_, K>::of(map)?
                 .read(self.values)
                 .with_context(|| format!("read {}", m.name))
         };

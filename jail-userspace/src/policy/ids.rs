@@ -61,16 +61,13 @@ impl RuleIds {
     /// root-only. The caller holds the jail's lock.
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("create {}", tmp.display()))?;
-        serde_json::to_writer(&mut f, self)?;
-        f.write_all(b"\n")?;
-        f.sync_all()
+        let mut text = serde_json::to_vec(self)?;
+        text.push(b'\n');
+        // In the jail's run directory, which is root's alone (/run: no sync needed).
+        let mut new = fs::OpenOptions::new();
+        new.write(true).create(true).truncate(true).mode(0o600);
+        new.open(&tmp)
+            .and_then(|mut f| f.write_all(&text))
             .with_context(|| format!("write {}", tmp.display()))?;
         fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
     }

@@ -40,6 +40,8 @@ pub trait MapKey: Ord + Copy + fmt::Debug {
     /// An LPM trie, keyed by aya's `Key<Data>` (prefix length and data); else a hash map keyed
     /// by `Data`, the key itself.
     const LPM: bool;
+    /// Entries the kernel's map holds (jail-common's capacities).
+    const CAPACITY: u32;
     type Data: aya::Pod;
     /// The prefix length (0 for a hash key) and the data.
     fn parts(&self) -> (u32, Self::Data);
@@ -48,69 +50,51 @@ pub trait MapKey: Ord + Copy + fmt::Debug {
     fn canonical(&self) -> String;
 }
 
-impl MapKey for Prefix4 {
+/// The prefix maps: LPM tries keyed by `(prefix_len, address)`.
+impl<D: aya::Pod + Ord + fmt::Debug> MapKey for (u32, D) {
     const LPM: bool = true;
-    type Data = u32;
-    fn parts(&self) -> (u32, u32) {
+    const CAPACITY: u32 = MAX_PREFIX_ENTRIES;
+    type Data = D;
+    fn parts(&self) -> (u32, D) {
         *self
     }
-    fn from_parts(prefix_len: u32, data: u32) -> Prefix4 {
+    fn from_parts(prefix_len: u32, data: D) -> (u32, D) {
         (prefix_len, data)
     }
     fn canonical(&self) -> String {
-        format!("{} {:08x}", self.0, self.1)
-    }
-}
-
-impl MapKey for Prefix6 {
-    const LPM: bool = true;
-    type Data = [u32; 4];
-    fn parts(&self) -> (u32, [u32; 4]) {
-        *self
-    }
-    fn from_parts(prefix_len: u32, data: [u32; 4]) -> Prefix6 {
-        (prefix_len, data)
-    }
-    fn canonical(&self) -> String {
+        // `x?` prints a u32 as `{:08x}` would, and an IPv6 address as four such words.
         format!("{} {:08x?}", self.0, self.1)
     }
 }
 
-impl MapKey for PortKey4 {
-    const LPM: bool = false;
-    type Data = PortKey4;
-    fn parts(&self) -> (u32, PortKey4) {
-        (0, *self)
-    }
-    fn from_parts(_: u32, data: PortKey4) -> PortKey4 {
-        data
-    }
-    fn canonical(&self) -> String {
-        format!("{:08x} {} {}", self.addr, self.port, self.proto)
-    }
+/// The port maps: hash maps keyed by jail-common's key itself.
+macro_rules! port_key {
+    ($key:ty) => {
+        impl MapKey for $key {
+            const LPM: bool = false;
+            const CAPACITY: u32 = MAX_PORT_ENTRIES;
+            type Data = $key;
+            fn parts(&self) -> (u32, $key) {
+                (0, *self)
+            }
+            fn from_parts(_: u32, data: $key) -> $key {
+                data
+            }
+            fn canonical(&self) -> String {
+                format!("{:08x?} {} {}", self.addr, self.port, self.proto)
+            }
+        }
+    };
 }
+port_key!(PortKey4);
+port_key!(PortKey6);
 
-impl MapKey for PortKey6 {
-    const LPM: bool = false;
-    type Data = PortKey6;
-    fn parts(&self) -> (u32, PortKey6) {
-        (0, *self)
-    }
-    fn from_parts(_: u32, data: PortKey6) -> PortKey6 {
-        data
-    }
-    fn canonical(&self) -> String {
-        format!("{:08x?} {} {}", self.addr, self.port, self.proto)
-    }
-}
-
-/// One policy map: its name (jail_common::maps), whether it allows or denies, what fills it, its
-/// capacity, and where its entries are in a [`MapEntries`].
+/// One policy map: its name (jail_common::maps), whether it allows or denies, what fills it, and
+/// where its entries are in a [`MapEntries`]. Its capacity goes with its key type.
 pub struct MapDesc<K> {
     pub name: &'static str,
     pub action: Action,
     pub what: &'static str,
-    pub capacity: u32,
     pub get: fn(&MapEntries) -> &BTreeMap<K, RuleId>,
     pub get_mut: fn(&mut MapEntries) -> &mut BTreeMap<K, RuleId>,
 }
@@ -143,7 +127,7 @@ impl EachMap for NewIn<'_> {
     fn map<K: MapKey>(&mut self, m: &MapDesc<K>) -> Count {
         let (new, old) = ((m.get)(self.new), (m.get)(self.old));
         let n = new.keys().filter(|k| !old.contains_key(k)).count();
-        (m.label(), m.what, m.capacity, n)
+        (m.label(), m.what, K::CAPACITY, n)
     }
 }
 
@@ -162,59 +146,60 @@ impl EachMap for Canonical<'_> {
     }
 }
 
+/// The descriptor of the map `maps::$name`, whose entries are [`MapEntries`]' field `$field`.
+macro_rules! desc {
+    ($name:ident, $field:ident, $action:ident, $what:expr) => {
+        &MapDesc {
+            name: maps::$name,
+            action: Action::$action,
+            what: $what,
+            get: |e| &e.$field,
+            get_mut: |e| &mut e.$field,
+        }
+    };
+}
+
 impl MapEntries {
     /// `v` done to each policy map, in the order an update adds entries: the allow maps, then
     /// the deny maps (jail_common::maps::ALL's order).
     pub fn each<V: EachMap>(v: &mut V) -> [V::Out; 6] {
         [
-            v.map(&MapDesc {
-                name: maps::ALLOW4,
-                action: Action::Allow,
-                what: "IPv4 allow entries without a port",
-                capacity: MAX_PREFIX_ENTRIES,
-                get: |e| &e.allow4,
-                get_mut: |e| &mut e.allow4,
-            }),
-            v.map(&MapDesc {
-                name: maps::ALLOW6,
-                action: Action::Allow,
-                what: "IPv6 allow entries without a port",
-                capacity: MAX_PREFIX_ENTRIES,
-                get: |e| &e.allow6,
-                get_mut: |e| &mut e.allow6,
-            }),
-            v.map(&MapDesc {
-                name: maps::ALLOW4_PORT,
-                action: Action::Allow,
-                what: "IPv4 ADDR:PORT allow entries, two per entry and protocol",
-                capacity: MAX_PORT_ENTRIES,
-                get: |e| &e.allow4_port,
-                get_mut: |e| &mut e.allow4_port,
-            }),
-            v.map(&MapDesc {
-                name: maps::ALLOW6_PORT,
-                action: Action::Allow,
-                what: "IPv6 [ADDR]:PORT allow entries, two per entry and protocol",
-                capacity: MAX_PORT_ENTRIES,
-                get: |e| &e.allow6_port,
-                get_mut: |e| &mut e.allow6_port,
-            }),
-            v.map(&MapDesc {
-                name: maps::DENY4,
-                action: Action::Deny,
-                what: "IPv4 deny entries (defaults, deny-ip, the host's)",
-                capacity: MAX_PREFIX_ENTRIES,
-                get: |e| &e.deny4,
-                get_mut: |e| &mut e.deny4,
-            }),
-            v.map(&MapDesc {
-                name: maps::DENY6,
-                action: Action::Deny,
-                what: "IPv6 deny entries (defaults, deny-ip, the host's)",
-                capacity: MAX_PREFIX_ENTRIES,
-                get: |e| &e.deny6,
-                get_mut: |e| &mut e.deny6,
-            }),
+            v.map(desc!(
+                ALLOW4,
+                allow4,
+                Allow,
+                "IPv4 allow entries without a port"
+            )),
+            v.map(desc!(
+                ALLOW6,
+                allow6,
+                Allow,
+                "IPv6 allow entries without a port"
+            )),
+            v.map(desc!(
+                ALLOW4_PORT,
+                allow4_port,
+                Allow,
+                "IPv4 ADDR:PORT allow entries, two per entry and protocol"
+            )),
+            v.map(desc!(
+                ALLOW6_PORT,
+                allow6_port,
+                Allow,
+                "IPv6 [ADDR]:PORT allow entries, two per entry and protocol"
+            )),
+            v.map(desc!(
+                DENY4,
+                deny4,
+                Deny,
+                "IPv4 deny entries (defaults, deny-ip, the host's)"
+            )),
+            v.map(desc!(
+                DENY6,
+                deny6,
+                Deny,
+                "IPv6 deny entries (defaults, deny-ip, the host's)"
+            )),
         ]
     }
 
@@ -293,27 +278,18 @@ impl MapEntries {
         for (id, rule) in rules {
             let (v4s, v6) = map_forms(rule.target.net);
             match (rule.action, rule.target.port) {
-                (Action::Deny, _) => {
+                // Deny rules never carry a port.
+                (action @ Action::Deny, _) | (action @ Action::Allow, None) => {
+                    let (m4, m6) = match action {
+                        Action::Allow => (&mut m.allow4, &mut m.allow6),
+                        Action::Deny => (&mut m.deny4, &mut m.deny6),
+                    };
                     for n in v4s {
-                        m.deny4
-                            .entry((u32::from(n.prefix_len()), ne4(n.network())))
+                        m4.entry((u32::from(n.prefix_len()), ne4(n.network())))
                             .or_insert(id);
                     }
                     if let Some(n) = v6 {
-                        m.deny6
-                            .entry((u32::from(n.prefix_len()), ne6(n.network())))
-                            .or_insert(id);
-                    }
-                }
-                (Action::Allow, None) => {
-                    for n in v4s {
-                        m.allow4
-                            .entry((u32::from(n.prefix_len()), ne4(n.network())))
-                            .or_insert(id);
-                    }
-                    if let Some(n) = v6 {
-                        m.allow6
-                            .entry((u32::from(n.prefix_len()), ne6(n.network())))
+                        m6.entry((u32::from(n.prefix_len()), ne6(n.network())))
                             .or_insert(id);
                     }
                 }
@@ -346,45 +322,32 @@ impl MapEntries {
     /// What the programs decide from these entries. `port_key`: the port to look up in the port
     /// maps, if any (see [`super::Policy::decide`]).
     pub(super) fn judge(&self, ip: IpAddr, port_key: Option<u16>, proto: u8) -> Decision {
-        let allow = |rule| Decision {
-            allowed: true,
-            rule: Some(rule),
+        // The port entry, the allow prefix and the deny prefix that match, if any.
+        let (port, allow, deny) = match judged(ip) {
+            Judged::V4(a) => (
+                port_key.and_then(|p| self.allow4_port.get(&PortKey4::new(ne4(a), p, proto))),
+                lpm4(&self.allow4, a),
+                lpm4(&self.deny4, a),
+            ),
+            Judged::V6(a) => (
+                port_key.and_then(|p| self.allow6_port.get(&PortKey6::new(ne6(a), p, proto))),
+                lpm6(&self.allow6, a),
+                lpm6(&self.deny6, a),
+            ),
         };
-        let deny = |rule| Decision {
-            allowed: false,
-            rule: Some(rule),
-        };
-        match judged(ip) {
-            Judged::V4(a) => {
-                let port_hit =
-                    port_key.and_then(|p| self.allow4_port.get(&PortKey4::new(ne4(a), p, proto)));
-                if let Some(&r) = port_hit {
-                    return allow(r);
-                }
-                if let Some(r) = lpm4(&self.allow4, a) {
-                    return allow(r);
-                }
-                if let Some(r) = lpm4(&self.deny4, a) {
-                    return deny(r);
-                }
-            }
-            Judged::V6(a) => {
-                let port_hit =
-                    port_key.and_then(|p| self.allow6_port.get(&PortKey6::new(ne6(a), p, proto)));
-                if let Some(&r) = port_hit {
-                    return allow(r);
-                }
-                if let Some(r) = lpm6(&self.allow6, a) {
-                    return allow(r);
-                }
-                if let Some(r) = lpm6(&self.deny6, a) {
-                    return deny(r);
-                }
-            }
-        }
-        Decision {
-            allowed: true,
-            rule: None,
+        match (port.copied().or(allow), deny) {
+            (Some(r), _) => Decision {
+                allowed: true,
+                rule: Some(r),
+            },
+            (None, Some(r)) => Decision {
+                allowed: false,
+                rule: Some(r),
+            },
+            (None, None) => Decision {
+                allowed: true,
+                rule: None,
+            },
         }
     }
 
@@ -392,18 +355,16 @@ impl MapEntries {
     pub(super) fn allow_for_addr(&self, ip: IpAddr) -> Option<RuleId> {
         match judged(ip) {
             Judged::V4(a) => lpm4(&self.allow4, a).or_else(|| {
-                let k = ne4(a);
+                let a = ne4(a);
                 self.allow4_port
                     .iter()
-                    .find(|(key, _)| key.addr == k)
-                    .map(|(_, &r)| r)
+                    .find_map(|(k, &r)| (k.addr == a).then_some(r))
             }),
             Judged::V6(a) => lpm6(&self.allow6, a).or_else(|| {
-                let k = ne6(a);
+                let a = ne6(a);
                 self.allow6_port
                     .iter()
-                    .find(|(key, _)| key.addr == k)
-                    .map(|(_, &r)| r)
+                    .find_map(|(k, &r)| (k.addr == a).then_some(r))
             }),
         }
     }
@@ -411,25 +372,55 @@ impl MapEntries {
 
 /// Longest-prefix match, as the kernel's LPM trie does it.
 fn lpm4(map: &BTreeMap<Prefix4, RuleId>, a: Ipv4Addr) -> Option<RuleId> {
-    let n = u32::from(a);
-    (0..=32u32).rev().find_map(|len| {
-        let masked = if len == 0 {
-            0
-        } else {
-            n & (u32::MAX << (32 - len))
-        };
-        map.get(&(len, ne4(Ipv4Addr::from(masked)))).copied()
+    lpm(map, u32::from(a).into(), 32, |m| {
+        ne4(Ipv4Addr::from(m as u32))
     })
 }
 
 fn lpm6(map: &BTreeMap<Prefix6, RuleId>, a: Ipv6Addr) -> Option<RuleId> {
-    let n = u128::from(a);
-    (0..=128u32).rev().find_map(|len| {
-        let masked = if len == 0 {
-            0
-        } else {
-            n & (u128::MAX << (128 - len))
-        };
-        map.get(&(len, ne6(Ipv6Addr::from(masked)))).copied()
+    lpm(map, u128::from(a), 128, |m| ne6(Ipv6Addr::from(m)))
+}
+
+/// The entry of the longest prefix of the `bits`-bit address `n` in `map`; `key` makes a key's
+/// data of a masked address.
+fn lpm<D: Ord>(
+    map: &BTreeMap<(u32, D), RuleId>,
+    n: u128,
+    bits: u32,
+    key: impl Fn(u128) -> D,
+) -> Option<RuleId> {
+    (0..=bits).rev().find_map(|len| {
+        let host = bits - len;
+        let masked = if host >= 128 { 0 } else { n >> host << host };
+        map.get(&(len, key(masked))).copied()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digest hashes this text: its format is what lets `verify` compare a digest recorded
+    /// by an earlier version (whose code wrote IPv4 words with `{:08x}`).
+    #[test]
+    fn the_canonical_text_keeps_its_format() {
+        let mut e = MapEntries::default();
+        e.allow4.insert((32, ne4(Ipv4Addr::new(10, 20, 0, 8))), 2);
+        e.deny6.insert((7, ne6("fc00::".parse().unwrap())), 9);
+        e.allow4_port
+            .insert(PortKey4::new(ne4(Ipv4Addr::new(10, 0, 0, 7)), 443, 6), 3);
+        e.allow6_port
+            .insert(PortKey6::new(ne6("fd00::5".parse().unwrap()), 0, 17), 4);
+        let a = ne4(Ipv4Addr::new(10, 20, 0, 8));
+        let b = ne4(Ipv4Addr::new(10, 0, 0, 7));
+        let fc = ne6("fc00::".parse().unwrap());
+        let fd = ne6("fd00::5".parse().unwrap());
+        assert_eq!(
+            e.canonical(),
+            format!(
+                "allow4 32 {a:08x} 2\ndeny6 7 {fc:08x?} 9\nallow4_port {b:08x} 443 6 3\n\
+                 allow6_port {fd:08x?} 0 17 4\n"
+            )
+        );
+    }
 }
