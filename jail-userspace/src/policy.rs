@@ -16,7 +16,7 @@
 //!
 //! By job: this file compiles rules (the conf's, the defaults, the host's); [`maps`] is the
 //! kernel's map layout (entries, capacities, digest, the programs' verdict); [`ids`] the rule ids
-//! that stay stable across reloads; [`jail`] the two policies of one jail; `advice` what
+//! that stay stable across reloads; `jail` the two policies of one jail ([`policies`]); `advice` what
 //! `claude-jail policy` warns about.
 mod advice;
 pub mod ids;

@@ -76,3 +76,60 @@ pub fn policies(
     let pasta = pasta.numbered(&mut n)?;
     Ok((jail, pasta, n.finish()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::conf::parse;
+
+    fn conf(text: &str) -> Conf {
+        parse(Path::new("/c"), text.as_bytes()).unwrap()
+    }
+
+    /// A reload that inserts a line above a deny: the deny's map entry takes a new id (another
+    /// conf line), the rules a reload leaves as they were keep theirs, and the old id still
+    /// names the rule as it was.
+    #[test]
+    fn a_moved_rule_gets_a_new_id_and_the_others_keep_theirs() {
+        let h = HostNet::default();
+        let dns: [IpAddr; 1] = ["10.0.0.53".parse().unwrap()];
+        let (j1, p1, ids1) = policies(
+            &conf("deny-ip = 10.1.2.0/24\n"),
+            &h,
+            &dns,
+            &[],
+            &RuleIds::default(),
+        )
+        .unwrap();
+        let key = (24, crate::addr::ne4("10.1.2.0".parse().unwrap()));
+        let default10 = (8, crate::addr::ne4("10.0.0.0".parse().unwrap()));
+        let (j2, p2, ids2) = policies(
+            &conf("allow-ip = 10.1.2.5\n\ndeny-ip = 10.1.2.0/24\n"),
+            &h,
+            &dns,
+            &[],
+            &ids1,
+        )
+        .unwrap();
+        let (old, new) = (j1.map_entries().deny4[&key], j2.map_entries().deny4[&key]);
+        assert_ne!(old, new);
+        assert_eq!(ids2.describe(old), Some("deny 10.1.2.0/24 (conf /c:1)"));
+        assert_eq!(ids2.describe(new), Some("deny 10.1.2.0/24 (conf /c:3)"));
+        assert_eq!(
+            j1.map_entries().deny4[&default10],
+            j2.map_entries().deny4[&default10],
+            "the default deny kept its id"
+        );
+        // pasta's policy shares the numbering: the same rule, the same id.
+        assert_eq!(p2.map_entries().deny4[&key], new);
+        assert_eq!(p1.map_entries().deny4[&key], old);
+        // Every id in the maps is in the table saved with them.
+        for p in [&j2, &p2] {
+            for (id, r) in p.rules_with_ids() {
+                assert_eq!(ids2.describe(id), Some(r.to_string().as_str()));
+            }
+        }
+    }
+}
