@@ -54,8 +54,9 @@ pub const MAX_PORT_ENTRIES: u32 = 32_768;
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 
-/// Index of a rule in the compiled policy: stored as the value of every policy map entry so that
-/// an event can say which entry matched.
+/// The id of a rule, stored as the value of every policy map entry so that an event can say
+/// which entry matched. Opaque to the programs; userspace hands each id out once per jail, for one
+/// rule (jail-userspace's `policy::ids`), so that it names the same rule after a reload.
 pub type RuleId = u32;
 
 /// IP protocol numbers the port-specific allow entries use.
@@ -67,8 +68,10 @@ pub const PROTO_ICMPV6: u8 = 58;
 /// Key of [`maps::ALLOW4_PORT`]. `port == 0` is a marker the compiler adds next to every
 /// port-specific entry: "some port of this address and protocol is allowed". The packet backstop
 /// uses it for non-first fragments, which carry no port (configured ports are never 0).
+///
+/// Ordered by address, then port, then protocol (userspace keeps the entries sorted by key).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortKey4 {
     pub addr: u32,
     pub port: u16,
@@ -76,14 +79,36 @@ pub struct PortKey4 {
     pub _pad: u8,
 }
 
+impl PortKey4 {
+    pub const fn new(addr: u32, port: u16, proto: u8) -> PortKey4 {
+        PortKey4 {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// Key of [`maps::ALLOW6_PORT`]; see [`PortKey4`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortKey6 {
     pub addr: [u32; 4],
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
+}
+
+impl PortKey6 {
+    pub const fn new(addr: [u32; 4], port: u16, proto: u8) -> PortKey6 {
+        PortKey6 {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
 }
 
 /// The hook that judged an attempt.

@@ -13,6 +13,7 @@
 //! are attached and pinned or none is (a failure unpins what was done; dropping an unpinned link
 //! detaches it).
 use std::{
+    borrow::{Borrow, BorrowMut},
     collections::BTreeMap,
     fs,
     io::{self, ErrorKind},
@@ -23,7 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        HashMap, MapData, PerCpuArray, RingBuf,
+        HashMap, Map, MapData, PerCpuArray, RingBuf,
     },
     programs::{
         cgroup_skb::CgroupSkbAttachType, links::FdLink, CgroupAttachMode, CgroupSkb,
@@ -32,11 +33,14 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use jail_common::{
-    counter_index, maps, Hook, PortKey4, PortKey6, RuleId, COUNTER_COUNT, COUNTER_EVENTS_DROPPED,
-    VERDICT_ALLOW, VERDICT_DENY,
+    counter_index, maps, Hook, RuleId, COUNTER_COUNT, COUNTER_EVENTS_DROPPED, VERDICT_ALLOW,
+    VERDICT_DENY,
 };
 
-use crate::policy::{port_key4, port_key6, MapEntries};
+use crate::policy::{
+    maps::{EachMap, MapDesc, MapKey},
+    Action, MapEntries,
+};
 
 /// The object built by `cargo xtask build-ebpf`, embedded by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jail-ebpf.o"));
@@ -242,12 +246,8 @@ pub fn links_pinned(pin_dir: &Path) -> bool {
 
 /// The policy and counter maps of one attached instance.
 pub struct JailMaps {
-    allow4: LpmTrie<MapData, u32, RuleId>,
-    allow6: LpmTrie<MapData, [u32; 4], RuleId>,
-    allow4_port: HashMap<MapData, PortKey4, RuleId>,
-    allow6_port: HashMap<MapData, PortKey6, RuleId>,
-    deny4: LpmTrie<MapData, u32, RuleId>,
-    deny6: LpmTrie<MapData, [u32; 4], RuleId>,
+    /// The six policy maps by name, each described once in [`MapEntries::each`]'s table.
+    policy: BTreeMap<&'static str, Map>,
     counters: PerCpuArray<MapData, u64>,
     /// Taken by the event reader; `None` in instances opened for reload or status.
     events: Option<RingBuf<MapData>>,
@@ -310,13 +310,16 @@ impl JailMaps {
         mut get: impl FnMut(&str) -> Result<aya::maps::Map>,
         with_events: bool,
     ) -> Result<JailMaps> {
+        let mut policy = BTreeMap::new();
+        for name in MapEntries::each(&mut Names) {
+            policy.insert(name, get(name)?);
+        }
+        // Each map of the type and key size its entries need, checked once here.
+        for checked in MapEntries::each(&mut Check(&policy)) {
+            checked?;
+        }
         Ok(JailMaps {
-            allow4: get(maps::ALLOW4)?.try_into()?,
-            allow6: get(maps::ALLOW6)?.try_into()?,
-            allow4_port: get(maps::ALLOW4_PORT)?.try_into()?,
-            allow6_port: get(maps::ALLOW6_PORT)?.try_into()?,
-            deny4: get(maps::DENY4)?.try_into()?,
-            deny6: get(maps::DENY6)?.try_into()?,
+            policy,
             counters: get(maps::COUNTERS)?.try_into()?,
             events: if with_events {
                 Some(get(maps::EVENTS)?.try_into()?)
@@ -365,54 +368,28 @@ impl JailMaps {
     /// jail's lock, so nothing else changed the maps in between.
     pub fn apply_checked(&mut self, current: &MapEntries, e: &MapEntries) -> Result<usize> {
         let mut changes = 0;
-        changes += add_lpm(&mut self.allow4, &e.allow4)?;
-        changes += add_lpm(&mut self.allow6, &e.allow6)?;
-        changes += add_hash(&mut self.allow4_port, &e.allow4_port, port_key4)?;
-        changes += add_hash(&mut self.allow6_port, &e.allow6_port, port_key6)?;
-        changes += add_lpm(&mut self.deny4, &e.deny4)?;
-        changes += add_lpm(&mut self.deny6, &e.deny6)?;
-        changes += remove_lpm(&mut self.deny4, &current.deny4, &e.deny4)?;
-        changes += remove_lpm(&mut self.deny6, &current.deny6, &e.deny6)?;
-        changes += remove_hash(
-            &mut self.allow4_port,
-            &current.allow4_port,
-            &e.allow4_port,
-            port_key4,
-        )?;
-        changes += remove_hash(
-            &mut self.allow6_port,
-            &current.allow6_port,
-            &e.allow6_port,
-            port_key6,
-        )?;
-        changes += remove_lpm(&mut self.allow4, &current.allow4, &e.allow4)?;
-        changes += remove_lpm(&mut self.allow6, &current.allow6, &e.allow6)?;
+        // Add to every map; then remove from the deny maps; then from the allow maps.
+        for remove in [
+            None,
+            Some((Action::Deny, current)),
+            Some((Action::Allow, current)),
+        ] {
+            let mut step = Update {
+                maps: &mut self.policy,
+                new: e,
+                remove,
+                done: Ok(0),
+            };
+            MapEntries::each(&mut step);
+            changes += step.done?;
+        }
         Ok(changes)
     }
 
     /// The keys currently in the maps (the values, which [`Self::read_entries`] also reads, are
     /// left at 0): one syscall per entry, not two.
     fn read_keys(&self) -> Result<MapEntries> {
-        let mut e = MapEntries::default();
-        for k in all_keys(self.allow4.keys())? {
-            e.allow4.insert((k.prefix_len(), k.data()), 0);
-        }
-        for k in all_keys(self.allow6.keys())? {
-            e.allow6.insert((k.prefix_len(), k.data()), 0);
-        }
-        for k in all_keys(self.deny4.keys())? {
-            e.deny4.insert((k.prefix_len(), k.data()), 0);
-        }
-        for k in all_keys(self.deny6.keys())? {
-            e.deny6.insert((k.prefix_len(), k.data()), 0);
-        }
-        for k in all_keys(self.allow4_port.keys())? {
-            e.allow4_port.insert(tuple4(&k), 0);
-        }
-        for k in all_keys(self.allow6_port.keys())? {
-            e.allow6_port.insert(tuple6(&k), 0);
-        }
-        Ok(e)
+        self.read(false)
     }
 
     /// The counters, summed over CPUs.
@@ -433,92 +410,182 @@ impl JailMaps {
 
     /// The entries currently in the maps, in the same shape the policy compiles to.
     pub fn read_entries(&self) -> Result<MapEntries> {
-        let mut e = MapEntries::default();
-        for item in self.allow4.iter() {
-            let (k, v) = item?;
-            e.allow4.insert((k.prefix_len(), k.data()), v);
-        }
-        for item in self.allow6.iter() {
-            let (k, v) = item?;
-            e.allow6.insert((k.prefix_len(), k.data()), v);
-        }
-        for item in self.deny4.iter() {
-            let (k, v) = item?;
-            e.deny4.insert((k.prefix_len(), k.data()), v);
-        }
-        for item in self.deny6.iter() {
-            let (k, v) = item?;
-            e.deny6.insert((k.prefix_len(), k.data()), v);
-        }
-        for item in self.allow4_port.iter() {
-            let (k, v) = item?;
-            e.allow4_port.insert(tuple4(&k), v);
-        }
-        for item in self.allow6_port.iter() {
-            let (k, v) = item?;
-            e.allow6_port.insert(tuple6(&k), v);
-        }
-        Ok(e)
+        self.read(true)
+    }
+
+    fn read(&self, values: bool) -> Result<MapEntries> {
+        let mut read = Read {
+            maps: &self.policy,
+            values,
+            into: MapEntries::default(),
+            done: Ok(()),
+        };
+        MapEntries::each(&mut read);
+        read.done?;
+        Ok(read.into)
     }
 }
 
-fn tuple4(k: &PortKey4) -> (u32, u16, u8) {
-    (k.addr, k.port, k.proto)
-}
-fn tuple6(k: &PortKey6) -> ([u32; 4], u16, u8) {
-    (k.addr, k.port, k.proto)
-}
-
-fn add_lpm<K: aya::Pod + Ord>(
-    map: &mut LpmTrie<MapData, K, RuleId>,
-    want: &BTreeMap<(u32, K), RuleId>,
-) -> Result<usize> {
-    for (&(len, data), &rule) in want {
-        map.insert(&Key::new(len, data), rule, 0)
-            .with_context(|| format!("insert a /{len} prefix (map full?)"))?;
-    }
-    Ok(want.len())
+/// One policy map, typed by its key ([`MapKey`]): an LPM trie or a hash map.
+enum PolicyMap<T, K: MapKey> {
+    Lpm(LpmTrie<T, K::Data, RuleId>),
+    Hash(HashMap<T, K::Data, RuleId>),
 }
 
-/// Removes the keys of `current` that `keep` does not have.
-fn remove_lpm<K: aya::Pod + Ord>(
-    map: &mut LpmTrie<MapData, K, RuleId>,
-    current: &BTreeMap<(u32, K), RuleId>,
-    keep: &BTreeMap<(u32, K), RuleId>,
-) -> Result<usize> {
-    let mut n = 0;
-    for &(len, data) in current.keys().filter(|k| !keep.contains_key(k)) {
-        remove_ok_if_gone(map.remove(&Key::new(len, data)))?;
-        n += 1;
+impl<T, K: MapKey> PolicyMap<T, K> {
+    /// `map` (a `&Map` or a `&mut Map`) as the kind of map `K` keys.
+    fn of<M>(map: M) -> Result<Self>
+    where
+        LpmTrie<T, K::Data, RuleId>: TryFrom<M, Error = aya::maps::MapError>,
+        HashMap<T, K::Data, RuleId>: TryFrom<M, Error = aya::maps::MapError>,
+    {
+        Ok(if K::LPM {
+            PolicyMap::Lpm(map.try_into()?)
+        } else {
+            PolicyMap::Hash(map.try_into()?)
+        })
     }
-    Ok(n)
 }
 
-fn add_hash<K: aya::Pod, T: Ord>(
-    map: &mut HashMap<MapData, K, RuleId>,
-    want: &BTreeMap<T, RuleId>,
-    to_key: fn(&T) -> K,
-) -> Result<usize> {
-    for (t, &rule) in want {
-        map.insert(to_key(t), rule, 0)
-            .context("insert a port entry (map full?)")?;
-    }
-    Ok(want.len())
+fn no_map(name: &str) -> anyhow::Error {
+    anyhow!("no policy map {name}")
 }
 
-/// Removes the keys of `current` that `keep` does not have.
-fn remove_hash<K: aya::Pod, T: Ord>(
-    map: &mut HashMap<MapData, K, RuleId>,
-    current: &BTreeMap<T, RuleId>,
-    keep: &BTreeMap<T, RuleId>,
-    to_key: fn(&T) -> K,
-) -> Result<usize> {
-    let mut n = 0;
-    for t in current.keys().filter(|t| !keep.contains_key(t)) {
-        remove_ok_if_gone(map.remove(&to_key(t)))?;
-        n += 1;
+impl<T: Borrow<MapData>, K: MapKey> PolicyMap<T, K> {
+    /// Every key (and, with `values`, its rule id; else 0).
+    fn read(&self, values: bool) -> Result<Vec<(K, RuleId)>> {
+        Ok(match (self, values) {
+            (PolicyMap::Lpm(m), false) => all_keys(m.keys())?
+                .into_iter()
+                .map(|k| (K::from_parts(k.prefix_len(), k.data()), 0))
+                .collect(),
+            (PolicyMap::Lpm(m), true) => all_keys(m.iter())?
+                .into_iter()
+                .map(|(k, v)| (K::from_parts(k.prefix_len(), k.data()), v))
+                .collect(),
+            (PolicyMap::Hash(m), false) => all_keys(m.keys())?
+                .into_iter()
+                .map(|k| (K::from_parts(0, k), 0))
+                .collect(),
+            (PolicyMap::Hash(m), true) => all_keys(m.iter())?
+                .into_iter()
+                .map(|(k, v)| (K::from_parts(0, k), v))
+                .collect(),
+        })
     }
-    Ok(n)
+}
+
+impl<T: BorrowMut<MapData>, K: MapKey> PolicyMap<T, K> {
+    fn insert(&mut self, key: &K, rule: RuleId) -> Result<(), aya::maps::MapError> {
+        let (len, data) = key.parts();
+        match self {
+            PolicyMap::Lpm(m) => m.insert(&Key::new(len, data), rule, 0),
+            PolicyMap::Hash(m) => m.insert(data, rule, 0),
+        }
+    }
+
+    fn remove(&mut self, key: &K) -> Result<(), aya::maps::MapError> {
+        let (len, data) = key.parts();
+        match self {
+            PolicyMap::Lpm(m) => m.remove(&Key::new(len, data)),
+            PolicyMap::Hash(m) => m.remove(&data),
+        }
+    }
+}
+
+/// The names of the policy maps.
+struct Names;
+
+impl EachMap for Names {
+    type Out = &'static str;
+    fn map<K: MapKey>(&mut self, m: &MapDesc<K>) -> &'static str {
+        m.name
+    }
+}
+
+/// Whether each policy map opens with its key type.
+struct Check<'a>(&'a BTreeMap<&'static str, Map>);
+
+impl EachMap for Check<'_> {
+    type Out = Result<()>;
+    fn map<K: MapKey>(&mut self, m: &MapDesc<K>) -> Result<()> {
+        let map = self.0.get(m.name).ok_or_else(|| no_map(m.name))?;
+        PolicyMap::<_, K>::of(map)
+            .map(|_| ())
+            .with_context(|| format!("policy map {}", m.name))
+    }
+}
+
+/// One step of an update ([`JailMaps::apply`]) over each map it concerns, in the table's order,
+/// until one fails; counts the entries written or removed.
+struct Update<'a> {
+    maps: &'a mut BTreeMap<&'static str, Map>,
+    /// The entries after the update.
+    new: &'a MapEntries,
+    /// `None`: add (or update in place) the entries of `new` to every map. `Some((action,
+    /// current))`: remove from the maps of `action` the keys of `current` that `new` does not
+    /// have.
+    remove: Option<(Action, &'a MapEntries)>,
+    done: Result<usize>,
+}
+
+impl EachMap for Update<'_> {
+    type Out = ();
+    fn map<K: MapKey>(&mut self, m: &MapDesc<K>) {
+        let Ok(n) = self.done else { return };
+        if self.remove.is_some_and(|(action, _)| action != m.action) {
+            return;
+        }
+        let new = (m.get)(self.new);
+        let mut step = || -> Result<usize> {
+            let map = self.maps.get_mut(m.name).ok_or_else(|| no_map(m.name))?;
+            let mut map = PolicyMap::<_, K>::of(map)?;
+            let Some((_, current)) = self.remove else {
+                for (k, &rule) in new {
+                    map.insert(k, rule)
+                        .with_context(|| format!("insert into {} (map full?)", m.name))?;
+                }
+                return Ok(new.len());
+            };
+            let stale: Vec<&K> = (m.get)(current)
+                .keys()
+                .filter(|k| !new.contains_key(k))
+                .collect();
+            for k in &stale {
+                remove_ok_if_gone(map.remove(k))
+                    .with_context(|| format!("remove from {}", m.name))?;
+            }
+            Ok(stale.len())
+        };
+        self.done = step().map(|changed| n + changed);
+    }
+}
+
+/// Reads the keys (with `values`, and their rule ids) of every map into `into`.
+struct Read<'a> {
+    maps: &'a BTreeMap<&'static str, Map>,
+    values: bool,
+    into: MapEntries,
+    done: Result<()>,
+}
+
+impl EachMap for Read<'_> {
+    type Out = ();
+    fn map<K: MapKey>(&mut self, m: &MapDesc<K>) {
+        if self.done.is_err() {
+            return;
+        }
+        let read = || -> Result<Vec<(K, RuleId)>> {
+            let map = self.maps.get(m.name).ok_or_else(|| no_map(m.name))?;
+            PolicyMap::<_, K>::of(map)?
+                .read(self.values)
+                .with_context(|| format!("read {}", m.name))
+        };
+        match read() {
+            Ok(entries) => (m.get_mut)(&mut self.into).extend(entries),
+            Err(e) => self.done = Err(e),
+        }
+    }
 }
 
 /// Every key of a map, or an error: never a listing cut short (aya's key iterator ends after its

@@ -688,7 +688,7 @@ pub fn parse_deny(v: &str) -> Result<IpNet, String> {
     }
     let net = parse_net(v)?;
     // IPv4-mapped, IPv4-compatible and NAT64 forms are judged as the IPv4 address they carry.
-    let embedded = crate::policy::embedded_ipv4(net);
+    let embedded = crate::addr::embedded_ipv4(net);
     let as_v4 = match net {
         IpNet::V4(n) => Some(n),
         IpNet::V6(_) => embedded,

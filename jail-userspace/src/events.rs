@@ -260,7 +260,7 @@ impl Aggregator {
 
     /// The records of this window: the first [`MAX_RECORDS_PER_FLUSH`] by (pid, ...), then one
     /// `suppressed` record counting the rest; within the jail's budget ([`Aggregator::flush_at`]).
-    pub fn flush(&mut self, describe: impl Fn(u32) -> String) -> Vec<Record> {
+    pub fn flush(&mut self, describe: impl FnMut(u32) -> String) -> Vec<Record> {
         self.flush_at(std::time::Instant::now(), describe)
     }
 
@@ -270,7 +270,7 @@ impl Aggregator {
     pub fn flush_at(
         &mut self,
         now: std::time::Instant,
-        describe: impl Fn(u32) -> String,
+        describe: impl FnMut(u32) -> String,
     ) -> Vec<Record> {
         let mut out = Vec::new();
         for r in self.window(describe) {
@@ -313,7 +313,7 @@ impl Aggregator {
         })
     }
 
-    fn window(&mut self, describe: impl Fn(u32) -> String) -> Vec<Record> {
+    fn window(&mut self, mut describe: impl FnMut(u32) -> String) -> Vec<Record> {
         let pending = std::mem::take(&mut self.pending);
         let jail_pids = std::mem::take(&mut self.jail_pids);
         let mut out = Vec::new();

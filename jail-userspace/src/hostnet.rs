@@ -549,7 +549,8 @@ mod tests {
             ],
         );
         let conf = crate::conf::Conf::empty(std::path::Path::new("t"));
-        let (jail, pasta) = crate::launch::policies(&conf, &h, &[], &[]);
+        let (jail, pasta, _) =
+            crate::policy::policies(&conf, &h, &[], &[], &Default::default()).unwrap();
         for a in [
             "198.19.0.10",
             "2001:db8:19::10",

@@ -24,7 +24,6 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use ipnet::IpNet;
 use nix::{
     sys::{
         signal::{kill, SigSet, Signal},
@@ -38,12 +37,12 @@ use crate::{
     bpf,
     caller::Caller,
     cgroup,
-    conf::{self, AllowEntry, PortSpec, Proto, Trust},
+    conf::{self, PortSpec, Trust},
     events,
     hostnet::HostNet,
     jail::{self, EXIT_JAIL_FAILED},
     netns, pasta,
-    policy::{Policy, Source},
+    policy::{self, Policy, RuleIds},
     preflight,
     state::{self, JailLock, JailRecord, Paths},
     supervise, user,
@@ -361,7 +360,8 @@ fn build(inputs: Inputs) -> Result<Jail> {
     let resolvers = netns::resolvers(&host_resolv);
     // The jail's own addresses are known once pasta has configured its namespace (below); until
     // then the jail runs nothing.
-    let (jail_policy, pasta_policy) = policies(conf, &host, &resolvers, &[]);
+    let (jail_policy, pasta_policy, rule_ids) =
+        policy::policies(conf, &host, &resolvers, &[], &RuleIds::default())?;
     if let Some(msg) = jail_policy.map_entries().over_capacity() {
         bail!("{msg}");
     }
@@ -393,6 +393,8 @@ fn build(inputs: Inputs) -> Result<Jail> {
     let v1_limits = limits(conf, &paths, &id, &jail_cg)?;
     built.v1_cgroups.extend(v1_limits.iter().cloned());
 
+    // The ids the maps are about to hold, for the launcher's and reloads' descriptions of them.
+    rule_ids.save(&policy::ids::path(&run_dir))?;
     built.pins.push(paths.jail_pins(&id));
     let mut jail_maps = bpf::attach(
         jail_cg.path(),
@@ -459,7 +461,9 @@ fn build(inputs: Inputs) -> Result<Jail> {
 
     // Now that the namespace has its addresses: the policies that know them.
     record.own_addrs = netns::own_addresses(init_pid)?;
-    let (jail_policy, pasta_policy) = policies(conf, &host, &resolvers, &record.own_addrs);
+    let (jail_policy, pasta_policy, rule_ids) =
+        policy::policies(conf, &host, &resolvers, &record.own_addrs, &rule_ids)?;
+    rule_ids.save(&policy::ids::path(&run_dir))?;
     jail_maps.apply(jail_policy.map_entries())?;
     pasta_maps.apply(pasta_policy.map_entries())?;
     record.policy_digest = jail_policy.digest();
@@ -528,7 +532,8 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     let host = HostNet::read().context("read the host's addresses and routes")?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let resolvers = netns::resolvers(&host_resolv);
-    let (jail_policy, _) = policies(conf, &host, &resolvers, &[]);
+    let (jail_policy, _, rule_ids) =
+        policy::policies(conf, &host, &resolvers, &[], &RuleIds::default())?;
     record.policy_digest = jail_policy.digest();
     record.conf_digest = Policy::build(conf, &host).digest();
 
@@ -574,6 +579,8 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     record.init_pid = init_pid;
     let ns = crate::userns::JailNs::open(init.pid)?;
 
+    // The ids the table is about to refuse by, for the launcher's descriptions of refusals.
+    rule_ids.save(&policy::ids::path(&run_dir))?;
     crate::reload::install_nft(&ns, &jail_policy).context("install the jail's nftables table")?;
     let log = crate::userns::in_jail(&ns, || {
         let reader = crate::nft::LogReader::open(crate::nft::DEFAULT_LOG_GROUP)?;
@@ -611,7 +618,9 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     })
     .context("read the jail's addresses")?
     .value;
-    let (jail_policy, _) = policies(conf, &host, &resolvers, &record.own_addrs);
+    let (jail_policy, _, rule_ids) =
+        policy::policies(conf, &host, &resolvers, &record.own_addrs, &rule_ids)?;
+    rule_ids.save(&policy::ids::path(&run_dir))?;
     crate::reload::install_nft(&ns, &jail_policy).context("install the jail's nftables table")?;
     record.policy_digest = jail_policy.digest();
     state::write_record(&paths, &record)?;
@@ -732,64 +741,6 @@ fn announce_ports(conf: &conf::Conf) {
             p.value, conf.path.display(), p.line
         );
     }
-}
-
-/// The jail's policy and pasta's.
-///
-/// The jail's adds pasta's DNS forwarder (port 53 only) and the jail's own addresses (`own`):
-/// pasta copies the host's address into the jail's namespace, where it is local, so traffic to
-/// it never leaves the jail (a published connection's replies go there). pasta's adds the
-/// host's resolvers (port 53 only) and, for each `publish-port`, that port on the jail's own
-/// addresses: pasta carries a published connection in by connecting, inside the jail's
-/// namespace, to the jail's address.
-pub fn policies(
-    conf: &conf::Conf,
-    host: &HostNet,
-    resolvers: &[std::net::IpAddr],
-    own: &[std::net::IpAddr],
-) -> (Policy, Policy) {
-    let port = |ip: std::net::IpAddr, port, proto| AllowEntry {
-        net: IpNet::from(ip),
-        port: Some(PortSpec {
-            port,
-            proto: Some(proto),
-        }),
-    };
-    let fwd = std::net::IpAddr::V4(pasta::DNS_FORWARDER);
-    let both = [Proto::Udp, Proto::Tcp];
-    let own_allows = own.iter().map(|&a| {
-        (
-            AllowEntry {
-                net: IpNet::from(a),
-                port: None,
-            },
-            Source::Builtin("the jail's own address, local in its namespace"),
-        )
-    });
-    let jail = Policy::build(conf, host).with_extra_allow(
-        both.map(|p| (port(fwd, 53, p), Source::Builtin("pasta's DNS forwarder")))
-            .into_iter()
-            .chain(own_allows),
-    );
-    let resolver_allows = resolvers
-        .iter()
-        .flat_map(|&r| both.map(|p| (port(r, 53, p), Source::Resolver)));
-    let published = conf.publish_ports.iter().flat_map(|l| {
-        let protos: Vec<Proto> = l.value.proto.map_or(both.to_vec(), |p| vec![p]);
-        own.iter().flat_map(move |&a| {
-            protos.clone().into_iter().map(move |p| {
-                (
-                    port(a, l.value.port, p),
-                    Source::Builtin("publish-port, into the jail"),
-                )
-            })
-        })
-    });
-    // pasta's policy cannot deny the host's loopback: its programs judge destinations, not
-    // namespaces, and pasta talks to the jail's loopback too (the inner side of each
-    // `host-port`). The host's loopback is closed by pasta's arguments instead (no mapping).
-    let pasta = Policy::build(conf, host).with_extra_allow(resolver_allows.chain(published));
-    (jail, pasta)
 }
 
 /// The jail's resource limits: `pids.max` (`pids-max`, default [`conf::DEFAULT_PIDS_MAX`]: a

@@ -26,6 +26,7 @@
 //! - [`gc`]: removing what a launcher that is gone left behind;
 //! - [`sys`]: the few system calls that need `unsafe`;
 //! - [`cli`]: the command line.
+pub mod addr;
 pub mod bpf;
 pub mod caller;
 pub mod cgroup;

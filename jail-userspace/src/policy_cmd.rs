@@ -111,7 +111,7 @@ impl<'a> Report<'a> {
             s,
             "rule: an allow entry wins over every deny entry; a destination no entry matches is allowed"
         );
-        for (id, r) in self.policy.rules().iter().enumerate() {
+        for (id, r) in self.policy.rules_with_ids() {
             let _ = writeln!(
                 s,
                 "{id:>5}  {:<5}  {:<40}  {}",
@@ -156,9 +156,7 @@ impl<'a> Report<'a> {
         let path = self.conf.path.display().to_string();
         let rules: Vec<_> = self
             .policy
-            .rules()
-            .iter()
-            .enumerate()
+            .rules_with_ids()
             .map(|(id, r)| {
                 json!({
                     "id": id,

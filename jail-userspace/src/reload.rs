@@ -13,20 +13,28 @@ use crate::{
     bpf::JailMaps,
     conf::{self, Conf, Trust},
     hostnet::HostNet,
-    launch, netns,
-    policy::Policy,
+    netns,
+    policy::{self, Policy, RuleIds},
     state::{self, JailRecord, Paths},
 };
 
 /// The jail's and pasta's policies for `conf` on this host (pasta's resolvers from the host's
-/// resolv.conf, as at launch).
-pub fn compile(conf: &Conf, host: &HostNet, rec: &JailRecord) -> (Policy, Policy) {
+/// resolv.conf, as at launch), numbered with the jail's rule ids as saved now, and the table of
+/// ids that goes with them ([`policy::policies`]).
+pub fn compile(
+    paths: &Paths,
+    conf: &Conf,
+    host: &HostNet,
+    rec: &JailRecord,
+) -> Result<(Policy, Policy, RuleIds)> {
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    launch::policies(conf, host, &netns::resolvers(&resolv), &rec.own_addrs)
+    let ids = RuleIds::load(&policy::ids::path(&paths.jail_run(&rec.id)))?;
+    policy::policies(conf, host, &netns::resolvers(&resolv), &rec.own_addrs, &ids)
 }
 
 /// Compiles `conf` against the host and brings one jail's maps (its own first, then pasta's) to
-/// it. Returns the jail's new policy. The caller holds the jail's lock ([`with_record`]).
+/// it. Returns the jail's new policy. The caller holds the jail's lock ([`with_record`]): the
+/// table of rule ids read, extended and saved here is not changed by anyone else meanwhile.
 ///
 /// An nftables jail's table is changed through its namespaces, which only its launcher holds
 /// (`ns`): `claude-jail reload` asks the launcher ([`apply_to_record`]).
@@ -38,9 +46,11 @@ pub fn apply(
     ns: Option<&crate::userns::JailNs>,
 ) -> Result<Policy> {
     let id = &rec.id;
-    let (jail, pasta) = compile(conf, host, rec);
+    let (jail, pasta, ids) = compile(paths, conf, host, rec)?;
     if rec.backend == crate::launch::Enforcement::Nftables.name() {
         let ns = ns.context("an nftables jail's table is changed by its launcher only")?;
+        // Before the table refuses by the new rules: the launcher names refusals from it.
+        ids.save(&policy::ids::path(&paths.jail_run(id)))?;
         // One table, replaced in one transaction: never a moment without rules. pasta has no
         // policy of its own in this mode.
         install_nft(ns, &jail)?;
@@ -60,6 +70,8 @@ pub fn apply(
     let pasta_now = pasta_maps
         .check_room(pasta.map_entries())
         .context("pasta's maps")?;
+    // Before any map holds one of the new ids: the launcher describes the events from it.
+    ids.save(&policy::ids::path(&paths.jail_run(id)))?;
     // The two instances are independent: update them side by side (each keeps its own
     // add-before-remove order), so 10,000 entries take effect in the time of one.
     let (j, p) = std::thread::scope(|s| {
@@ -143,7 +155,7 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
 /// says when it is done.
 fn ask_launcher(paths: &Paths, rec: JailRecord, conf: &Conf, host: &HostNet) -> Result<bool> {
     let id = rec.id.clone();
-    let want = compile(conf, host, &rec).0.digest();
+    let want = compile(paths, conf, host, &rec)?.0.digest();
     let asked = state::with_record(paths, &id, |r| {
         r.conf = conf.path.display().to_string();
         Ok(())

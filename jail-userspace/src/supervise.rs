@@ -36,7 +36,7 @@ use crate::{
     conf::Conf,
     events::{self, Aggregator, Record},
     hostnet::HostNet,
-    policy::Policy,
+    policy::{self, Policy, RuleNames},
     reload,
     state::{self, Paths},
 };
@@ -69,7 +69,9 @@ pub struct JailWatch {
     /// with it: re-reading the file then could pick up a half-written or missing file.
     pub conf: Conf,
     /// The jail's policy as last applied (its digest is the record's, unless a `reload` changed
-    /// the maps since: then the conf is read again).
+    /// the maps since: then the conf is read again). Events are described from the jail's
+    /// table of rule ids instead ([`RuleNames`]): a reload by another process changes the maps
+    /// before the launcher hears of it, and events queued before it are read after it.
     pub policy: Policy,
     /// rtnetlink, subscribed before the command starts (so that a failure to subscribe is a
     /// failure to build the jail, not a command killed after it started).
@@ -111,6 +113,8 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
     let netlink = w.jail.as_mut().and_then(|j| j.netlink.take());
     // The jail's pinned counters, for the events its ring buffer could not hold.
     let mut counters = None;
+    // The jail's table of rule ids, for the events' rules.
+    let mut names = None;
     let mut next_flush = Instant::now() + FLUSH_EVERY;
     let mut host_changed: Option<Instant> = None;
     loop {
@@ -119,7 +123,7 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
                 // The init is reaped only after every process of its PID namespace is gone:
                 // nothing in the jail refuses anything after this last look.
                 drain(j);
-                flush(j, &mut counters);
+                flush(j, &mut counters, &mut names);
                 // What the jail's log budget left uncounted in the log so far.
                 if let Some(r) = j.aggregator.finish() {
                     let _ = events::append(&j.paths.events_log(), std::slice::from_ref(&r));
@@ -182,7 +186,7 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
             refresh(j, reload_asked, host_due);
         }
         if now >= next_flush {
-            flush(j, &mut counters);
+            flush(j, &mut counters, &mut names);
             next_flush = now + FLUSH_EVERY;
         }
     }
@@ -287,9 +291,11 @@ fn drain(j: &mut JailWatch) {
 
 /// Writes the window's records, then a `dropped` record if the kernel's count of events it could
 /// not queue has risen since the last look.
-fn flush(j: &mut JailWatch, counters: &mut Option<JailMaps>) {
-    let policy = &j.policy;
-    let mut records = j.aggregator.flush(|rule| policy.describe(rule));
+fn flush(j: &mut JailWatch, counters: &mut Option<JailMaps>, names: &mut Option<RuleNames>) {
+    let names =
+        names.get_or_insert_with(|| RuleNames::new(policy::ids::path(&j.paths.jail_run(&j.id))));
+    names.new_window();
+    let mut records = j.aggregator.flush(|rule| names.describe(rule));
     if counters.is_none() {
         // Opened once; until it opens, the drops stay counted in the kernel and are written at
         // the next look that succeeds.
@@ -337,7 +343,9 @@ fn refresh(j: &mut JailWatch, reread: bool, host_changed: bool) {
             j.conf.clone()
         };
         let host = HostNet::read()?;
-        let (compiled, _) = reload::compile(&conf, &host, &seen);
+        // Numbered with the table as saved now, only to compare: `apply` numbers again under
+        // the lock, where the table cannot change.
+        let (compiled, _, _) = reload::compile(&j.paths, &conf, &host, &seen)?;
         if !host_changed && compiled.digest() == seen.policy_digest {
             return Ok(Some((conf, compiled)));
         }

@@ -647,7 +647,8 @@ fn pasta_runs_in_its_own_cgroup_under_its_own_policy() {
         );
         for proto in [jail_common::PROTO_UDP, jail_common::PROTO_TCP] {
             assert!(
-                e.allow4_port.contains_key(&(resolver, 53, proto)),
+                e.allow4_port
+                    .contains_key(&jail_common::PortKey4::new(resolver, 53, proto)),
                 "pasta's policy allows the host's resolver on 53/{proto}"
             );
         }
@@ -656,11 +657,11 @@ fn pasta_runs_in_its_own_cgroup_under_its_own_policy() {
         let of_resolver: Vec<_> = e
             .allow4_port
             .keys()
-            .filter(|&&(a, _, _)| a == resolver)
+            .filter(|k| k.addr == resolver)
             .collect();
         assert!(
             !e.allow4.keys().any(|&(_, a)| a == resolver)
-                && of_resolver.iter().all(|&&(_, p, _)| p == 53 || p == 0),
+                && of_resolver.iter().all(|k| k.port == 53 || k.port == 0),
             "and nothing else of it: {of_resolver:?}"
         );
     };

@@ -404,6 +404,154 @@ fn a_refused_connect_is_in_the_audit_trail_and_the_counters() {
     s.stop();
 }
 
+/// The jail's id, once its launcher has recorded the command's pid (from then on it takes the
+/// jail's lock only to apply a change).
+fn jail_id_once_running(world: &FakeWorld) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = claude_jail(world, &["status", "--json"])
+            .unwrap()
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v[0]["command_pid"].as_u64().unwrap_or(0) != 0 {
+            return v[0]["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no running jail in status: {v}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `refused` records of jail `id`, once `done` holds for them.
+fn refused_records(
+    world: &FakeWorld,
+    id: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = claude_jail(world, &["events", "--json", "--jail", id])
+            .unwrap()
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let found: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["kind"] == "refused")
+            .collect();
+        if done(&found) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused records for jail {id} are not all there: {text}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Continues a stopped launcher, also when the test fails while it is stopped.
+struct Stopped(nix::unistd::Pid);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A reload that inserts lines above a deny rule moves it (another position in the policy,
+/// another conf line). A refusal made before the reload and one made after it must each name the
+/// rule that refused it, as it was then: the launcher is stopped across the reload, so both are
+/// read from the ring buffer and described after it (the old code described every event with the
+/// launcher's current policy, by position: the first was named after whatever rule the new
+/// policy had at the deny's old position).
+#[test]
+fn refusals_before_and_after_a_reload_name_their_own_rule() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let conf = conf_path(&world);
+    write_conf(&conf, "deny-ip = 10.1.2.0/24\n");
+    let gate = world.dir().join("gate");
+    fs::create_dir(&gate).unwrap();
+    fs::set_permissions(&gate, fs::Permissions::from_mode(0o755)).unwrap();
+    let g = gate.display();
+    // Three attempts on port 80 once the test opens gate 1, three on port 81 after gate 2. The
+    // attempts are refused by the jail: no packet leaves.
+    let s = Session::start(
+        &world,
+        &conf,
+        &format!(
+            "echo started; \
+             until [ -e {g}/1 ]; do sleep 0.05; done; \
+             for i in 1 2 3; do {{ exec 3<>/dev/tcp/10.1.2.4/80; }} 2>/dev/null || echo refused-80; done; \
+             echo before-done; \
+             until [ -e {g}/2 ]; do sleep 0.05; done; \
+             for i in 1 2 3; do {{ exec 3<>/dev/tcp/10.1.2.4/81; }} 2>/dev/null || echo refused-81; done; \
+             echo after-done; sleep 60"
+        ),
+    );
+    s.wait_for("started", |l| l == "started");
+    let id = jail_id_once_running(&world);
+    // The launcher neither drains nor describes anything until it is continued.
+    let launcher = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    nix::sys::signal::kill(launcher, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let stopped = Stopped(launcher);
+
+    fs::write(gate.join("1"), "").unwrap();
+    let seen = s.wait_for("before-done", |l| l == "before-done");
+    assert_eq!(
+        seen.iter().filter(|l| *l == "refused-80").count(),
+        3,
+        "{seen:?}"
+    );
+    write_conf(
+        &conf,
+        "allow-ip = 10.1.2.5\n# the allow above and this line move the deny down\n\
+         deny-ip = 10.1.2.0/24\n",
+    );
+    let out = reload(&world, &conf);
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(gate.join("2"), "").unwrap();
+    let seen = s.wait_for("after-done", |l| l == "after-done");
+    assert_eq!(
+        seen.iter().filter(|l| *l == "refused-81").count(),
+        3,
+        "{seen:?}"
+    );
+    drop(stopped);
+
+    let count = |records: &[serde_json::Value], port: u64| -> u64 {
+        records
+            .iter()
+            .filter(|r| r["port"] == port)
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum()
+    };
+    let records = refused_records(&world, &id, |r| count(r, 80) >= 3 && count(r, 81) >= 3);
+    let c = conf.display();
+    for r in &records {
+        let want = match r["port"].as_u64() {
+            Some(80) => format!("deny 10.1.2.0/24 (conf {c}:1)"),
+            Some(81) => format!("deny 10.1.2.0/24 (conf {c}:3)"),
+            _ => panic!("an unexpected refusal: {r}"),
+        };
+        assert_eq!(r["rule"], want.as_str(), "{r}");
+    }
+    assert_eq!(
+        (count(&records, 80), count(&records, 81)),
+        (3, 3),
+        "{records:#?}"
+    );
+    s.stop();
+}
+
 #[test]
 fn a_route_that_appears_on_the_host_is_denied_within_a_second() {
     if !have_root() {

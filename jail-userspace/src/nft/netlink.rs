@@ -660,6 +660,7 @@ mod tests {
     use super::*;
     use crate::nft::Ruleset;
     use crate::policy::MapEntries;
+    use jail_common::PortKey4;
 
     #[test]
     fn batch_shape() {
@@ -668,9 +669,9 @@ mod tests {
         m.deny4.insert((8, u32::from_ne_bytes([10, 0, 0, 0])), 0);
         m.allow4.insert((32, u32::from_ne_bytes([10, 1, 2, 3])), 1);
         m.allow4_port
-            .insert((u32::from_ne_bytes([10, 1, 2, 4]), 443, 6), 2);
+            .insert(PortKey4::new(u32::from_ne_bytes([10, 1, 2, 4]), 443, 6), 2);
         m.allow4_port
-            .insert((u32::from_ne_bytes([10, 1, 2, 4]), 0, 6), 2);
+            .insert(PortKey4::new(u32::from_ne_bytes([10, 1, 2, 4]), 0, 6), 2);
         let rs = Ruleset::compile(&m);
         let b = batch(&rs);
         let whats: Vec<&str> = b.iter().map(|(w, _)| w.as_str()).collect();

@@ -145,14 +145,14 @@ impl Ruleset {
             allow4_port: m
                 .allow4_port
                 .keys()
-                .filter(|&&(_, port, proto)| ported(port, proto))
-                .map(|&(a, port, proto)| (Ipv4Addr::from(map4(a)), proto, port))
+                .filter(|k| ported(k.port, k.proto))
+                .map(|k| (Ipv4Addr::from(map4(k.addr)), k.proto, k.port))
                 .collect(),
             allow6_port: m
                 .allow6_port
                 .keys()
-                .filter(|&&(_, port, proto)| ported(port, proto))
-                .map(|&(a, port, proto)| (Ipv6Addr::from(map6(a)), proto, port))
+                .filter(|k| ported(k.port, k.proto))
+                .map(|k| (Ipv6Addr::from(map6(k.addr)), k.proto, k.port))
                 .collect(),
             log_group: DEFAULT_LOG_GROUP,
         }
