@@ -234,20 +234,8 @@ pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Past
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: runs in the forked child before exec; it writes one file and sets the signal mask
-    // (the launcher blocks the signals it reads through a signalfd; pasta starts with none
-    // blocked, as it would from a shell).
-    unsafe {
-        cmd.pre_exec(move || {
-            fs::write(&procs, "0")?;
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&nix::sys::signal::SigSet::empty()),
-                None,
-            )
-            .map_err(std::io::Error::from)
-        });
-    }
+    // In the child before exec: into pasta's cgroup, with no signal blocked.
+    crate::sys::exec_in_cgroup_unblocked(&mut cmd, procs);
     let out = cmd
         .output()
         .with_context(|| format!("start pasta ({})", binary.display()))?;

@@ -12,7 +12,7 @@
 //! - rtnetlink link, address, route (any table) and rule changes re-derive the host part of the
 //!   deny set (debounced by [`NETLINK_DEBOUNCE`], well inside the one second the issue allows).
 use std::{
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::AsFd,
     path::Path,
     time::{Duration, Instant},
 };
@@ -115,10 +115,7 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
             .min(Duration::from_secs(1));
         let sig_fd = w.signals.as_fd();
         let ring_fd = w.jail.as_ref().map(|j| j.events.as_fd());
-        let nl_fd = netlink.as_ref().map(|s| {
-            // SAFETY: the socket outlives this borrow (it lives until the function returns).
-            unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }
-        });
+        let nl_fd = netlink.as_ref().map(|s| s.as_fd());
         let mut fds = vec![PollFd::new(sig_fd, PollFlags::POLLIN)];
         fds.extend(ring_fd.map(|f| PollFd::new(f, PollFlags::POLLIN)));
         fds.extend(nl_fd.map(|f| PollFd::new(f, PollFlags::POLLIN)));

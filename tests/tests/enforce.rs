@@ -709,8 +709,7 @@ fn raw_packets_to_denied_destinations_are_dropped_by_the_backstop() {
     let mut seen: Vec<Event> = Vec::new();
     while let Some(item) = events.next() {
         assert_eq!(item.len(), std::mem::size_of::<Event>(), "event size");
-        // SAFETY: Event is plain old data of exactly this size; read_unaligned copies it.
-        seen.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        seen.push(claude_jail::sys::read_event(&item).expect("an event"));
     }
     let ne = u32::from_ne_bytes(lan.octets());
     let syn = seen
@@ -757,8 +756,7 @@ fn raw_packets_to_denied_destinations_are_dropped_by_the_backstop() {
     let e = loop {
         match events.next() {
             Some(item) => {
-                // SAFETY: as above.
-                let e = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+                let e = claude_jail::sys::read_event(&item).expect("an event");
                 if e.hook == Hook::Connect4 as u8 {
                     break e;
                 }
@@ -1088,9 +1086,8 @@ fn the_jail_outlives_a_sigkilled_loader() {
             .expect("EVENTS is a ring buffer");
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        // SAFETY: Event is plain old data; the length is checked first.
         assert_eq!(item.len(), std::mem::size_of::<Event>());
-        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        events.push(claude_jail::sys::read_event(&item).expect("an event"));
     }
     let ne = u32::from_ne_bytes(LAN_V4[0].octets());
     let hooks: Vec<(u8, u32, u16, u8, u32)> = events

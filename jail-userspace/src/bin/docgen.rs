@@ -1,6 +1,7 @@
 //! `claude-jail-docgen DIR`: writes the man pages (DIR/man1/claude-jail.1 and one per
 //! subcommand) and the bash, zsh and fish completions (DIR/completions/) from the clap
 //! definitions of `claude-jail`, for `cargo xtask install`.
+#![deny(unsafe_code)]
 use std::{fs, path::PathBuf, process::ExitCode};
 
 use clap::CommandFactory;
