@@ -167,7 +167,7 @@ pub struct PastaConfig<'a> {
 }
 
 /// The full argument list (tested below: it is the security boundary of the namespace).
-pub fn args(c: &PastaConfig) -> Vec<String> {
+pub fn args(c: &PastaConfig<'_>) -> Vec<String> {
     let mut a: Vec<String> = [
         "--quiet",
         // pasta drops to "nobody" by default, before it opens the namespace file, which a
@@ -225,7 +225,7 @@ pub struct Pasta {
 /// Starts pasta inside `cgroup_procs`' cgroup (written in the child before exec, so pasta never
 /// runs outside its policy) and waits until it has configured the namespace: without
 /// `--foreground`, pasta forks to the background only once interface, address and routes are set.
-pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Pasta> {
+pub fn start(binary: &Path, c: &PastaConfig<'_>, cgroup_procs: &Path) -> Result<Pasta> {
     let procs = cgroup_procs.to_path_buf();
     let mut cmd = Command::new(binary);
     // passt picks its mode from argv[0]; `binary` is the resolved file, usually named passt.

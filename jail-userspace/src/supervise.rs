@@ -84,7 +84,7 @@ pub struct JailWatch {
 }
 
 /// Waits for `child` (the init, or an unjailed command) and returns its exit status.
-pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
+pub fn run(child: Pid, w: &mut Watch<'_>) -> Result<i32> {
     let netlink = w.jail.as_mut().and_then(|j| j.netlink.take());
     // The jail's pinned counters, for the events its ring buffer could not hold.
     let mut counters = None;
@@ -170,7 +170,7 @@ const FREEZE_WAIT: Duration = Duration::from_secs(2);
 /// jail is frozen first (cgroup.freeze), then the launcher stops itself (SIGSTOP). On SIGCONT
 /// (`fg`, `bg`) the host's network as it is now is applied, then the jail thawed. If the jail
 /// cannot be frozen, the launcher does not stop: it keeps enforcing, and logs why.
-fn pause(w: &mut Watch, netlink: Option<&Socket>) {
+fn pause(w: &mut Watch<'_>, netlink: Option<&Socket>) {
     let jail = w
         .jail
         .as_ref()
