@@ -52,17 +52,18 @@ use nix::{
 };
 
 use crate::{
+    exit::Exit,
     mask::{self, Kind, Mask},
     seccomp, sys,
     user::Target,
 };
 
 /// Exit status when the jail could not be built (as `podman run`).
-pub const EXIT_JAIL_FAILED: i32 = 125;
+pub const EXIT_JAIL_FAILED: i32 = Exit::JailFailed.code();
 /// The command was found but could not be executed.
-pub const EXIT_CANNOT_EXEC: i32 = 126;
+pub const EXIT_CANNOT_EXEC: i32 = Exit::CannotExec.code();
 /// The command was not found.
-pub const EXIT_NOT_FOUND: i32 = 127;
+pub const EXIT_NOT_FOUND: i32 = Exit::NotFound.code();
 
 /// What the init needs to know, prepared by the launcher before it clones (the child allocates
 /// as little as possible).
@@ -244,7 +245,7 @@ fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32>
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(pid, code)) if pid == command => return Ok(code),
                     Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => {
-                        return Ok(128 + sig as i32)
+                        return Ok(Exit::Signal(sig).code())
                     }
                     Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
                     Ok(_) => {}

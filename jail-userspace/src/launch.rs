@@ -43,9 +43,9 @@ use crate::{
     cgroup,
     conf::{self, AllowEntry, PortSpec, Proto, Trust},
     events,
+    exit::Exit,
     hostnet::HostNet,
-    jail::{self, EXIT_JAIL_FAILED},
-    netns, pasta,
+    jail, netns, pasta,
     policy::{Policy, Source},
     reload,
     state::{self, JailRecord, Paths},
@@ -70,10 +70,10 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("claude-jail: error: {e:#}\nclaude-jail: {HATCH}");
-            EXIT_JAIL_FAILED
+            Exit::JailFailed.code()
         }
     };
-    ExitCode::from(code.clamp(0, 255) as u8)
+    Exit::Command(code).into()
 }
 
 fn launch(args: RunArgs) -> Result<i32> {
@@ -369,7 +369,7 @@ fn launch(args: RunArgs) -> Result<i32> {
     drop(build_lock);
     if let Some(sig) = stop_asked(&signals)? {
         eprintln!("claude-jail: {sig} while the jail was being built: nothing was run");
-        return Ok(128 + sig as i32);
+        return Ok(Exit::Signal(sig).code());
     }
     if let Err(e) = init.go() {
         // The init is gone already: what it reported says why.

@@ -21,7 +21,7 @@
 //! - [`verify`]: `claude-jail verify`, an auditor's table from inside a fresh jail;
 //! - [`gc`]: removing what a launcher that is gone left behind;
 //! - [`sys`]: the few system calls that need `unsafe`;
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line, and [`exit`], the exit statuses it produces.
 //!
 //! `unsafe` is denied everywhere but in [`sys`], whose thin wrappers each say why they are sound
 //! (a `// SAFETY:` comment, which clippy's `undocumented_unsafe_blocks` requires).
@@ -33,6 +33,7 @@ pub mod check;
 pub mod cli;
 pub mod conf;
 pub mod events;
+pub mod exit;
 pub mod gc;
 pub mod hostnet;
 pub mod jail;

@@ -159,10 +159,11 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
         path.display()
     );
     Ok(if failed == 0 {
-        std::process::ExitCode::SUCCESS
+        crate::exit::Exit::Success
     } else {
-        std::process::ExitCode::from(1)
-    })
+        crate::exit::Exit::Failure
+    }
+    .into())
 }
 
 fn apply_to_record(paths: &Paths, rec: JailRecord, conf: &Conf, host: &HostNet) -> Result<bool> {

@@ -35,6 +35,7 @@ use crate::{
     cgroup::Cgroup,
     conf::Conf,
     events::{self, Aggregator, Record},
+    exit::Exit,
     hostnet::HostNet,
     policy::Policy,
     reload,
@@ -210,7 +211,7 @@ fn pause(w: &mut Watch<'_>, netlink: Option<&Socket>) {
 fn reap(child: Pid) -> Result<Option<i32>> {
     match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
         Ok(WaitStatus::Exited(_, code)) => Ok(Some(code)),
-        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(128 + sig as i32)),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(Exit::Signal(sig).code())),
         Ok(_) => Ok(None),
         Err(e) => bail!("waitpid: {e}"),
     }
