@@ -1,8 +1,10 @@
 //! pasta (package passt): the jail's only way out, attached from outside to its network namespace.
 //!
-//! The argument list closes every forwarding that opens the host (shared field notes, section 2):
-//! no gateway mapping, no host-loopback or guest-address mapping, no automatic port forwarding in
-//! either direction. The only openings are the conf's `host-port` (jail loopback -> host loopback)
+//! The argument list closes every forwarding that opens the host, each of which pasta does by
+//! default: no gateway mapping (the gateway address would reach the host's loopback), no
+//! host-loopback or guest-address mapping, no automatic port forwarding in either direction
+//! (host loopback listeners mirrored into the jail, jail listeners published on the host).
+//! The only openings are the conf's `host-port` (jail loopback -> host loopback)
 //! and `publish-port` (host loopback -> jail), each logged at launch. DNS goes through pasta's
 //! forwarder: the jail's resolv.conf names [`DNS_FORWARDER`], and pasta relays port 53 sent there
 //! to the host's resolver.

@@ -10,7 +10,8 @@
 //!   and each rise of the kernel's count of events the buffer could not hold is logged as a
 //!   `dropped` record;
 //! - rtnetlink link, address, route (any table) and rule changes re-derive the host part of the
-//!   deny set (debounced by [`NETLINK_DEBOUNCE`], well inside the one second the issue allows).
+//!   deny set (debounced by [`NETLINK_DEBOUNCE`], well inside the one second a host change may
+//!   take to reach the jail).
 use std::{
     os::fd::AsFd,
     path::Path,

@@ -1,4 +1,5 @@
-//! Enforcement against the real kernel, inside the fake world (issue 4's tests).
+//! Enforcement against the real kernel, inside the fake world: the loader's programs and maps,
+//! without the launcher around them.
 //!
 //! Each test attaches the real programs (claude_jail::bpf::attach) to a cgroup of its own, then
 //! runs `jail-probe` in that cgroup AND in the world's host network namespace (never the start

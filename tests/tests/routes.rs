@@ -1,4 +1,4 @@
-//! Every route the host has (issue 11), in the fake world: ranges the host reaches through
+//! Every route the host has, in the fake world: ranges the host reaches through
 //! policy routing (tables chosen by `ip rule`), its local (AnyIP) ranges, at launch and added
 //! while the jail runs; and an audit trail that accounts for the events the kernel could not
 //! queue.
@@ -271,7 +271,8 @@ fn anyip_local_ranges_are_the_hosts_own_and_refused() {
         return;
     }
     let world = FakeWorld::builder().ipv6(true).build().unwrap();
-    // A service of the host on every address (dual-stack), as in the issue.
+    // A service of the host on every address (dual-stack, [::]:8082): what an AnyIP range of the
+    // host reaches, and so what the jail must not.
     let any: SocketAddr = "[::]:8082".parse().unwrap();
     let host_service = world
         .in_host(|| Listener::tcp(any, Behaviour::Greet))
