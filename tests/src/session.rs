@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Stdio},
+    process::{Child, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver},
     thread,
     time::{Duration, Instant},
@@ -100,10 +100,39 @@ impl Session {
             .collect()
     }
 
+    /// Whether the launcher is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the launcher to exit by itself (30 s at most, a deadline only a failure
+    /// reaches); its exit status, the lines not read yet and its whole stderr.
+    pub fn wait(mut self) -> (ExitStatus, Vec<String>, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waitpid the launcher") {
+                break status;
+            }
+            // Drop ends the jail.
+            assert!(
+                Instant::now() < deadline,
+                "the launcher did not exit within 30 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        let (rest, stderr) = self.rest();
+        (status, rest, stderr)
+    }
+
     /// SIGTERM to the launcher (forwarded to the command), then the lines not read yet and its
     /// whole stderr.
     pub fn stop(mut self) -> (Vec<String>, String) {
         self.terminate();
+        self.rest()
+    }
+
+    /// The stdout lines not read yet and the whole stderr, once the launcher has closed both.
+    fn rest(&mut self) -> (Vec<String>, String) {
         let rest: Vec<String> = self.lines.iter().collect();
         let stderr = self
             .stderr
@@ -115,7 +144,11 @@ impl Session {
 
     /// SIGCONT first: a test may have stopped the launcher (^Z), and a stopped process does not
     /// act on SIGTERM.
+    /// Nothing once the launcher is reaped: its pid may be another process's by then.
     fn terminate(&mut self) {
+        if !self.running() {
+            return;
+        }
         let pid = self.launcher();
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
