@@ -13,6 +13,19 @@ use std::{
 
 use crate::{jail::claude_jail, FakeWorld};
 
+/// The lines of `out`, read by a thread of their own, as they come; the channel closes at EOF.
+pub fn line_channel(out: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// A jailed bash script running in the background; its stdout lines arrive on a channel.
 pub struct Session {
     child: Child,
@@ -35,15 +48,7 @@ impl Session {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = line_channel(child.stdout.take().unwrap());
         let err = child.stderr.take().unwrap();
         let stderr = thread::spawn(move || {
             let mut s = String::new();

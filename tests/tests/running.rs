@@ -2,16 +2,19 @@
 //! world.
 use std::{
     fs,
-    io::{BufRead, BufReader},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use jail_tests::{have_root, jail::claude_jail, session::Session, FakeWorld};
+use jail_tests::{
+    have_root,
+    jail::claude_jail,
+    session::{line_channel, Session},
+    FakeWorld,
+};
 
 fn write_conf(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
@@ -446,13 +449,7 @@ fn events_follow_streams_new_refusals() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = follow.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = line_channel(follow.stdout.take().unwrap());
     let s = Session::start(
         &world,
         &conf,
