@@ -193,10 +193,14 @@ pub struct Event {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: each type is #[repr(C)], made only of integers and arrays of integers, with every
-    // padding byte an explicit field, so every bit pattern is a valid value.
+    // Each type is #[repr(C)], made only of integers and arrays of integers, with every padding
+    // byte an explicit field, so every bit pattern is a valid value (what aya::Pod asks).
+
+    // SAFETY: #[repr(C)] integers, padding explicit (above).
     unsafe impl aya::Pod for super::PortKey4 {}
+    // SAFETY: #[repr(C)] integers and an integer array, padding explicit (above).
     unsafe impl aya::Pod for super::PortKey6 {}
+    // SAFETY: #[repr(C)] integers and integer arrays, padding explicit (above).
     unsafe impl aya::Pod for super::Event {}
 }
 

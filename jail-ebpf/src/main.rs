@@ -104,7 +104,7 @@ fn judge4(addr: u32, port: Port, proto: u8) -> Verdict {
             _pad: 0,
         };
         // SAFETY: a hash lookup; the value is only tested for presence.
-        if unsafe { ALLOW4_PORT.get(&key) }.is_some() {
+        if unsafe { ALLOW4_PORT.get(key) }.is_some() {
             return Ok(());
         }
     }
@@ -137,7 +137,7 @@ fn judge6(addr: [u32; 4], port: Port, proto: u8) -> Verdict {
             _pad: 0,
         };
         // SAFETY: a hash lookup; the value is only tested for presence.
-        if unsafe { ALLOW6_PORT.get(&key) }.is_some() {
+        if unsafe { ALLOW6_PORT.get(key) }.is_some() {
             return Ok(());
         }
     }
@@ -424,7 +424,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 

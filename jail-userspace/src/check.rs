@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::{
     caller::Caller,
     conf::{self, Trust},
+    exit::Exit,
     preflight::{self, Facts},
 };
 
@@ -161,11 +162,7 @@ pub fn command(config: Option<PathBuf>, json_out: bool) -> Result<ExitCode> {
             }
         );
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if ok { Exit::Success } else { Exit::Failure }.into())
 }
 
 /// TUNSETIFF in a throwaway network namespace (a thread of its own, gone on return): a device

@@ -3,6 +3,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+use crate::exit::Exit;
+
 /// The version, the git commit it was built from and the SHA-256 of the eBPF object it embeds.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -121,9 +123,6 @@ pub enum Command {
     },
 }
 
-/// Exit status of a failed subcommand that is not `run` (which has its own statuses).
-const EXIT_FAILURE: u8 = 1;
-
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -133,13 +132,14 @@ pub fn main() -> ExitCode {
             // was not built, as `podman run` does), of any other subcommand 2.
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    ExitCode::SUCCESS
+                    Exit::Success
                 }
                 _ if std::env::args_os().nth(1).as_deref() == Some("run".as_ref()) => {
-                    ExitCode::from(crate::jail::EXIT_JAIL_FAILED as u8)
+                    Exit::JailFailed
                 }
-                _ => ExitCode::from(2),
-            };
+                _ => Exit::Usage,
+            }
+            .into();
         }
     };
     let result = match cli.command {
@@ -191,7 +191,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("claude-jail: error: {e:#}");
-            ExitCode::from(EXIT_FAILURE)
+            Exit::Failure.into()
         }
     }
 }

@@ -106,12 +106,7 @@ fn now() -> f64 {
 /// Decodes one ring buffer item. `None` for an item of the wrong size (never written by our
 /// programs).
 pub fn decode(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < std::mem::size_of::<Event>() {
-        return None;
-    }
-    // SAFETY: Event is #[repr(C)] plain integers (jail-common), every bit pattern is valid, and the
-    // length was checked; read_unaligned copes with the ring buffer's 8-byte alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    crate::sys::read_event(bytes)
 }
 
 /// The `hook` of a refusal the nftables table logged (no eBPF hook has this number).

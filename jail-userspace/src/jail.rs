@@ -29,7 +29,7 @@ use std::{
     fs::File,
     io::{Read, Write},
     os::{
-        fd::OwnedFd,
+        fd::{AsFd, OwnedFd},
         unix::ffi::{OsStrExt, OsStringExt},
     },
     path::{Path, PathBuf},
@@ -44,16 +44,15 @@ use nix::{
     sched::{unshare, CloneFlags},
     sys::{
         prctl,
-        signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal},
+        signal::{kill, SigSet, SigmaskHow, Signal},
         signalfd::{SfdFlags, SignalFd},
         wait::{waitpid, WaitPidFlag, WaitStatus},
     },
-    unistd::{
-        chdir, execve, fork, pipe, setgroups, setresgid, setresuid, ForkResult, Gid, Pid, Uid,
-    },
+    unistd::{chdir, execve, pipe, setgroups, setresgid, setresuid, ForkResult, Gid, Pid, Uid},
 };
 
 use crate::{
+    exit::Exit,
     init_report::{Failure, Step},
     mask::{self, Kind, Mask},
     seccomp, sys,
@@ -61,11 +60,11 @@ use crate::{
 };
 
 /// Exit status when the jail could not be built (as `podman run`).
-pub const EXIT_JAIL_FAILED: i32 = 125;
+pub const EXIT_JAIL_FAILED: i32 = Exit::JailFailed.code();
 /// The command was found but could not be executed.
-pub const EXIT_CANNOT_EXEC: i32 = 126;
+pub const EXIT_CANNOT_EXEC: i32 = Exit::CannotExec.code();
 /// The command was not found.
-pub const EXIT_NOT_FOUND: i32 = 127;
+pub const EXIT_NOT_FOUND: i32 = Exit::NotFound.code();
 
 /// What the init needs to know, prepared by the launcher before it clones (the child allocates
 /// as little as possible).
@@ -199,8 +198,8 @@ pub fn fork_command(spec: &Spec) -> Result<Pid> {
 /// Forks the command; `jailed` installs the seccomp filter. A set-up failure (exit 125) goes to
 /// `report` when given.
 fn fork_exec(spec: &Spec, jailed: bool, report: Option<&File>) -> Result<Pid> {
-    // SAFETY (fork): the launcher, and the init, are single-threaded.
-    match unsafe { fork() }.context("fork the command")? {
+    // The launcher, and the init, are single-threaded.
+    match sys::fork_single_threaded().context("fork the command")? {
         ForkResult::Child => {
             let code = match exec_command(spec, jailed) {
                 Ok(never) => match never {},
@@ -299,7 +298,7 @@ fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32>
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(pid, code)) if pid == command => return Ok(code),
                     Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => {
-                        return Ok(128 + sig as i32)
+                        return Ok(Exit::Signal(sig).code())
                     }
                     Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
                     Ok(_) => {}
@@ -377,15 +376,13 @@ fn apply_mask(m: &Mask) -> Result<()> {
     let name = m.path.file_name().context("no file name")?;
     let parent = open_path(parent, OFlag::O_DIRECTORY)?;
     let reopen = |flags: OFlag| -> Result<OwnedFd> {
-        let fd = nix::fcntl::openat(
-            Some(std::os::fd::AsRawFd::as_raw_fd(&parent)),
+        sys::openat(
+            parent.as_fd(),
             name,
             flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .context("open the new mount")?;
-        // SAFETY: just opened, owned by nobody else.
-        Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        .context("open the new mount")
     };
     let ro = |top: &OwnedFd, flags: MsFlags| {
         let at = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(top));
@@ -414,16 +411,13 @@ fn apply_mask(m: &Mask) -> Result<()> {
             // The kept sockets are opened before the tmpfs hides them.
             let mut kept = Vec::new();
             for rel in &m.keep {
-                match nix::fcntl::openat(
-                    Some(std::os::fd::AsRawFd::as_raw_fd(&fd)),
+                match sys::openat(
+                    fd.as_fd(),
                     rel,
                     OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 ) {
-                    // SAFETY: just opened, owned by nobody else.
-                    Ok(k) => kept.push((rel, unsafe {
-                        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(k)
-                    })),
+                    Ok(k) => kept.push((rel, k)),
                     Err(Errno::ENOENT) => {}
                     Err(e) => return Err(e).with_context(|| format!("open {}", rel.display())),
                 }
@@ -485,15 +479,13 @@ fn apply_mask(m: &Mask) -> Result<()> {
 /// An O_PATH descriptor of `p` (with `extra` flags).
 fn open_path(p: &Path, extra: nix::fcntl::OFlag) -> Result<OwnedFd> {
     use nix::fcntl::OFlag;
-    let fd = nix::fcntl::open(
+    sys::open(
         p,
         OFlag::O_PATH | OFlag::O_CLOEXEC | extra,
         nix::sys::stat::Mode::empty(),
     )
     .map_err(anyhow::Error::from)
-    .with_context(|| format!("open {}", p.display()))?;
-    // SAFETY: `open` just returned this descriptor and nothing else owns it.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    .with_context(|| format!("open {}", p.display()))
 }
 
 /// Hides one cgroup filesystem of the host: an empty tmpfs over it, the jail's own cgroup2 (the
@@ -713,11 +705,9 @@ fn env_set(env: &mut Vec<(OsString, OsString)>, k: &str, v: OsString) {
 /// signal would stay so across exec.
 fn reset_signals() -> Result<()> {
     SigSet::all().thread_unblock().context("unblock signals")?;
-    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-            // SAFETY: installing SIG_DFL runs no handler code.
-            unsafe { sigaction(sig, &dfl) }.with_context(|| format!("reset {sig}"))?;
+            sys::default_signal_action(sig).with_context(|| format!("reset {sig}"))?;
         }
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)

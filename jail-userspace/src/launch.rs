@@ -39,9 +39,9 @@ use crate::{
     cgroup,
     conf::{self, PortSpec, Trust},
     events,
+    exit::Exit,
     hostnet::HostNet,
-    jail::{self, EXIT_JAIL_FAILED},
-    netns, pasta,
+    jail, netns, pasta,
     policy::{self, Policy, RuleIds},
     preflight,
     state::{self, JailLock, JailRecord, Paths},
@@ -71,10 +71,10 @@ pub fn command(args: RunArgs) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{}", refusal(&e));
-            EXIT_JAIL_FAILED
+            Exit::JailFailed.code()
         }
     };
-    ExitCode::from(code.clamp(0, 255) as u8)
+    Exit::Command(code).into()
 }
 
 fn launch(args: RunArgs) -> Result<i32> {
@@ -660,7 +660,7 @@ fn run_jailed(mut jail: Jail, signals: &SignalFd) -> Result<i32> {
     drop(jail.lock.take());
     if let Some(sig) = stop_asked(signals)? {
         eprintln!("claude-jail: {sig} while the jail was being built: nothing was run");
-        return Ok(128 + sig as i32);
+        return Ok(Exit::Signal(sig).code());
     }
     if let Err(e) = jail.init.go() {
         // The init is gone already: what it reported says why.

@@ -1,4 +1,5 @@
 //! `claude-jail`: parse, run, map the outcome to an exit status. Everything else is in the library.
+#![deny(unsafe_code)]
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,8 +1,10 @@
 //! pasta (package passt): the jail's only way out, attached from outside to its network namespace.
 //!
-//! The argument list closes every forwarding that opens the host (shared field notes, section 2):
-//! no gateway mapping, no host-loopback or guest-address mapping, no automatic port forwarding in
-//! either direction. The only openings are the conf's `host-port` (jail loopback -> host loopback)
+//! The argument list closes every forwarding that opens the host, each of which pasta does by
+//! default: no gateway mapping (the gateway address would reach the host's loopback), no
+//! host-loopback or guest-address mapping, no automatic port forwarding in either direction
+//! (host loopback listeners mirrored into the jail, jail listeners published on the host).
+//! The only openings are the conf's `host-port` (jail loopback -> host loopback)
 //! and `publish-port` (host loopback -> jail), each logged at launch. DNS goes through pasta's
 //! forwarder: the jail's resolv.conf names [`DNS_FORWARDER`], and pasta relays port 53 sent there
 //! to the host's resolver.
@@ -173,7 +175,7 @@ pub struct PastaConfig<'a> {
 }
 
 /// The full argument list (tested below: it is the security boundary of the namespace).
-pub fn args(c: &PastaConfig) -> Vec<String> {
+pub fn args(c: &PastaConfig<'_>) -> Vec<String> {
     let mut a: Vec<String> = match c.userns_file {
         // pasta drops to "nobody" by default, before it opens the namespace file, which a
         // non-root user may not do: stay root (it runs in its own cgroup under its own policy).
@@ -249,7 +251,7 @@ enum Tracked {
 /// Starts pasta inside `cgroup_procs`' cgroup (written in the child before exec, so pasta never
 /// runs outside its policy) and waits until it has configured the namespace: without
 /// `--foreground`, pasta forks to the background only once interface, address and routes are set.
-pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Pasta> {
+pub fn start(binary: &Path, c: &PastaConfig<'_>, cgroup_procs: &Path) -> Result<Pasta> {
     let procs = cgroup_procs.to_path_buf();
     let mut cmd = Command::new(binary);
     // passt picks its mode from argv[0]; `binary` is the resolved file, usually named passt.
@@ -258,20 +260,8 @@ pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Past
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: runs in the forked child before exec; it writes one file and sets the signal mask
-    // (the launcher blocks the signals it reads through a signalfd; pasta starts with none
-    // blocked, as it would from a shell).
-    unsafe {
-        cmd.pre_exec(move || {
-            fs::write(&procs, "0")?;
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&nix::sys::signal::SigSet::empty()),
-                None,
-            )
-            .map_err(std::io::Error::from)
-        });
-    }
+    // In the child before exec: into pasta's cgroup, with no signal blocked.
+    crate::sys::exec_in_cgroup_unblocked(&mut cmd, procs);
     let out = cmd
         .output()
         .with_context(|| format!("start pasta ({})", binary.display()))?;
@@ -296,25 +286,14 @@ pub fn start(binary: &Path, c: &PastaConfig, cgroup_procs: &Path) -> Result<Past
 
 /// Starts pasta as the user (nftables mode), as this process's child that dies with it, and
 /// waits until it has configured the namespace (it writes its pid file only then).
-pub fn start_as_user(binary: &Path, c: &PastaConfig) -> Result<Pasta> {
+pub fn start_as_user(binary: &Path, c: &PastaConfig<'_>) -> Result<Pasta> {
     let mut cmd = Command::new(binary);
     cmd.arg0("pasta")
         .args(args(c))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: runs in the forked child before exec; two system calls, no allocation.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&nix::sys::signal::SigSet::empty()),
-                None,
-            )
-            .map_err(std::io::Error::from)
-        });
-    }
+    crate::sys::exec_dying_with_parent_unblocked(&mut cmd);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("start pasta ({})", binary.display()))?;

@@ -144,10 +144,11 @@ pub fn command(config: Option<std::path::PathBuf>) -> Result<std::process::ExitC
         path.display()
     );
     Ok(if failed == 0 {
-        std::process::ExitCode::SUCCESS
+        crate::exit::Exit::Success
     } else {
-        std::process::ExitCode::from(1)
-    })
+        crate::exit::Exit::Failure
+    }
+    .into())
 }
 
 /// An nftables jail: its launcher holds the jail's namespaces, so it applies the change. The

@@ -23,6 +23,15 @@
 //! (little-endian: the first word of each 64-bit argument) and cannot be fooled by garbage above.
 use libc::sock_filter;
 
+// The filter below describes x86_64 only (its system call numbers, its seccomp_data layout read
+// as little-endian words, AUDIT_ARCH_X86_64 as the one allowed architecture). Elsewhere it would
+// kill every system call, or compare the wrong numbers: describe the architecture first.
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!(
+    "the seccomp filter (jail-userspace/src/seccomp.rs) describes x86_64 only: add this \
+     architecture's AUDIT_ARCH and system call numbers before building for it"
+);
+
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
@@ -230,43 +239,39 @@ mod tests {
     /// The real thing, in a forked child (no root needed: no_new_privs first).
     #[test]
     fn installed_filter_refuses_in_the_kernel() {
-        // SAFETY: the child only makes system calls and exits; it takes no lock a thread of the
-        // test harness might hold (no allocation, no printing).
-        match unsafe { nix::unistd::fork() }.unwrap() {
+        use crate::sys;
+        // The child only makes system calls and exits; it takes no lock a thread of the test
+        // harness might hold (no allocation, no printing), so the harness's threads do not
+        // matter.
+        match sys::fork_single_threaded().unwrap() {
             nix::unistd::ForkResult::Child => {
                 let code = (|| {
                     if nix::sys::prctl::set_no_new_privs().is_err() || install().is_err() {
                         return 10;
                     }
-                    // SAFETY: plain system calls on integers; the descriptors are closed.
-                    unsafe {
-                        let v = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0);
-                        if v >= 0 || *libc::__errno_location() != libc::EPERM {
-                            return 11;
-                        }
-                        let p = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-                        if p >= 0 || *libc::__errno_location() != libc::EPERM {
-                            return 12;
-                        }
-                        let sp = libc::socket(libc::AF_INET, SOCK_PACKET as i32, 0x0300);
-                        if sp >= 0 || *libc::__errno_location() != libc::EPERM {
-                            return 15;
-                        }
-                        let c: u8 = b'x';
-                        let r = libc::ioctl(0, libc::TIOCSTI, &c as *const u8);
-                        if r >= 0 || *libc::__errno_location() != libc::EPERM {
-                            return 13;
-                        }
-                        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-                        if s < 0 {
-                            return 14;
-                        }
-                        libc::close(s);
+                    let refused = |r: Result<std::os::fd::OwnedFd, nix::errno::Errno>| {
+                        matches!(r, Err(nix::errno::Errno::EPERM))
+                    };
+                    if !refused(sys::socket_raw(libc::AF_VSOCK, libc::SOCK_STREAM, 0)) {
+                        return 11;
+                    }
+                    if !refused(sys::socket_raw(libc::AF_PACKET, libc::SOCK_RAW, 0)) {
+                        return 12;
+                    }
+                    if !refused(sys::socket_raw(libc::AF_INET, SOCK_PACKET as i32, 0x0300)) {
+                        return 15;
+                    }
+                    if sys::push_terminal_input(0, b'x') != Err(nix::errno::Errno::EPERM) {
+                        return 13;
+                    }
+                    // Dropped (closed) at once.
+                    if sys::socket_raw(libc::AF_INET, libc::SOCK_DGRAM, 0).is_err() {
+                        return 14;
                     }
                     0
                 })();
-                // SAFETY: leaves the forked child without running the harness's atexit code.
-                unsafe { libc::_exit(code) }
+                // Leaves the forked child without running the harness's atexit code.
+                sys::exit_now(code)
             }
             nix::unistd::ForkResult::Parent { child } => {
                 let st = nix::sys::wait::waitpid(child, None).unwrap();

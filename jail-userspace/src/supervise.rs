@@ -10,9 +10,10 @@
 //!   and each rise of the kernel's count of events the buffer could not hold is logged as a
 //!   `dropped` record;
 //! - rtnetlink link, address, route (any table) and rule changes re-derive the host part of the
-//!   deny set (debounced by [`NETLINK_DEBOUNCE`], well inside the one second the issue allows).
+//!   deny set (debounced by [`NETLINK_DEBOUNCE`], well inside the one second a host change may
+//!   take to reach the jail).
 use std::{
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd},
     path::Path,
     time::{Duration, Instant},
 };
@@ -35,6 +36,7 @@ use crate::{
     cgroup::Cgroup,
     conf::Conf,
     events::{self, Aggregator, Record},
+    exit::Exit,
     hostnet::HostNet,
     policy::{self, Policy, RuleNames},
     reload,
@@ -109,7 +111,7 @@ impl Refusals {
 }
 
 /// Waits for `child` (the init, or an unjailed command) and returns its exit status.
-pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
+pub fn run(child: Pid, w: &mut Watch<'_>) -> Result<i32> {
     let netlink = w.jail.as_mut().and_then(|j| j.netlink.take());
     // The jail's pinned counters, for the events its ring buffer could not hold.
     let mut counters = None;
@@ -142,10 +144,7 @@ pub fn run(child: Pid, w: &mut Watch) -> Result<i32> {
             .min(Duration::from_secs(1));
         let sig_fd = w.signals.as_fd();
         let ring_fd = w.jail.as_ref().map(|j| j.events.as_fd());
-        let nl_fd = netlink.as_ref().map(|s| {
-            // SAFETY: the socket outlives this borrow (it lives until the function returns).
-            unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) }
-        });
+        let nl_fd = netlink.as_ref().map(|s| s.as_fd());
         let mut fds = vec![PollFd::new(sig_fd, PollFlags::POLLIN)];
         fds.extend(ring_fd.map(|f| PollFd::new(f, PollFlags::POLLIN)));
         fds.extend(nl_fd.map(|f| PollFd::new(f, PollFlags::POLLIN)));
@@ -200,7 +199,7 @@ const FREEZE_WAIT: Duration = Duration::from_secs(2);
 /// jail is frozen first (cgroup.freeze), then the launcher stops itself (SIGSTOP). On SIGCONT
 /// (`fg`, `bg`) the host's network as it is now is applied, then the jail thawed. If the jail
 /// cannot be frozen, the launcher does not stop: it keeps enforcing, and logs why.
-fn pause(w: &mut Watch, netlink: Option<&Socket>) {
+fn pause(w: &mut Watch<'_>, netlink: Option<&Socket>) {
     let jail = w
         .jail
         .as_ref()
@@ -240,7 +239,7 @@ fn pause(w: &mut Watch, netlink: Option<&Socket>) {
 fn reap(child: Pid) -> Result<Option<i32>> {
     match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
         Ok(WaitStatus::Exited(_, code)) => Ok(Some(code)),
-        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(128 + sig as i32)),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(Exit::Signal(sig).code())),
         Ok(_) => Ok(None),
         Err(e) => bail!("waitpid: {e}"),
     }

@@ -40,10 +40,190 @@ pub fn close_all_but(keep: &[std::os::fd::RawFd]) -> Result<(), Errno> {
 /// the child's copy holds no lock another thread was holding.
 pub fn clone_process(flags: CloneFlags, child: impl FnMut() -> isize) -> Result<Pid, Errno> {
     // 8 MiB, as a main thread gets: the child runs ordinary Rust code (mounts, fork, exec).
-    let mut stack = vec![0u8; 8 << 20];
+    let mut stack = GuardedStack::new(8 << 20)?;
     // SAFETY: without CLONE_VM the child runs on its own copy of the address space, the stack
-    // above included; the parent's copy of `stack` is freed only after clone returns here.
-    unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) }
+    // (and its guard page) included; the parent's copy is unmapped only after clone returns here.
+    unsafe { nix::sched::clone(Box::new(child), stack.usable(), flags, Some(libc::SIGCHLD)) }
+}
+
+/// A stack for [`clone_process`]'s child: its own anonymous mapping with one inaccessible page
+/// at the low end (stacks grow down), so that an overflow faults (SIGSEGV) instead of writing
+/// over whatever memory lies below, as a thread's stack does. Unmapped on drop.
+pub struct GuardedStack {
+    base: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+    guard: usize,
+}
+
+impl GuardedStack {
+    /// `size` usable bytes (rounded up to whole pages) above one guard page.
+    pub fn new(size: usize) -> Result<GuardedStack, Errno> {
+        use nix::sys::mman::{mprotect, MapFlags, ProtFlags};
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?
+            .and_then(|p| usize::try_from(p).ok())
+            .ok_or(Errno::EINVAL)?;
+        let usable = size.div_ceil(page) * page;
+        let len = usable.checked_add(page).ok_or(Errno::ENOMEM)?;
+        let nz = std::num::NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
+        // SAFETY: a new private anonymous mapping at an address the kernel chooses: it aliases
+        // no memory this process uses.
+        let base = unsafe {
+            nix::sys::mman::mmap_anonymous(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK,
+            )
+        }?;
+        let stack = GuardedStack {
+            base,
+            len,
+            guard: page,
+        };
+        // SAFETY: the first page of the mapping made above, which nothing references yet.
+        unsafe { mprotect(base, page, ProtFlags::PROT_NONE) }?;
+        Ok(stack)
+    }
+
+    /// The usable part, above the guard page.
+    pub fn usable(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, readable and writable from `guard` on, lives as
+        // long as `self`, and is reached only through this borrow of `self`.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.as_ptr().cast::<u8>().add(self.guard),
+                self.len - self.guard,
+            )
+        }
+    }
+}
+
+impl Drop for GuardedStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made by `new`; no borrow of it outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.base, self.len) };
+    }
+}
+
+/// fork(2). The caller must be single-threaded (the launcher and the jail's init are), so that
+/// the child's copy of memory holds no lock another thread was holding.
+pub fn fork_single_threaded() -> Result<nix::unistd::ForkResult, Errno> {
+    // SAFETY: the caller is single-threaded (above), which is fork's only requirement here.
+    unsafe { nix::unistd::fork() }
+}
+
+/// Ends the process at once with `code`, without running atexit handlers or flushing stdio
+/// buffers (a forked child's copies belong to its parent).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no precondition.
+    unsafe { libc::_exit(code) }
+}
+
+/// Sets `sig`'s action to the default. Used before exec: an ignored signal would stay ignored.
+pub fn default_signal_action(sig: nix::sys::signal::Signal) -> Result<(), Errno> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet};
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_DFL runs no handler code in this process.
+    unsafe { nix::sys::signal::sigaction(sig, &dfl) }.map(drop)
+}
+
+/// open(2), as an owned descriptor.
+pub fn open<P: ?Sized + nix::NixPath>(
+    path: &P,
+    flags: nix::fcntl::OFlag,
+    mode: nix::sys::stat::Mode,
+) -> Result<std::os::fd::OwnedFd, Errno> {
+    let fd = nix::fcntl::open(path, flags, mode)?;
+    // SAFETY: open just returned this descriptor, and nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// openat(2) relative to `dir`, as an owned descriptor.
+pub fn openat<P: ?Sized + nix::NixPath>(
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &P,
+    flags: nix::fcntl::OFlag,
+    mode: nix::sys::stat::Mode,
+) -> Result<std::os::fd::OwnedFd, Errno> {
+    let fd = nix::fcntl::openat(
+        Some(std::os::fd::AsRawFd::as_raw_fd(&dir)),
+        path,
+        flags,
+        mode,
+    )?;
+    // SAFETY: openat just returned this descriptor, and nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Makes `cmd`'s child, between fork and exec, join the cgroup whose `cgroup.procs` is `procs`
+/// and unblock every signal (the launcher blocks the signals it reads through a signalfd; the
+/// program starts with none blocked, as it would from a shell). Used for pasta, which thus never
+/// runs outside its cgroup's policy.
+pub fn exec_in_cgroup_unblocked(cmd: &mut std::process::Command, procs: std::path::PathBuf) {
+    // SAFETY: runs in the forked child before exec: it writes one file and sets the signal mask;
+    // the launcher is single-threaded, so no lock is held by a thread the child lacks.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            std::fs::write(&procs, "0")?;
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Makes `cmd`'s child, between fork and exec, get SIGKILL when this process dies
+/// (PR_SET_PDEATHSIG, which survives exec) and unblock every signal. Used for pasta in the
+/// nftables mode, which has no cgroup to be killed through.
+pub fn exec_dying_with_parent_unblocked(cmd: &mut std::process::Command) {
+    // SAFETY: runs in the forked child before exec: two system calls, no allocation; the
+    // launcher is single-threaded, so no lock is held by a thread the child lacks.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// One event as the eBPF programs write it to the ring buffer; `None` for an item too short
+/// (never written by our programs).
+pub fn read_event(bytes: &[u8]) -> Option<jail_common::Event> {
+    if bytes.len() < std::mem::size_of::<jail_common::Event>() {
+        return None;
+    }
+    // SAFETY: Event is #[repr(C)] plain integers (jail-common), every bit pattern is valid, and the
+    // length was checked; read_unaligned copes with the ring buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<jail_common::Event>()) })
+}
+
+/// socket(2) with raw integer arguments (a family or type nix has no name for), as an owned
+/// descriptor.
+pub fn socket_raw(domain: i32, ty: i32, protocol: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+    // SAFETY: socket takes plain integers.
+    let fd = Errno::result(unsafe { libc::socket(domain, ty, protocol) })?;
+    // SAFETY: socket just returned this descriptor, and nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// ioctl(fd, TIOCSTI, &byte): pushes `byte` into the input queue of the terminal `fd`. The
+/// seccomp filter's test shows it refused (`fd` is a number: the test's forked child borrows its
+/// standard input without touching std's lazily allocated handle).
+#[cfg(test)]
+pub fn push_terminal_input(fd: std::os::fd::RawFd, byte: u8) -> Result<(), Errno> {
+    // SAFETY: TIOCSTI reads one byte through the pointer, which points at `byte`; on a
+    // descriptor that is not a terminal the kernel refuses it (ENOTTY, EBADF).
+    let r = unsafe { libc::ioctl(fd, libc::TIOCSTI, &byte as *const u8) };
+    Errno::result(r).map(drop)
 }
 
 /// TUNSETIFF on `tun` (an open /dev/net/tun): creates the tap device `name` (at most 15 bytes)
@@ -200,4 +380,53 @@ pub fn become_user_this_thread(uid: u32, gid: u32, groups: &[u32]) -> Result<(),
         Errno::result(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line of /proc/self/maps: start, end, permissions.
+    type Mapping = (usize, usize, String);
+
+    /// The mapping of /proc/self/maps that contains `addr`, and the one right below it.
+    fn maps_around(addr: usize) -> (Option<Mapping>, Mapping) {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let mut below = None;
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (range, perms) = (f.next().unwrap(), f.next().unwrap().to_string());
+            let (s, e) = range.split_once('-').unwrap();
+            let (s, e) = (
+                usize::from_str_radix(s, 16).unwrap(),
+                usize::from_str_radix(e, 16).unwrap(),
+            );
+            if (s..e).contains(&addr) {
+                return (below, (s, e, perms));
+            }
+            below = Some((s, e, perms));
+        }
+        panic!("{addr:#x} is in no mapping");
+    }
+
+    /// The clone stack ends, at its low end, on a page that cannot be touched: the page right
+    /// below the usable part is mapped PROT_NONE (`---p`), so an overflow faults there.
+    #[test]
+    fn the_clone_stack_has_a_guard_page_below_it() {
+        let mut stack = GuardedStack::new(8 << 20).unwrap();
+        let usable = stack.usable();
+        assert!(usable.len() >= 8 << 20);
+        let low = usable.as_ptr() as usize;
+        usable[0] = 1;
+        *usable.last_mut().unwrap() = 1;
+        let (below, at) = maps_around(low);
+        assert_eq!(at.0, low, "the usable part starts a mapping: {at:?}");
+        assert!(
+            at.2.starts_with("rw"),
+            "the usable part is read-write: {at:?}"
+        );
+        let below = below.expect("a mapping below the stack");
+        assert_eq!(below.1, low, "the guard page ends where the stack starts");
+        assert_eq!(below.2, "---p", "the guard page is inaccessible");
+    }
 }

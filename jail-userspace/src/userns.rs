@@ -128,7 +128,7 @@ where
         let Ok(msg) = msg else { return 1 };
         let fds: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
         let cmsg = [ControlMessage::ScmRights(&fds)];
-        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
         match sendmsg::<()>(
             theirs.as_raw_fd(),
             &[IoSlice::new(&msg)],

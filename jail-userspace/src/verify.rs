@@ -23,6 +23,7 @@ use nix::{
 use crate::{
     caller::Caller,
     conf::{self, Trust},
+    exit::Exit,
     hostnet::HostNet,
     policy::Policy,
     state::{self, Paths},
@@ -183,11 +184,7 @@ pub fn command(
             }
         );
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if ok { Exit::Success } else { Exit::Failure }.into())
 }
 
 /// The jail whose launcher is `launcher`: its programs and its maps.

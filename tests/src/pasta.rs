@@ -1,5 +1,6 @@
 //! Attaching pasta from the fake world's host namespace to a jail namespace, as claude-jail
-//! does, with every default hole closed (see the shared field notes, section 2).
+//! does, with every default hole closed (jail-userspace/src/pasta.rs says what each of those
+//! arguments closes: the gateway mapped to the host's loopback, port forwarding either way).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

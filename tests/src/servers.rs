@@ -189,7 +189,7 @@ fn serve(
 ) {
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::SeqCst) {
-        let mut fds: Vec<PollFd> = listeners
+        let mut fds: Vec<PollFd<'_>> = listeners
             .iter()
             .map(|l| {
                 let fd = match l {

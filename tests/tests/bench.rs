@@ -10,52 +10,29 @@ use std::{
     io::Read,
     net::TcpListener,
     os::unix::{fs::PermissionsExt, process::CommandExt},
-    path::{Path, PathBuf},
+    path::Path,
     process::Stdio,
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use claude_jail::{bpf, cgroup, conf, hostnet::HostNet, policy::Policy};
-use jail_tests::{have_root, jail::claude_jail, FakeWorld};
+use claude_jail::{bpf, conf, hostnet::HostNet, policy::Policy};
+use jail_tests::{cgroup::TestCgroup, have_root, jail::claude_jail, FakeWorld};
 
 const BULK_BYTES: u64 = 256 << 20;
 const ROUNDS: usize = 5;
 
-struct Cg {
-    cg: cgroup::Cgroup,
-    bpffs: Option<PathBuf>,
-}
-
-impl Cg {
-    fn new(name: &str, attach: Option<&Policy>) -> Cg {
-        let root = cgroup::cgroup2_mount().unwrap();
-        let cg = cgroup::Cgroup::create(
-            &root.join(format!("claude-jail-bench-{}-{name}", std::process::id())),
-        )
-        .unwrap();
-        let bpffs = attach.map(|p| {
-            let dir =
-                std::env::temp_dir().join(format!("cj-bench-bpffs-{}-{name}", std::process::id()));
-            bpf::ensure_bpffs(&dir).unwrap();
-            bpf::attach(cg.path(), &dir.join("jail"), p.map_entries()).unwrap();
-            dir
-        });
-        Cg { cg, bpffs }
-    }
-}
-
-impl Drop for Cg {
-    fn drop(&mut self) {
-        let _ = self.cg.kill_all(Duration::from_secs(5));
-        if let Some(d) = &self.bpffs {
-            let _ = bpf::unpin(&d.join("jail"));
-            let _ = nix::mount::umount2(d, nix::mount::MntFlags::MNT_DETACH);
-            let _ = fs::remove_dir(d);
-        }
-        let _ = self.cg.remove();
-    }
+/// A cgroup of the bench's own, with the programs of `attach` attached (pinned in its private
+/// bpffs) when given.
+fn bench_cgroup(name: &str, attach: Option<&Policy>) -> TestCgroup {
+    let tag = format!("bench-{name}");
+    let Some(p) = attach else {
+        return TestCgroup::create(&tag);
+    };
+    let cg = TestCgroup::with_bpffs(&tag);
+    bpf::attach(cg.path(), &cg.pins(), p.map_entries()).unwrap();
+    cg
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -109,12 +86,12 @@ fn bench_packet_backstop_bulk_tcp() {
             }
         }
     });
-    let with = Cg::new("on", Some(&policy_from("")));
-    let without = Cg::new("off", None);
+    let with = bench_cgroup("on", Some(&policy_from("")));
+    let without = bench_cgroup("off", None);
     let mut mbps = [Vec::new(), Vec::new()];
     for _ in 0..ROUNDS {
         for (i, cg) in [&without, &with].into_iter().enumerate() {
-            let procs = cg.cg.path().join("cgroup.procs");
+            let procs = cg.path().join("cgroup.procs");
             let mut cmd = world.host_command("bash").unwrap();
             cmd.args([
                 "-c",
@@ -150,8 +127,8 @@ fn bench_reload_ten_thousand_allow_entries() {
     // The map update alone, through the pins, as reload does it.
     let base = policy_from("");
     let big = policy_from(&ten_thousand_allows());
-    let cg = Cg::new("reload", Some(&base));
-    let pins = cg.bpffs.as_ref().unwrap().join("jail");
+    let cg = bench_cgroup("reload", Some(&base));
+    let pins = cg.pins();
     let mut add = Vec::new();
     let mut remove = Vec::new();
     for _ in 0..ROUNDS {

@@ -1,4 +1,4 @@
-//! `claude-jail check` (issue 12, item 5): one line per prerequisite, each failure with its fix,
+//! `claude-jail check`: one line per prerequisite, each failure with its fix,
 //! exit 0 only when a jail can start; nothing of the check is left behind.
 use std::fs;
 
@@ -117,7 +117,7 @@ fn check_is_green_where_a_jail_starts_and_names_the_fix_where_it_cannot() {
     );
 }
 
-/// CLI conventions (issue 12, item 6): a mistyped option of `run` is refused (125, as `podman
+/// CLI conventions: a mistyped option of `run` is refused (125, as `podman
 /// run`), never run as the command; other usage errors exit 2; `status` shows the digest that
 /// `policy` prints for the same conf, and a local start time.
 #[test]
@@ -177,7 +177,7 @@ fn usage_errors_and_status_speak_as_the_rest_of_the_tool() {
     );
 }
 
-/// `claude-jail verify` (issue 12, item 5): from inside a fresh jail, every line ok: the five
+/// `claude-jail verify`: from inside a fresh jail, every line ok: the five
 /// programs attached, no capability, the kernel's maps equal to the compiled policy, each denied
 /// range refused with EPERM before any packet (the fake LAN sees nothing), DNS resolving; a
 /// range the conf allows is not probed.
@@ -273,7 +273,7 @@ fn verify_audits_a_fresh_jail_from_inside_and_out() {
     );
 }
 
-/// Refusals also go to the system log (issue 12, item 6), for a fleet's log pipeline: a logger
+/// Refusals also go to the system log, for a fleet's log pipeline: a logger
 /// stands in at /dev/log (an overlay over /dev in the test's own mount namespace, so the
 /// machine's /dev is untouched) and receives the refused connect, tagged claude-jail.
 #[test]

@@ -1,4 +1,4 @@
-//! Containment (issue 6): nothing outside the jail acts for the jailed command. Each path is
+//! Containment: nothing outside the jail acts for the jailed command. Each path is
 //! tried from inside `claude-jail run` (user nobody) in the fake world, and, as a control, from
 //! outside (the same user with the jail off, or unjailed), so that a refusal is the jail's doing.
 //!

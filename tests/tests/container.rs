@@ -1,4 +1,4 @@
-//! Containers (issue 10): claude-jail where devcontainers run it.
+//! Containers: claude-jail where devcontainers run it.
 //!
 //! - Root without CAP_BPF but with CAP_SYS_ADMIN (docker 20.10 does not know CAP_BPF): the kernel
 //!   accepts bpf() with CAP_SYS_ADMIN, and so does the preflight.
@@ -344,7 +344,7 @@ fn deb_package() -> std::path::PathBuf {
     })
 }
 
-/// Issue 12's "Done when", on a clean Debian (a fresh container from the minbase image): the
+/// The installation end to end, on a clean Debian (a fresh container from the minbase image): the
 /// .deb installs; `claude-jail check` is all green; a normal user in the claude-jail group (and
 /// with no other sudo rule) types `claude` (a fake claude where npm puts the real one) and is
 /// jailed, arguments verbatim; `CLAUDE_SANDBOX_EGRESS_JAIL=0 claude` runs unjailed and says so;
@@ -418,7 +418,7 @@ echo "ENVS EPICS=${EPICS_CA_ADDR_LIST:-unset} TMUX=${TMUX:-unset} HOME=$HOME"
     assert!(
         jailed.contains("ENVS EPICS=10.1.2.3 TMUX=unset HOME=/home/dev"),
         "the user's environment reaches the jailed claude through the shim and sudo, less the \
-         broker variables (issue 17): {jailed}"
+         broker variables (those pointing at masked sockets): {jailed}"
     );
     let nested = section("nested");
     assert!(

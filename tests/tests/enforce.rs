@@ -1,4 +1,5 @@
-//! Enforcement against the real kernel, inside the fake world (issue 4's tests).
+//! Enforcement against the real kernel, inside the fake world: the loader's programs and maps,
+//! without the launcher around them.
 //!
 //! Each test attaches the real programs (claude_jail::bpf::attach) to a cgroup of its own, then
 //! runs `jail-probe` in that cgroup AND in the world's host network namespace (never the start
@@ -9,7 +10,7 @@
 //! Probes run as uid/gid 65534 with no capabilities, except the raw-socket ones, which keep
 //! root's CAP_NET_RAW to show that the packet backstop catches what the socket hooks cannot.
 //!
-//! Needs root; skips with a message otherwise. Run inside `unshare --net --mount`.
+//! Needs root (see `jail_tests::have_root`). Run inside `unshare --net --mount`.
 use std::{
     fs,
     io::{BufRead, BufReader},
@@ -20,18 +21,19 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use claude_jail::{
     bpf::{self, Counters},
-    cgroup, conf,
+    conf,
     hostnet::HostNet,
     policy::Policy,
 };
 use jail_common::{Event, Hook, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use jail_tests::{
+    cgroup::TestCgroup,
+    have_root,
     world::{
         GATEWAY_V4, HOST_EXTRA_V4, HOST_V4, HOST_V6, LAN_V4, LAN_V6, METADATA_V4, PUBLIC_V4,
         PUBLIC_V6,
@@ -44,12 +46,6 @@ const ATTACH: &str = env!("CARGO_BIN_EXE_jail-attach");
 /// The unprivileged identity of jailed probes.
 const NOBODY: u32 = 65534;
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn have_root() -> bool {
-    jail_tests::have_root()
-}
-
 /// Who the probe runs as.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum As {
@@ -61,11 +57,11 @@ enum As {
 
 /// A jail cgroup and a private bpffs, removed on drop (also when the test panics).
 struct Jail {
-    cgroup: cgroup::Cgroup,
-    bpffs: PathBuf,
-    pins: PathBuf,
+    // Fields drop in order: the maps' descriptors close before the guard unpins and removes.
     maps: Option<bpf::JailMaps>,
     policy: Option<Policy>,
+    pins: PathBuf,
+    cgroup: TestCgroup,
 }
 
 impl Jail {
@@ -73,21 +69,13 @@ impl Jail {
     /// mount namespace is a copy of ours, so it then sees the bpffs (and the probes see the pin
     /// directory, 0700 root, as the real jail's processes would).
     fn prepare() -> Jail {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}-{n}", std::process::id());
-        let root = cgroup::cgroup2_mount().expect("a cgroup2 mount");
-        let cg = cgroup::Cgroup::create(&root.join(format!("claude-jail-enforce-{id}")))
-            .expect("create the test cgroup");
-        let bpffs = std::env::temp_dir().join(format!("cj-enforce-bpffs-{id}"));
-        let jail = Jail {
-            cgroup: cg,
-            pins: bpffs.join("jail"),
-            bpffs,
+        let cgroup = TestCgroup::with_bpffs("enforce");
+        Jail {
             maps: None,
             policy: None,
-        };
-        bpf::ensure_bpffs(&jail.bpffs).expect("mount a private bpffs");
-        jail
+            pins: cgroup.pins(),
+            cgroup,
+        }
     }
 
     /// The policy of `conf_text` for the world's host (its addresses, subnets and routes are
@@ -178,21 +166,6 @@ fn probe_in(world: &FakeWorld, cgroup: &Path, who: As, args: &[&str]) -> String 
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-impl Drop for Jail {
-    fn drop(&mut self) {
-        let _ = self.cgroup.kill_all(Duration::from_secs(5));
-        self.maps = None;
-        if let Err(e) = bpf::unpin(&self.pins) {
-            eprintln!("enforce: unpin {}: {e:#}", self.pins.display());
-        }
-        if let Err(e) = self.cgroup.remove() {
-            eprintln!("enforce: remove cgroup: {e}");
-        }
-        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
-        let _ = fs::remove_dir(&self.bpffs);
-    }
 }
 
 fn world(ipv6: bool) -> FakeWorld {
@@ -709,8 +682,7 @@ fn raw_packets_to_denied_destinations_are_dropped_by_the_backstop() {
     let mut seen: Vec<Event> = Vec::new();
     while let Some(item) = events.next() {
         assert_eq!(item.len(), std::mem::size_of::<Event>(), "event size");
-        // SAFETY: Event is plain old data of exactly this size; read_unaligned copies it.
-        seen.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        seen.push(claude_jail::sys::read_event(&item).expect("an event"));
     }
     let ne = u32::from_ne_bytes(lan.octets());
     let syn = seen
@@ -757,8 +729,7 @@ fn raw_packets_to_denied_destinations_are_dropped_by_the_backstop() {
     let e = loop {
         match events.next() {
             Some(item) => {
-                // SAFETY: as above.
-                let e = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+                let e = claude_jail::sys::read_event(&item).expect("an event");
                 if e.hook == Hook::Connect4 as u8 {
                     break e;
                 }
@@ -1088,9 +1059,8 @@ fn the_jail_outlives_a_sigkilled_loader() {
             .expect("EVENTS is a ring buffer");
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        // SAFETY: Event is plain old data; the length is checked first.
         assert_eq!(item.len(), std::mem::size_of::<Event>());
-        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        events.push(claude_jail::sys::read_event(&item).expect("an event"));
     }
     let ne = u32::from_ne_bytes(LAN_V4[0].octets());
     let hooks: Vec<(u8, u32, u16, u8, u32)> = events
@@ -1729,18 +1699,6 @@ fn attach_connect4(cgroup: &Path, prog: &OwnedFd, flags: u64) -> std::io::Result
     sys_bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
 }
 
-/// A child cgroup, emptied and removed on drop (before its parent's Jail is dropped).
-struct ChildCgroup(cgroup::Cgroup);
-
-impl Drop for ChildCgroup {
-    fn drop(&mut self) {
-        let _ = self.0.kill_all(Duration::from_secs(5));
-        if let Err(e) = self.0.remove() {
-            eprintln!("enforce: remove child cgroup: {e}");
-        }
-    }
-}
-
 /// "No descendant cgroup can replace them": root attaches an allow-all connect4 program to a
 /// child of the jail cgroup, with BPF_F_ALLOW_OVERRIDE and with BPF_F_ALLOW_MULTI. The jail's
 /// programs are link-attached (multi), so the kernel runs them as well as the child's, and a
@@ -1763,21 +1721,19 @@ fn a_descendant_cgroup_cannot_replace_the_jails_programs() {
         (BPF_F_ALLOW_MULTI, "BPF_F_ALLOW_MULTI"),
     ] {
         for (parent, jailed) in [(&jail, true), (&control, false)] {
-            let child = ChildCgroup(
-                cgroup::Cgroup::create(&parent.cgroup.path().join(format!("child-{flags}")))
-                    .expect("create a child cgroup"),
-            );
+            // Emptied and removed on drop, before its parent's Jail.
+            let child = TestCgroup::child(parent.cgroup.path(), &format!("child-{flags}"));
             let prog = load_allow_all_connect4();
-            attach_connect4(child.0.path(), &prog, flags).unwrap_or_else(|e| {
+            attach_connect4(child.path(), &prog, flags).unwrap_or_else(|e| {
                 panic!("root attaches the allow-all program with {flag_name}: {e}")
             });
-            let effective = cgroup_programs(child.0.path(), true);
+            let effective = cgroup_programs(child.path(), true);
             assert!(
                 effective.contains(&allow_all),
                 "the allow-all program is in effect on the child ({flag_name}): {effective:?}"
             );
             let before = jail.counters();
-            let out = probe_in(&world, child.0.path(), As::Nobody, &["tcp", &lan]);
+            let out = probe_in(&world, child.path(), As::Nobody, &["tcp", &lan]);
             if jailed {
                 assert!(
                     effective.contains(&jails_connect4),

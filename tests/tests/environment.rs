@@ -1,4 +1,4 @@
-//! The jail is transparent to the user's environment (issue 17): the command gets the
+//! The jail is transparent to the user's environment: the command gets the
 //! environment of the user who asked, where they typed it, less what points at masked brokers;
 //! a command root starts for another user gets the allow list and the conf's `pass-env`; and
 //! nothing of the caller's environment changes what the launcher itself does. (The `claude`

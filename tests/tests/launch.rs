@@ -1,4 +1,4 @@
-//! `claude-jail run` end to end, in the fake world (issue 5's "Done when"): the jailed command
+//! `claude-jail run` end to end, in the fake world: the jailed command
 //! reaches the internet and DNS and nothing internal; it cannot undo the jail; the conf's port
 //! openings work in their direction only; sudo from a normal account; every fail-closed case.
 //!

@@ -1,4 +1,4 @@
-//! Cgroup layouts (issue 10): the jail starts, and hides the host's cgroups, on every layout a
+//! Cgroup layouts: the jail starts, and hides the host's cgroups, on every layout a
 //! host or a container may have. This machine is hybrid (cgroup v1 controllers under a tmpfs at
 //! /sys/fs/cgroup, cgroup2 at /sys/fs/cgroup/unified); most hosts are unified (cgroup2 *is*
 //! /sys/fs/cgroup); containers often put cgroup2 below a tmpfs of their own. Each layout is

@@ -4,7 +4,6 @@
 //! byte-exact.
 use std::{
     fs,
-    io::{BufRead, BufReader, Read},
     path::PathBuf,
     process::{Command, Stdio},
     thread,
@@ -15,8 +14,10 @@ use jail_tests::{
     have_root,
     jail::{claude_jail, claude_jail_bin, jail_ids, leftovers, write_conf, PRINT_JAIL_ID},
     pasta::locate_pasta,
+    session::Session,
     FakeWorld,
 };
+use nix::sys::signal::{kill, Signal};
 
 fn conf(world: &FakeWorld) -> PathBuf {
     write_conf(world, "claude-sandbox.conf", "").unwrap()
@@ -91,44 +92,6 @@ fn exit_statuses_propagate() {
     );
 }
 
-/// Starts `script` jailed with piped stdout and waits for its `ready` line.
-fn start_ready(
-    world: &FakeWorld,
-    conf: &std::path::Path,
-    script: &str,
-) -> (
-    std::process::Child,
-    BufReader<std::process::ChildStdout>,
-    String,
-) {
-    let c = conf.display().to_string();
-    let mut child = claude_jail(
-        world,
-        &[
-            "run", "--config", &c, "--user", "nobody", "--", "bash", "-c", script,
-        ],
-    )
-    .unwrap()
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut l = String::new();
-        if out.read_line(&mut l).unwrap() == 0 {
-            break;
-        }
-        seen.push_str(&l);
-        if l.trim() == "ready" {
-            break;
-        }
-    }
-    assert!(seen.contains("ready"), "the jailed command started: {seen}");
-    (child, out, seen)
-}
-
 #[test]
 fn sigterm_and_sighup_reach_the_command_and_leftovers_die() {
     if !have_root() {
@@ -136,7 +99,7 @@ fn sigterm_and_sighup_reach_the_command_and_leftovers_die() {
     }
     let world = FakeWorld::builder().build().unwrap();
     let conf = conf(&world);
-    for (sig, name) in [(libc::SIGTERM, "TERM"), (libc::SIGHUP, "HUP")] {
+    for (sig, name) in [(Signal::SIGTERM, "TERM"), (Signal::SIGHUP, "HUP")] {
         let marker = format!("cjmark-{}-{name}", std::process::id());
         // The command leaves a daemon behind (its own session, its own process group), then
         // waits for the signal.
@@ -144,7 +107,8 @@ fn sigterm_and_sighup_reach_the_command_and_leftovers_die() {
             "{PRINT_JAIL_ID}; setsid bash -c 'exec -a {marker} sleep 1000' </dev/null >/dev/null 2>&1 & \
              trap 'echo got-{name}; exit 42' {name}; echo ready; while :; do sleep 0.1; done"
         );
-        let (mut child, mut out, mut seen) = start_ready(&world, &conf, &script);
+        let s = Session::start(&world, &conf, &script);
+        let mut seen = s.wait_for("ready", |l| l == "ready");
         // The daemon is running, in the host's view too.
         let daemon_running = || {
             fs::read_dir("/proc").unwrap().flatten().any(|e| {
@@ -158,17 +122,10 @@ fn sigterm_and_sighup_reach_the_command_and_leftovers_die() {
             thread::sleep(Duration::from_millis(20));
         }
         assert!(daemon_running(), "the command's daemon started");
-        // SAFETY: kill(2) on our own child.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
-        out.read_to_string(&mut seen).unwrap();
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        kill(s.launcher(), sig).unwrap();
+        let (status, rest, err) = s.wait();
+        seen.extend(rest);
+        let seen = seen.join("\n");
         assert!(
             seen.contains(&format!("got-{name}")),
             "SIG{name} sent to the launcher is forwarded to the command: {seen}\n{err}"
@@ -190,25 +147,24 @@ fn sigterm_and_sighup_reach_the_command_and_leftovers_die() {
 
     // SIGINT sent to the launcher alone (not to the terminal's process group) does not end it:
     // Ctrl-C is the command's business.
-    let (mut child, mut out, mut seen) = start_ready(
+    let mut s = Session::start(
         &world,
         &conf,
         "trap 'echo got-TERM; exit 7' TERM; echo ready; while :; do sleep 0.1; done",
     );
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    s.wait_for("ready", |l| l == "ready");
+    kill(s.launcher(), Signal::SIGINT).unwrap();
     // Not a wait for a state (there is none to see when a signal is ignored): a launcher that
     // SIGINT killed is usually gone by now; if not, the exit status below (7, from the
     // command's TERM trap, not death by SIGINT) still shows it survived SIGINT, sent first.
     thread::sleep(Duration::from_millis(300));
     assert!(
-        child.try_wait().unwrap().is_none(),
+        s.running(),
         "SIGINT to the launcher alone does not stop the jail"
     );
-    // SAFETY: as above.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    out.read_to_string(&mut seen).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(7), "{seen}");
+    kill(s.launcher(), Signal::SIGTERM).unwrap();
+    let (status, rest, _) = s.wait();
+    assert_eq!(status.code(), Some(7), "{rest:?}");
 }
 
 #[test]

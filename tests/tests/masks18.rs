@@ -1,4 +1,6 @@
-//! Issue 18: masks that hold from one session to the next, and the launcher around the jail.
+//! Masks that hold from one session to the next, and the launcher around the jail: renamed
+//! ssh directories, SSH_AUTH_SOCK, the user's paths read as the user, ^Z, the shared log's
+//! budget, pids and memory limits.
 //!
 //! Safety: every script runs in the world's host namespaces plus a private mount namespace with
 //! tmpfs over /run and /tmp and a private /etc/passwd that adds the test's user (`cjt18`, uid
@@ -121,7 +123,7 @@ fn get<'a>(m: &'a HashMap<String, String>, k: &str, all: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {k}= in the output:\n{all}"))
 }
 
-/// Item 1: the agent renames ~/.ssh (the issue's `mv ~/.ssh ~/.cfg-ssh`), moves the masked socket
+/// The agent renames ~/.ssh (`mv ~/.ssh ~/.cfg-ssh`), moves the masked socket
 /// itself, or hard-links it, in one session; in the next session every path it tried must still
 /// be out of reach. Before the fix the rename succeeded and the next jail reached the moved
 /// ControlMaster at ~/.cfg-ssh. (The hard link was refused already, EXDEV across the mask's
@@ -203,7 +205,7 @@ echo "jail2_rc=$?"
     assert_eq!(get(&m, "cfg_ssh", &all), "no");
 }
 
-/// Item 4: SSH_AUTH_SOCK keeps a socket reachable only when it is the user's own socket outside
+/// SSH_AUTH_SOCK keeps a socket reachable only when it is the user's own socket outside
 /// every mask. Before the fix it kept any path: `SSH_AUTH_SOCK=/var/run/docker.sock` left docker
 /// reachable, a nonexistent path below /tmp/tmux-UID unmasked the whole tmux directory, and
 /// another user's socket stayed reachable; now each is masked and the launch warns.
@@ -273,7 +275,7 @@ done
     }
 }
 
-/// Item 3: the user's paths are read with the user's credentials, never root's.
+/// The user's paths are read with the user's credentials, never root's.
 /// (a) ~/.ssh is a symlink into a root-only directory: the names root sees there must not appear
 ///     in the jail's mount table (before the fix: `root@bastion.corp:22` was a mount point there);
 /// (b) ~/.ssh is the user's FUSE mount (fuse-overlayfs run as the user, without allow_other:
@@ -355,7 +357,7 @@ cat /tmp/err-a /tmp/err-b /tmp/err-c >&2
     assert_eq!(get(&m, "noread:named", &all), "yes", "{all}");
 }
 
-/// Item 2: ^Z freezes the jail before the launcher stops, and on SIGCONT the host's changes made
+/// ^Z freezes the jail before the launcher stops, and on SIGCONT the host's changes made
 /// meanwhile are applied before the jail runs again. The command ignores SIGTSTP and connects to
 /// the public server in a loop; while the launcher is stopped a "VPN" route for the public
 /// server's range appears on the host. Before the fix the command ran on while the launcher was
@@ -509,7 +511,7 @@ cat $O; rm -f $O
     (m, all)
 }
 
-/// Item 6: `pids-max` limits the jail's processes and threads (default 4096), so that a fork
+/// `pids-max` limits the jail's processes and threads (default 4096), so that a fork
 /// bomb in the jail stops there. This machine has the hybrid layout, where the pids controller
 /// is bound to cgroup v1 (its cgroup2 lists only hugetlb, and a private cgroup2 mount shows the
 /// same superblock), so the limit is checked here on the v1 pids hierarchy the launcher falls
@@ -547,12 +549,13 @@ fn pids_max_stops_a_fork_bomb_in_the_jail() {
     assert_eq!(get(&m, "forks", &all), "200", "{all}");
 }
 
-/// Item 6 on the unified layout (cgroup2 at /sys/fs/cgroup, no v1 hierarchy), emulated in a
-/// private mount namespace as /work/shared/field-notes.md section 5 describes (`umount -R
+/// `pids-max` on the unified layout (cgroup2 at /sys/fs/cgroup, no v1 hierarchy), emulated in a
+/// private mount namespace as `cargo xtask test`'s second pass does (`umount -R
 /// /sys/fs/cgroup; mount -t cgroup2 cgroup2 /sys/fs/cgroup`: valid only inside the test's own
-/// mount namespace; the cgroup2 superblock is the machine's). Where that cgroup2 has the pids
-/// controller, `pids-max` must hold there; on this machine it has not (the controller is bound
-/// to v1, system-wide), so the launch must run and say that nothing limits the jail's processes.
+/// mount namespace; the cgroup2 superblock is the machine's, so its cgroups are real ones).
+/// Where that cgroup2 has the pids controller, `pids-max` must hold there; on this machine it
+/// has not (the controller is bound to v1, system-wide), so the launch must run and say that
+/// nothing limits the jail's processes.
 #[test]
 fn pids_max_on_the_unified_layout() {
     if !have_root() {
@@ -624,7 +627,7 @@ while time.time() < end:
 print("attempts=%d" % n)
 "#;
 
-/// Item 5: a port scan from one jail writes at most that jail's budget of records
+/// A port scan from one jail writes at most that jail's budget of records
 /// (`JAIL_LOG_RECORDS`, 1024) to the log every jail shares, then only counts, so it cannot push
 /// the other jails' records out. Before the fix the scan wrote 32 records every 250 ms for as
 /// long as it ran (1,500 in these 12 s; the 16 MiB of log and rotation in about 10 minutes).
@@ -712,7 +715,7 @@ fn a_noisy_jail_writes_no_more_than_its_budget_to_the_shared_log() {
     );
 }
 
-/// Item 6, optional part: `memory-max` limits the jail's memory (here on the v1 memory
+/// `memory-max` limits the jail's memory (here on the v1 memory
 /// hierarchy, as for pids: this machine's cgroup2 has no memory controller). A process that
 /// touches 200 MiB under `memory-max = 64M` is killed by the kernel's OOM killer (SIGKILL,
 /// 137); without the key it completes. Before the fix `memory-max` was an unknown key.
@@ -768,7 +771,7 @@ fn memory_max_bounds_the_jail() {
     assert!(!all.contains("ate=200M"), "{all}");
 }
 
-/// Item 6: where the limit cannot be set (here: the v1 pids hierarchy made read-only in the
+/// Where the limit cannot be set (here: the v1 pids hierarchy made read-only in the
 /// test's own mount namespace, `mount -o remount,bind,ro`, a per-mount flag that only this
 /// namespace sees), the default pids-max only warns, so that the default never stops a jail that
 /// ran before (a container whose cgroup holds processes cannot enable a controller below it),
@@ -871,7 +874,7 @@ impl Drop for Tmux {
     }
 }
 
-/// Item 2 at a real terminal: the user's shell runs `claude-jail run` in the foreground, the
+/// ^Z at a real terminal: the user's shell runs `claude-jail run` in the foreground, the
 /// jailed command ignores SIGTSTP and ticks into a file; Ctrl-Z must leave the job stopped in
 /// the user's shell *and* the command frozen, and `fg` must resume both. Before the fix the
 /// shell showed the job stopped while the command kept ticking.

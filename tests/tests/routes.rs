@@ -1,4 +1,4 @@
-//! Every route the host has (issue 11), in the fake world: ranges the host reaches through
+//! Every route the host has, in the fake world: ranges the host reaches through
 //! policy routing (tables chosen by `ip rule`), its local (AnyIP) ranges, at launch and added
 //! while the jail runs; and an audit trail that accounts for the events the kernel could not
 //! queue.
@@ -10,12 +10,9 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead, BufReader},
     net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
-    sync::mpsc::{self, Receiver},
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
@@ -24,6 +21,7 @@ use jail_tests::{
     have_root,
     jail::{claude_jail, host_root, run_jailed, write_conf},
     servers::{Behaviour, Listener, Servers},
+    session::Session,
     FakeWorld,
 };
 
@@ -89,125 +87,6 @@ fn probe_script(targets: &[(&str, &str)]) -> String {
     }
     s.push_str("sleep 0.05; done");
     s
-}
-
-/// A jailed bash script running in the background; its stdout lines arrive on a channel.
-struct Session {
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Option<thread::JoinHandle<String>>,
-}
-
-impl Session {
-    fn start(world: &FakeWorld, conf: &Path, script: &str) -> Session {
-        let conf = conf.display().to_string();
-        let mut child = claude_jail(
-            world,
-            &[
-                "run", "--config", &conf, "--user", "nobody", "--", "bash", "-c", script,
-            ],
-        )
-        .unwrap()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let err = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut s = String::new();
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                s.push_str(&line);
-                s.push('\n');
-            }
-            s
-        });
-        Session {
-            child,
-            lines: rx,
-            stderr: Some(stderr),
-        }
-    }
-
-    fn launcher(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// Waits (30 s at most) for a line satisfying `pred`; returns the lines seen before it too.
-    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                let hit = pred(&l);
-                seen.push(l);
-                if hit {
-                    return seen;
-                }
-            }
-        }
-        panic!(
-            "no line '{what}' within 30 s; saw: {:?}",
-            &seen[seen.len().saturating_sub(10)..]
-        );
-    }
-
-    /// The outcome of each label in the next complete round of [`probe_script`] (starting with
-    /// the first label).
-    fn round(&self, labels: &[&str]) -> BTreeMap<String, String> {
-        let first = format!("{} ", labels[0]);
-        let last = format!("{} ", labels[labels.len() - 1]);
-        let start = self.wait_for("start of a round", |l| l.starts_with(&first));
-        let mut lines = vec![start.last().cloned().unwrap_or_default()];
-        lines.extend(self.wait_for("end of a round", |l| l.starts_with(&last)));
-        lines
-            .iter()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(label, outcome)| (label.to_string(), outcome.to_string()))
-            .collect()
-    }
-
-    /// SIGTERM to the launcher (forwarded to the command), then the exit and stderr.
-    fn stop(mut self) -> (Vec<String>, String) {
-        self.terminate();
-        let rest: Vec<String> = self.lines.iter().collect();
-        let stderr = self
-            .stderr
-            .take()
-            .map(|t| t.join().unwrap())
-            .unwrap_or_default();
-        (rest, stderr)
-    }
-
-    fn terminate(&mut self) {
-        let pid = self.launcher();
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// A test that panics still ends its jail (the launcher cleans up on SIGTERM).
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.terminate();
-    }
 }
 
 fn empty_conf(world: &FakeWorld) -> PathBuf {
@@ -392,7 +271,8 @@ fn anyip_local_ranges_are_the_hosts_own_and_refused() {
         return;
     }
     let world = FakeWorld::builder().ipv6(true).build().unwrap();
-    // A service of the host on every address (dual-stack), as in the issue.
+    // A service of the host on every address (dual-stack, [::]:8082): what an AnyIP range of the
+    // host reaches, and so what the jail must not.
     let any: SocketAddr = "[::]:8082".parse().unwrap();
     let host_service = world
         .in_host(|| Listener::tcp(any, Behaviour::Greet))

@@ -2,121 +2,25 @@
 //! world.
 use std::{
     fs,
-    io::{BufRead, BufReader},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
-    sync::mpsc::{self, Receiver},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
-use jail_tests::{have_root, jail::claude_jail, FakeWorld};
+use jail_tests::{
+    have_root,
+    jail::claude_jail,
+    session::{line_channel, Session},
+    FakeWorld,
+};
 
 fn write_conf(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, text).unwrap();
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
     fs::rename(&tmp, path).unwrap();
-}
-
-/// A jailed bash script running in the background; its stdout lines arrive on a channel.
-struct Session {
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Option<thread::JoinHandle<String>>,
-}
-
-impl Session {
-    fn start(world: &FakeWorld, conf: &Path, script: &str) -> Session {
-        let conf = conf.display().to_string();
-        let mut child = claude_jail(
-            world,
-            &[
-                "run", "--config", &conf, "--user", "nobody", "--", "bash", "-c", script,
-            ],
-        )
-        .unwrap()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let err = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut s = String::new();
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                s.push_str(&line);
-                s.push('\n');
-            }
-            s
-        });
-        Session {
-            child,
-            lines: rx,
-            stderr: Some(stderr),
-        }
-    }
-
-    /// Waits (30 s at most) for a line satisfying `pred`; returns the lines seen before it too.
-    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                let hit = pred(&l);
-                seen.push(l);
-                if hit {
-                    return seen;
-                }
-            }
-        }
-        panic!(
-            "no line '{what}' within 30 s; saw: {:?}",
-            &seen[seen.len().saturating_sub(10)..]
-        );
-    }
-
-    /// SIGTERM to the launcher (forwarded to the command), then the exit and stderr.
-    fn stop(mut self) -> (Vec<String>, String) {
-        self.terminate();
-        let rest: Vec<String> = self.lines.iter().collect();
-        let stderr = self
-            .stderr
-            .take()
-            .map(|t| t.join().unwrap())
-            .unwrap_or_default();
-        (rest, stderr)
-    }
-
-    fn terminate(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// A test that panics still ends its jail (the launcher cleans up on SIGTERM).
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.terminate();
-    }
 }
 
 fn reload(world: &FakeWorld, conf: &Path) -> std::process::Output {
@@ -496,7 +400,7 @@ fn refusals_before_and_after_a_reload_name_their_own_rule() {
     s.wait_for("started", |l| l == "started");
     let id = jail_id_once_running(&world);
     // The launcher neither drains nor describes anything until it is continued.
-    let launcher = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    let launcher = s.launcher();
     nix::sys::signal::kill(launcher, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let stopped = Stopped(launcher);
 
@@ -693,13 +597,7 @@ fn events_follow_streams_new_refusals() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = follow.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = line_channel(follow.stdout.take().unwrap());
     let s = Session::start(
         &world,
         &conf,
@@ -728,7 +626,7 @@ fn sigusr1_reloads_one_jail_and_egress_jail_0_leaves_running_jails_jailed() {
     let s = Session::start(&world, &conf, &probe_loop(&[("lan", "10.0.0.5:80")]));
     s.wait_for("lan refused", |l| l == "lan refused");
     write_conf(&conf, "allow-ip = 10.0.0.5/32\n");
-    let launcher = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    let launcher = s.launcher();
     nix::sys::signal::kill(launcher, nix::sys::signal::Signal::SIGUSR1).unwrap();
     s.wait_for("lan ok after SIGUSR1", |l| l == "lan ok");
 
@@ -757,7 +655,7 @@ fn a_killed_launcher_leaves_a_stale_entry_that_gc_removes() {
     write_conf(&conf, "");
     let s = Session::start(&world, &conf, "echo started; sleep 600");
     s.wait_for("started", |l| l == "started");
-    let launcher = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    let launcher = s.launcher();
     nix::sys::signal::kill(launcher, nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = s.stop();
 

@@ -1,4 +1,4 @@
-//! Safe behind a NOPASSWD sudo rule that allows any arguments (issue 12, item 1): with real sudo
+//! Safe behind a NOPASSWD sudo rule that allows any arguments: with real sudo
 //! and users made inside the test's namespaces ([`jail_tests::sudo`]), a normal user cannot use
 //! claude-jail to act as another user, to read a file they cannot read, or to choose what runs
 //! as root; and `status`/`events` show them their own jails only.

@@ -3,7 +3,7 @@
 //! - `setup`: install what a fresh machine needs (scripts/setup; idempotent, seconds when done);
 //! - `build-ebpf`: build jail-ebpf for bpfel-unknown-none with Debian's rustc-web;
 //! - `build`: build-ebpf, then the `claude-jail` binary that embeds the object;
-//! - `test`: setup, build, `cargo fmt --check`, clippy, then every test (unit and integration) run
+//! - `test`: setup, build, `cargo fmt --check`, clippy (on jail-ebpf too), then every test (unit and integration) run
 //!   as root inside `unshare --net --mount`, so that no test packet can reach the real network;
 //!   then the tests that start jails once more on the unified cgroup layout, emulated;
 //!   `test --stress` runs them while two CPU-bound processes keep the machine busy, as a shared
@@ -145,10 +145,28 @@ fn setup(root: &Path) -> Result<()> {
     run(Command::new("bash").arg(root.join("scripts/setup")))
 }
 
-/// The eBPF crate is built by Debian's cargo and rustc (jail-ebpf/rust-toolchain.toml explains
-/// why). The variables that rustup and the outer cargo set for this process would otherwise pick
-/// the host toolchain, so they are removed.
 fn build_ebpf(root: &Path) -> Result<()> {
+    run(ebpf_cargo(root)?
+        .args(["build", "--locked", "--release", "--target-dir"])
+        .arg(root.join("target")))
+    .context("building the eBPF object failed; `cargo xtask setup` installs the toolchain it needs")
+}
+
+/// Clippy on the eBPF crate, with the clippy of the compiler that builds it (Debian's
+/// rust-web-clippy): the host's clippy is another compiler version, and cannot build `core` for
+/// bpfel-unknown-none from Debian's library sources. Same target and profile as the build.
+fn clippy_ebpf(root: &Path) -> Result<()> {
+    run(ebpf_cargo(root)?
+        .args(["clippy", "--locked", "--release", "--target-dir"])
+        .arg(root.join("target"))
+        .args(["--", "-D", "warnings"]))
+    .context("clippy on jail-ebpf; `cargo xtask setup` installs rust-web-clippy")
+}
+
+/// Debian's cargo in jail-ebpf/: the eBPF crate is built by Debian's cargo and rustc
+/// (jail-ebpf/rust-toolchain.toml explains why). The variables that rustup and the outer cargo
+/// set for this process would otherwise pick the host toolchain, so they are removed.
+fn ebpf_cargo(root: &Path) -> Result<Command> {
     let path = env::join_paths(
         std::iter::once(tools_bin(root))
             .chain(std::iter::once(PathBuf::from("/usr/bin")))
@@ -171,12 +189,8 @@ fn build_ebpf(root: &Path) -> Result<()> {
     cmd.current_dir(root.join("jail-ebpf"))
         .env("PATH", path)
         .env("RUSTC", "/usr/bin/rustc")
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["build", "--locked", "--release", "--target-dir"])
-        .arg(root.join("target"));
-    run(&mut cmd).context(
-        "building the eBPF object failed; `cargo xtask setup` installs the toolchain it needs",
-    )
+        .env("RUSTC_BOOTSTRAP", "1");
+    Ok(cmd)
 }
 
 /// The host cargo (the one running xtask), at the workspace root.
@@ -232,6 +246,7 @@ fn test(root: &Path, stress: bool, extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    clippy_ebpf(root)?;
     // Build everything first, with the network; then run the tests without it.
     run(cargo(root).args(["build", "--workspace", "--bins"]))?;
     run(cargo(root).args(["test", "--workspace", "--no-run"]))?;

@@ -1,21 +1,23 @@
 //! `claude-jail-docgen DIR`: writes the man pages (DIR/man1/claude-jail.1 and one per
 //! subcommand) and the bash, zsh and fish completions (DIR/completions/) from the clap
 //! definitions of `claude-jail`, for `cargo xtask install`.
+#![deny(unsafe_code)]
 use std::{fs, path::PathBuf, process::ExitCode};
 
 use clap::CommandFactory;
 use clap_complete::Shell;
+use claude_jail::exit::Exit;
 
 fn main() -> ExitCode {
     let Some(dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
         eprintln!("usage: claude-jail-docgen DIR");
-        return ExitCode::from(2);
+        return Exit::Usage.into();
     };
     match write(&dir) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Success.into(),
         Err(e) => {
             eprintln!("claude-jail-docgen: {e}");
-            ExitCode::FAILURE
+            Exit::Failure.into()
         }
     }
 }

@@ -87,6 +87,7 @@ fn pid(pid: i32) {
         // SAFETY: as above; descriptors closed after.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pfd, 0, 0) };
         report("pidfd_getfd", fd);
+        // SAFETY: closes the two descriptors just opened, which nothing else uses.
         unsafe {
             if fd >= 0 {
                 libc::close(fd as i32);

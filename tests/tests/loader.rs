@@ -3,54 +3,27 @@
 //! destination fails with EPERM (the program said no); an allowed one fails with ENETUNREACH (the
 //! kernel found no route). No packet can leave: there is no interface but loopback.
 //!
-//! Needs root; skips with a message otherwise. Run inside `unshare --mount` (cargo xtask test does)
+//! Needs root (see `jail_tests::have_root`). Run inside `unshare --mount` (cargo xtask test does)
 //! because it mounts a private bpffs.
-use std::{
-    fs,
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
-};
+use std::{os::unix::process::CommandExt, path::Path, process::Command};
 
-use claude_jail::{bpf, cgroup, conf, hostnet::HostNet, policy::Policy};
+use claude_jail::{bpf, conf, hostnet::HostNet, policy::Policy};
+use jail_tests::{cgroup::TestCgroup, have_root};
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A cgroup and a private bpffs pin directory, removed on drop.
+/// The jail cgroup and its private bpffs, removed on drop.
 struct Fixture {
-    cgroup: cgroup::Cgroup,
-    bpffs: PathBuf,
-    pins: PathBuf,
+    cgroup: TestCgroup,
 }
 
 impl Fixture {
     fn new(conf_text: &str) -> (Fixture, bpf::JailMaps) {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let id = format!("loader-test-{}-{n}", std::process::id());
-        let root = cgroup::cgroup2_mount().expect("cgroup2 mount");
-        let cg =
-            cgroup::Cgroup::create(&root.join(format!("claude-jail-{id}"))).expect("create cgroup");
-        let bpffs = std::env::temp_dir().join(format!("cj-bpffs-{id}"));
-        bpf::ensure_bpffs(&bpffs).expect("mount a private bpffs");
-        let pins = bpffs.join("jail");
+        let cgroup = TestCgroup::with_bpffs("loader-test");
         let conf =
             conf::parse(Path::new("test.conf"), conf_text.as_bytes()).expect("test conf parses");
         let policy = Policy::build(&conf, &HostNet::default());
-        let maps = bpf::attach(cg.path(), &pins, policy.map_entries()).expect("attach");
-        (
-            Fixture {
-                cgroup: cg,
-                bpffs,
-                pins,
-            },
-            maps,
-        )
+        let maps =
+            bpf::attach(cgroup.path(), &cgroup.pins(), policy.map_entries()).expect("attach");
+        (Fixture { cgroup }, maps)
     }
 
     /// Runs `bash -c script` in a new, empty network namespace, inside the jail cgroup.
@@ -67,16 +40,6 @@ impl Fixture {
     }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.cgroup.kill_all(Duration::from_secs(5));
-        let _ = bpf::unpin(&self.pins);
-        let _ = self.cgroup.remove();
-        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
-        let _ = fs::remove_dir(&self.bpffs);
-    }
-}
-
 /// bash's /dev/tcp and /dev/udp print the errno text of a failed connect.
 fn connect(dest: &str) -> String {
     format!("(exec 3<>/dev/tcp/{dest}) 2>&1 | tail -n 1 | sed 's/^.*: //'; true")
@@ -84,8 +47,7 @@ fn connect(dest: &str) -> String {
 
 #[test]
 fn refused_destinations_fail_with_eperm_and_allowed_ones_reach_the_routing() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !have_root() {
         return;
     }
     let (fx, maps) = Fixture::new("allow-ip = 10.0.0.7\nallow-ip = 192.168.5.0/24\n");
@@ -120,13 +82,15 @@ fn refused_destinations_fail_with_eperm_and_allowed_ones_reach_the_routing() {
         3,
         "one refusal counted per refused connect: {c:?}"
     );
-    assert!(bpf::links_pinned(&fx.pins), "all five links are pinned");
+    assert!(
+        bpf::links_pinned(&fx.cgroup.pins()),
+        "all five links are pinned"
+    );
 }
 
 #[test]
 fn ipv4_mapped_ipv6_is_judged_as_ipv4() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !have_root() {
         return;
     }
     let (fx, _maps) = Fixture::new("");
