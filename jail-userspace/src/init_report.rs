@@ -159,8 +159,10 @@ impl Failure {
                 "the kernel refuses a fresh /proc where the /proc it would replace has parts \
                  masked or read-only, as containers set up: run the container as \
                  docs/devcontainer.md says (podman: `--security-opt unmask=/proc/*`; docker: \
-                 `--security-opt systempaths=unconfined`), or, on a host, allow mount in the \
-                 security module (AppArmor, SELinux) that refuses it"
+                 `--security-opt systempaths=unconfined`), or a kernel with Landlock ABI 6 \
+                 (Linux 6.12), with which the nftables mode keeps the container's /proc instead; \
+                 on a host, allow mount in the security module (AppArmor, SELinux) that refuses \
+                 it"
             }
             Some(Step::ResolvConf | Step::Uncap | Step::Mask) if denied => {
                 "bind mounts in a private mount namespace are refused: a security module \

@@ -192,12 +192,12 @@ pub fn spawn(spec: &Spec) -> Result<Init> {
 /// Forks the command without any jail (the egress jail is turned off): same user, same dropped
 /// capabilities, same environment, host networking, no seccomp filter.
 pub fn fork_command(spec: &Spec) -> Result<Pid> {
-    fork_exec(spec, false, None)
+    fork_exec(spec, None, None)
 }
 
-/// Forks the command; `jailed` installs the seccomp filter. A set-up failure (exit 125) goes to
-/// `report` when given.
-fn fork_exec(spec: &Spec, jailed: bool, report: Option<&File>) -> Result<Pid> {
+/// Forks the command; `jailed` (the jail's /proc) installs the seccomp filter, and a Landlock
+/// domain over an inherited /proc. A set-up failure (exit 125) goes to `report` when given.
+fn fork_exec(spec: &Spec, jailed: Option<Proc>, report: Option<&File>) -> Result<Pid> {
     // The launcher, and the init, are single-threaded.
     match sys::fork_single_threaded().context("fork the command")? {
         ForkResult::Child => {
@@ -257,7 +257,7 @@ fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32>
             .context(Step::Start)?;
     }
     unshare(CloneFlags::CLONE_NEWCGROUP).context(Step::CgroupNamespace)?;
-    setup_mounts(spec)?;
+    let proc = setup_mounts(spec)?;
     // The range must be of groups mapped in the namespace's owner: every group when that is the
     // initial user namespace, the user's own group in a user namespace of the jail's own.
     let ping_groups = if spec.userns {
@@ -265,9 +265,17 @@ fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32>
     } else {
         "0 2147483647".to_string()
     };
-    std::fs::write("/proc/sys/net/ipv4/ping_group_range", ping_groups)
-        .context("write /proc/sys/net/ipv4/ping_group_range")
-        .context(Step::PingSockets)?;
+    match std::fs::write("/proc/sys/net/ipv4/ping_group_range", ping_groups) {
+        Ok(()) => {}
+        // The container's /proc, kept (`Proc::Inherited`), has /proc/sys read-only: ping stays
+        // off in the jail (the kernel's default), nothing else changes.
+        Err(e) if proc == Proc::Inherited && e.raw_os_error() == Some(libc::EROFS) => {}
+        Err(e) => {
+            return Err(e)
+                .context("write /proc/sys/net/ipv4/ping_group_range")
+                .context(Step::PingSockets)
+        }
+    }
 
     let mut watched = SigSet::empty();
     for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGHUP] {
@@ -282,7 +290,7 @@ fn init_main(spec: &Spec, go: OwnedFd, report: &mut Option<File>) -> Result<i32>
         .context(Step::Supervise)?;
 
     // The init is single-threaded.
-    let command = fork_exec(spec, true, report.as_ref()).context(Step::Supervise)?;
+    let command = fork_exec(spec, Some(proc), report.as_ref()).context(Step::Supervise)?;
     drop(report.take());
     if spec.userns {
         // Nothing left to do that needs them: reaping and forwarding signals to a process of the
@@ -317,12 +325,35 @@ const NOSUID: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
-fn setup_mounts(spec: &Spec) -> Result<()> {
+/// The jail's /proc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proc {
+    /// A fresh one, of the jail's PID namespace: nothing outside it shows.
+    Fresh,
+    /// The one the jail started from (nftables mode only, where the kernel refuses a fresh one
+    /// because a container masked parts of it): the container's processes show in it, so the
+    /// command gets a Landlock domain that keeps it from signalling, tracing or looking into
+    /// them ([`sys::landlock_scope_signals`]).
+    Inherited,
+}
+
+/// Landlock's ABI from which signals are scoped (Linux 6.12).
+const LANDLOCK_SCOPED_SIGNALS: u32 = 6;
+
+fn setup_mounts(spec: &Spec) -> Result<Proc> {
     // Read before /proc is replaced: the mounts this namespace inherited from the host.
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .context("read /proc/self/mountinfo")
         .context(Step::Start)?;
-    mount(Some("proc"), "/proc", Some("proc"), NOSUID, None::<&str>).context(Step::MountProc)?;
+    let proc = match mount(Some("proc"), "/proc", Some("proc"), NOSUID, None::<&str>) {
+        Ok(()) => Proc::Fresh,
+        // A user namespace may mount proc only where the /proc it would replace is fully
+        // visible; a container's masked paths make it not.
+        Err(Errno::EPERM) if spec.userns && sys::landlock_abi() >= LANDLOCK_SCOPED_SIGNALS => {
+            Proc::Inherited
+        }
+        Err(e) => return Err(e).context(Step::MountProc),
+    };
     bind_ro(&spec.resolv_conf, Path::new("/etc/resolv.conf")).context(Step::ResolvConf)?;
     for (copy, original) in &spec.uncapped {
         bind_ro(copy, original).context(Step::Uncap)?;
@@ -337,7 +368,7 @@ fn setup_mounts(spec: &Spec) -> Result<()> {
             .with_context(|| c.at.display().to_string())
             .context(Step::CoverCgroup)?;
     }
-    Ok(())
+    Ok(proc)
 }
 
 /// Covers one broker path, or pins a directory above one ([`Kind::Pin`]; [`mask::plan`] puts the
@@ -599,8 +630,9 @@ type Never = std::convert::Infallible;
 
 /// In the command's process: drop everything, find the program, exec. Returns only on failure,
 /// with the exit status to use.
-fn exec_command(spec: &Spec, jailed: bool) -> Result<Never, (i32, anyhow::Error)> {
+fn exec_command(spec: &Spec, proc: Option<Proc>) -> Result<Never, (i32, anyhow::Error)> {
     let fail = |e: anyhow::Error| (EXIT_JAIL_FAILED, e);
+    let jailed = proc.is_some();
     reset_signals().context(Step::Supervise).map_err(fail)?;
     if jailed || nix::unistd::geteuid().is_root() {
         drop_privileges(&spec.target)
@@ -616,6 +648,12 @@ fn exec_command(spec: &Spec, jailed: bool) -> Result<Never, (i32, anyhow::Error)
     if jailed {
         // Before any code of the user runs: the login shell below reads the user's rc files.
         seccomp::install().context(Step::Seccomp).map_err(fail)?;
+    }
+    if proc == Some(Proc::Inherited) {
+        sys::landlock_scope_signals()
+            .context("landlock_restrict_self")
+            .context(Step::Seccomp)
+            .map_err(fail)?;
     }
 
     let mut env = spec.env.clone();

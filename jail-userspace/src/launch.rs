@@ -86,9 +86,26 @@ fn launch(args: RunArgs) -> Result<i32> {
     if !inputs.switch.enabled {
         return run_unjailed(inputs, &signals);
     }
-    let jail = match choose_backend(&inputs.conf, &preflight::Facts::read())? {
-        (Enforcement::Ebpf, _) => build(inputs)?,
-        (Enforcement::Nftables, why) => build_nft(inputs, &why)?,
+    let facts = preflight::Facts::read();
+    let jail = match choose_backend(&inputs.conf, &facts)? {
+        (Enforcement::Ebpf, why) => build(inputs, &why)?,
+        (Enforcement::Nftables, why) => {
+            let auto = inputs.conf.egress_backend.is_none()
+                || matches!(
+                    inputs.conf.egress_backend.as_ref().map(|l| l.value),
+                    Some(conf::Backend::Auto)
+                );
+            build_nft(inputs, &why).map_err(|e| {
+                // Chosen by `auto` because eBPF could not load: the refusal names that way
+                // too, with its own fix.
+                match preflight::privileges(&facts) {
+                    Err(ebpf) if auto => e.context(format!(
+                        "neither backend can enforce the jail here. eBPF: {ebpf:#}. nftables"
+                    )),
+                    _ => e,
+                }
+            })?
+        }
     };
     run_jailed(jail, &signals)
 }
@@ -256,6 +273,7 @@ impl Inputs {
             pasta_pid: 0,
             own_addrs: Vec::new(),
             backend: Enforcement::Ebpf.name().into(),
+            backend_reason: String::new(),
         })
     }
 }
@@ -336,7 +354,7 @@ struct Jail {
 /// pasta attached, the registry record written. Returns what [`run_jailed`] and teardown need.
 /// Must not: let anything of the command run, or leave anything behind when it fails (each part
 /// goes into [`Built`] as soon as it exists).
-fn build(inputs: Inputs) -> Result<Jail> {
+fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     let Inputs {
         caller,
         conf,
@@ -347,6 +365,7 @@ fn build(inputs: Inputs) -> Result<Jail> {
         ..
     } = &inputs;
     let mut record = inputs.record()?;
+    record.backend_reason = why.into();
     preflight::check(&preflight::Facts::read())?;
     let pasta_bin = pasta::locate(*caller, conf).context("pasta is the jail's only way out")?;
     let paths = Paths::system()?;
@@ -515,6 +534,7 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     } = &inputs;
     let mut record = inputs.record()?;
     record.backend = Enforcement::Nftables.name().into();
+    record.backend_reason = why.into();
     eprintln!("claude-jail: the jail is enforced by nftables in its own namespaces ({why})");
     let pasta_bin = pasta::locate(*caller, conf).context("pasta is the jail's only way out")?;
     let root = nix::unistd::geteuid().is_root();

@@ -180,8 +180,10 @@ pub fn args(c: &PastaConfig<'_>) -> Vec<String> {
         // pasta drops to "nobody" by default, before it opens the namespace file, which a
         // non-root user may not do: stay root (it runs in its own cgroup under its own policy).
         None => vec!["--runas", "0"],
-        // As the user, the launcher's child: it dies with the launcher (parent-death signal,
-        // which a daemon's fork would lose).
+        // The launcher's child: it dies with the launcher (parent-death signal, which a
+        // daemon's fork would lose). As the user, or as root when root launched (the jail's
+        // user namespace is then root's: pasta must stay root to enter it).
+        Some(_) if nix::unistd::geteuid().is_root() => vec!["--foreground", "--runas", "0"],
         Some(_) => vec!["--foreground"],
     }
     .into_iter()

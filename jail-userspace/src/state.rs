@@ -184,6 +184,9 @@ pub struct JailRecord {
     /// What enforces the policy: `ebpf` or `nftables`.
     #[serde(default = "ebpf")]
     pub backend: String,
+    /// Why that one (the conf's `egress-backend`, or what `auto` found).
+    #[serde(default)]
+    pub backend_reason: String,
 }
 
 fn ebpf() -> String {
@@ -344,6 +347,7 @@ mod tests {
             pasta_pid: 4,
             own_addrs: vec!["192.168.1.100".parse().unwrap()],
             backend: "nftables".into(),
+            backend_reason: "auto: eBPF cannot be loaded here".into(),
         };
         write_record(&paths, &rec).unwrap();
         let list = list_records(&paths).unwrap();

@@ -99,6 +99,17 @@ pub fn command(json: bool) -> Result<ExitCode> {
             crate::sys::local_time(r.started as i64),
             escape(&r.command.join(" ")),
         );
+        if r.jailed {
+            println!(
+                "    enforced by {}{}",
+                r.backend,
+                if r.backend_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", escape(&r.backend_reason))
+                }
+            );
+        }
         println!(
             "    policy {} (maps {}) from {} (switch: {})",
             if r.conf_digest.is_empty() {

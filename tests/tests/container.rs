@@ -251,7 +251,29 @@ fn in_a_rootful_podman_devcontainer_the_jail_starts_and_each_missing_setting_is_
         out.status
     );
 
-    // Each prerequisite missing in turn: exit 125, and the message names the setting to add.
+    // Default capabilities, the backend left to `auto`: eBPF cannot load, so the nftables mode
+    // enforces the jail (the container's masked /proc kept, under a Landlock domain); the LAN
+    // host is refused at once, the public server answers.
+    let out = podman.run(
+        &["--device=/dev/net/tun"],
+        &format!("sudo claude-jail run -- bash -c '{PROBE}'"),
+    );
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success()
+            && o.contains("No route to host")
+            && o.contains("hello from 203.0.113.10:80")
+            && e.contains("enforced by nftables"),
+        "default capabilities: the nftables mode starts and enforces: {}\n{o}\n{e}",
+        out.status
+    );
+
+    // Each prerequisite of the eBPF mode missing in turn (`egress-backend = ebpf`): exit 125,
+    // and the message names the setting to add.
+    let ebpf_only = "echo 'egress-backend = ebpf' | sudo tee /etc/claude-sandbox.conf >/dev/null";
     let without =
         |arg: &str| -> Vec<&str> { RUN_ARGS.iter().copied().filter(|a| *a != arg).collect() };
     let no_tun = without("--device=/dev/net/tun");
@@ -266,7 +288,7 @@ fn in_a_rootful_podman_devcontainer_the_jail_starts_and_each_missing_setting_is_
         (
             "default capabilities",
             &no_caps[..],
-            "sudo claude-jail run -- true",
+            &format!("{ebpf_only}; sudo claude-jail run -- true"),
             "--cap-add=SYS_ADMIN --cap-add=NET_ADMIN --cap-add=BPF",
         ),
         (
