@@ -17,6 +17,7 @@ pub mod dns;
 pub mod jail;
 pub mod netns;
 pub mod pasta;
+pub mod podman;
 pub mod probe;
 pub mod servers;
 pub mod session;

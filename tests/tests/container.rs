@@ -6,6 +6,39 @@
 //!   docs/devcontainer.md's run arguments and postStartCommand, in the fake world: the
 //!   container's user starts a jail through sudo; and with each setting missing in turn, the
 //!   refusal names that setting.
+//! - Rootless podman (issue 14; harness in tests/src/podman.rs): a host user with subordinate ids
+//!   and no sudo runs a container whose only extra setting is `--device=/dev/net/tun`, and the
+//!   container's user `dev` starts a jail without sudo. A shell stand-in of the rootless design
+//!   shows that test's assertions can pass in that container, and that they catch a lost reject.
+//!
+//! Measured in that rootless container (2026-11-29, kernel 6.18, podman 4.3.1 + runc,
+//! default seccomp profile, default masks, default network slirp4netns; same results for the
+//! container's `dev` and its root; docs/devcontainer.md, "Rootless podman: what the kernel
+//! allows", has the details):
+//! (a) `unshare --user --map-current-user --net --mount --pid --fork --mount-proc true`:
+//!     `mount /proc failed: Operation not permitted`. The same happens with `--map-root-user` and
+//!     with `-o subset=pid` or `hidepid=invisible,subset=pid`. podman's masks (/proc/acpi tmpfs,
+//!     /proc/keys and /proc/timer_list, read-only /proc/bus, fs, irq and sys) are locked
+//!     submounts, so `mount_too_revealing()` refuses the mount.
+//!     `--security-opt unmask=/proc/*` or `unmask=ALL` lets every form succeed.
+//! (b) Without `--mount-proc`, `--pid --fork` works: the command is PID 1. The container's /proc
+//!     stays, so the container's processes are listed and readable for cmdline and status, but
+//!     not for environ, maps, root or cwd (EACCES, the ptrace check across user namespaces), and
+//!     they cannot be signalled.
+//! (c) landlock ABI 7. The default seccomp profile allows the three landlock syscalls;
+//!     restrict_self succeeds after no_new_privs and fails with EPERM without it. It also
+//!     allows setns (nsenter into the user's own namespaces works) and
+//!     unshare(CLONE_NEWUSER|NEWNET|NEWNS|NEWPID|NEWIPC), and NEWCGROUP.
+//! (d) The project's pasta, run as the container's user and attached with `--userns
+//!     /proc/PID/ns/user --netns /proc/PID/ns/net` to `unshare --user --map-current-user --net
+//!     sleep 100`, configures it with 10.0.2.100/24 via 10.0.2.2, copied from slirp4netns, and the
+//!     fake world's public server answers. A TRAP for the nftables mode: the jail's own address is
+//!     inside the denied 10/8, so a reject's ICMP error (or TCP reset) to the local socket is
+//!     rejected in turn, and a connect to 10.0.0.5 hangs instead of failing.
+//!     `oif "lo" accept` before the deny rules makes it fail at once.
+//!     Rootless `--network ns:` to the world's namespace fails (runc: "can't get final
+//!     child's PID"), so the container uses podman's default network. slirp4netns runs in the
+//!     world's host namespace.
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -17,6 +50,7 @@ use jail_tests::{
     have_root,
     jail::{claude_jail_after, claude_jail_bin, leftovers, world_with_conf},
     pasta::locate_pasta,
+    podman::{rootfs_tar, RootlessPodman, IMAGE, POD_UID, SUBID_COUNT, SUBID_START},
     FakeWorld,
 };
 
@@ -70,20 +104,6 @@ const RUN_ARGS: [&str; 4] = [
 const POST_START: &str = "sudo mount -o remount,rw /sys/fs/cgroup";
 /// The same, run as root.
 const POST_START_ROOT: &str = "mount -o remount,rw /sys/fs/cgroup";
-
-/// The root filesystem scripts/setup builds (debootstrap minbase; no registry is reachable).
-fn rootfs_tar() -> std::path::PathBuf {
-    let tools = std::env::var_os("CLAUDE_JAIL_TOOLS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools"));
-    let tar = tools.join("container/bookworm-minbase-2.tar");
-    assert!(
-        tar.is_file(),
-        "{} is missing: `cargo xtask setup` builds it",
-        tar.display()
-    );
-    tar
-}
 
 /// Rootful podman (Debian's 4.3) in the world's host namespaces, with its own storage, run
 /// directory and configuration under the world's directory. Each call runs in a private mount
@@ -192,8 +212,6 @@ impl<'w> Podman<'w> {
         self.cmd(&args).output().unwrap()
     }
 }
-
-const IMAGE: &str = "localhost/claude-jail-test:bookworm";
 
 #[test]
 fn in_a_rootful_podman_devcontainer_the_jail_starts_and_each_missing_setting_is_named() {
@@ -474,5 +492,220 @@ echo "ENVS EPICS=${EPICS_CA_ADDR_LIST:-unset} TMUX=${TMUX:-unset} HOME=$HOME"
         section("completion").contains("claude-jail"),
         "the bash completion loads: {}",
         section("completion")
+    );
+}
+
+/// Only `--device=/dev/net/tun`: what a rootless devcontainer adds for the jail.
+const ROOTLESS_RUN_ARGS: [&str; 1] = ["--device=/dev/net/tun"];
+
+/// The rootless harness itself (passes without the rootless mode): a host user with no root and
+/// no sudo runs the container; its user `dev` has no capabilities, the container's root is the
+/// host user and the rest of its ids are the user's subordinate range, the tun device is there
+/// and opens, a user namespace can be made, and the network is the fake world's.
+#[test]
+fn a_rootless_podman_container_runs_as_the_hosts_normal_user_in_the_fake_world() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let podman = RootlessPodman::new(&world).unwrap();
+    let script = "echo \"ID $(id -u):$(id -g)\"\n\
+                  echo \"CAPEFF $(awk '/^CapEff/ {print $2}' /proc/self/status)\"\n\
+                  echo \"UIDMAP $(cat /proc/self/uid_map | tr '\\n' ' ')\"\n\
+                  echo \"GIDMAP $(cat /proc/self/gid_map | tr '\\n' ' ')\"\n\
+                  echo \"TUN $(stat -c '%F %a' /dev/net/tun)\"\n\
+                  (exec 4<>/dev/net/tun) && echo 'TUN-OPENS'\n\
+                  unshare --user --map-current-user --net true && echo 'USERNS-OK'\n\
+                  echo \"PUBLIC $( (exec 3<>/dev/tcp/203.0.113.10/80 && head -n1 <&3) 2>&1)\"\n";
+    let out = podman.run("dev", &ROOTLESS_RUN_ARGS, script).unwrap();
+    let o = String::from_utf8_lossy(&out.stdout);
+    let e = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- rootless container:\n{o}\n{e}");
+    assert!(out.status.success(), "podman run: {}\n{o}\n{e}", out.status);
+    let line = |key: &str| -> String {
+        o.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} line: {o}\n{e}"))
+            .to_string()
+    };
+    assert_eq!(line("ID"), "1000:1000", "the container's user dev");
+    assert_eq!(line("CAPEFF"), "0000000000000000", "dev has no capability");
+    let expected = format!("0 {POD_UID} 1 1 {SUBID_START} {SUBID_COUNT}");
+    for map in ["UIDMAP", "GIDMAP"] {
+        let got = line(map);
+        assert_eq!(
+            got.split_whitespace().collect::<Vec<_>>().join(" "),
+            expected,
+            "{map}: the container's root is the host user {POD_UID} (rootless), the rest its \
+             subordinate range"
+        );
+    }
+    assert_eq!(line("TUN"), "character special file 666", "{o}");
+    assert!(o.contains("TUN-OPENS"), "/dev/net/tun opens: {o}\n{e}");
+    assert!(
+        o.contains("USERNS-OK"),
+        "a user namespace can be made: {o}\n{e}"
+    );
+    assert_eq!(line("PUBLIC"), "hello from 203.0.113.10:80", "{e}");
+    assert!(
+        !world
+            .hits("203.0.113.10".parse::<std::net::IpAddr>().unwrap())
+            .is_empty(),
+        "the container's traffic went into the fake world"
+    );
+}
+
+/// Issue 14's container test: in a rootless podman container whose only extra setting is
+/// `--device=/dev/net/tun`, the container's normal user (no sudo) runs `claude-jail run`: the
+/// jail starts (rootless mode, nftables), a LAN host (10.0.0.5) is refused at once, the public
+/// server answers, and the command runs as the user with no_new_privs.
+///
+/// Fails until the rootless mode is merged: on the eBPF mode alone the launch is refused with
+/// exit 125 (no CAP_BPF in a user namespace).
+///
+/// The container's network is podman's default (slirp4netns): the container's own address is
+/// 10.0.2.100/24, inside the denied 10/8, so this also catches a ruleset that rejects the
+/// reject (see the measurements above).
+#[test]
+fn in_a_rootless_podman_container_with_only_the_tun_device_the_jail_starts_and_refuses_10x() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let podman = RootlessPodman::new(&world).unwrap();
+    let out = podman
+        .run(
+            "dev",
+            &ROOTLESS_RUN_ARGS,
+            &rootless_jail_script("", "claude-jail"),
+        )
+        .unwrap();
+    assert_the_rootless_jail_refuses_10x(&world, &out);
+}
+
+/// The container script of the rootless jail test: `jail run -- bash /tmp/probe` as the
+/// container's user, after `setup`. `timeout` tells a refusal (at once) from a drop (a connect
+/// that hangs for minutes).
+fn rootless_jail_script(setup: &str, jail: &str) -> String {
+    format!(
+        "{setup}\n\
+         cat > /tmp/probe <<'PROBE'\n\
+         echo \"JAILED uid=$(id -u) capeff=$(awk '/^CapEff/ {{print $2}}' /proc/self/status) \
+         nnp=$(awk '/^NoNewPrivs/ {{print $2}}' /proc/self/status)\"\n\
+         lan=$(timeout 10 bash -c 'exec 3<>/dev/tcp/10.0.0.5/80 && head -n1 <&3' 2>&1)\n\
+         echo \"LAN rc=$? $lan\"\n\
+         pub=$(timeout 10 bash -c 'exec 3<>/dev/tcp/203.0.113.10/80 && head -n1 <&3' 2>&1)\n\
+         echo \"PUBLIC rc=$? $pub\"\n\
+         PROBE\n\
+         timeout 60 {jail} run -- bash /tmp/probe\n\
+         echo \"JAIL-EXIT $?\"\n"
+    )
+}
+
+/// What the rootless jail test asserts on the output of [`rootless_jail_script`].
+fn assert_the_rootless_jail_refuses_10x(world: &FakeWorld, out: &Output) {
+    let o = String::from_utf8_lossy(&out.stdout);
+    let e = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- rootless jail:\n{o}\n{e}");
+    assert!(
+        o.contains("JAIL-EXIT 0"),
+        "the jail starts as the container's user without sudo and the probe's exit comes back: \
+         {o}\n{e}"
+    );
+    assert!(
+        o.contains("JAILED uid=1000 capeff=0000000000000000 nnp=1"),
+        "the command runs as the user, no capability, no_new_privs: {o}\n{e}"
+    );
+    let lan = o.lines().find(|l| l.starts_with("LAN ")).unwrap_or("");
+    assert!(
+        lan.starts_with("LAN rc=1 ")
+            && (lan.contains("No route to host") || lan.contains("refused")),
+        "10.0.0.5 is refused at once (EHOSTUNREACH or a reset), not dropped: {lan}\n{o}\n{e}"
+    );
+    assert!(
+        o.contains("PUBLIC rc=0 hello from 203.0.113.10:80"),
+        "the public server answers through the jail: {o}\n{e}"
+    );
+    assert!(
+        world
+            .hits("10.0.0.5".parse::<std::net::IpAddr>().unwrap())
+            .is_empty(),
+        "nothing reached the LAN host"
+    );
+}
+
+/// A shell stand-in for the rootless mode's design (issue 14): user and network namespaces with
+/// the user's own uid mapped to itself, pasta attached from outside as the user, an nftables
+/// output chain rejecting the private ranges, then every capability dropped and no_new_privs
+/// before exec. `LO_ACCEPT=0` leaves out the `oif "lo" accept` rule in front of the rejects.
+const STAND_IN: &str = r#"#!/bin/bash
+[ "$1" = run ] && [ "$2" = -- ] || exit 2
+shift 2
+d=$(mktemp -d)
+mkfifo "$d/go"
+unshare --user --map-current-user --net --keep-caps bash -c '
+  read -r _ < "$0/go"
+  rules="add table inet cj; add chain inet cj out { type filter hook output priority 0; policy accept; }"
+  [ "${LO_ACCEPT:-1}" = 1 ] && rules="$rules; add rule inet cj out oif lo accept"
+  rules="$rules; add rule inet cj out ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, 100.64.0.0/10 } reject with icmpx admin-prohibited"
+  nft "$rules" || exit 125
+  exec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all --no-new-privs -- "$@"' "$d" "$@" &
+P=$!
+while kill -0 $P && [ "$(readlink /proc/$P/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do
+  sleep 0.05
+done
+pasta -q --config-net --no-map-gw --map-host-loopback none --map-guest-addr none -t none -u none   -T none -U none --userns /proc/$P/ns/user --netns /proc/$P/ns/net --pid "$d/pasta.pid"   -l "$d/pasta.log" || { kill $P; exit 125; }
+echo go > "$d/go"
+wait $P; rc=$?
+kill "$(cat "$d/pasta.pid")"
+exit $rc
+"#;
+
+/// The rootless jail test's assertions hold for a jail built as issue 14 designs it, in the
+/// same container (so the test can pass once the rootless mode builds that jail), and they fail
+/// when the ruleset rejects its own rejects: with podman's default network the jail's address
+/// (10.0.2.100) is inside the denied 10/8, the ICMP error to the local socket is rejected in turn
+/// and the connect hangs (measured; the rootless mode's ruleset must accept `oif "lo"` first).
+#[test]
+fn the_rootless_container_test_passes_on_a_stand_in_of_the_design_and_catches_a_lost_reject() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let podman = RootlessPodman::new(&world).unwrap();
+    let setup =
+        format!("cat > /tmp/stand-in <<'STANDIN'\n{STAND_IN}STANDIN\nchmod 755 /tmp/stand-in");
+    let out = podman
+        .run(
+            "dev",
+            &ROOTLESS_RUN_ARGS,
+            &rootless_jail_script(&setup, "/tmp/stand-in"),
+        )
+        .unwrap();
+    assert_the_rootless_jail_refuses_10x(&world, &out);
+
+    let out = podman
+        .run(
+            "dev",
+            &ROOTLESS_RUN_ARGS,
+            &rootless_jail_script(&setup, "env LO_ACCEPT=0 /tmp/stand-in"),
+        )
+        .unwrap();
+    let o = String::from_utf8_lossy(&out.stdout);
+    let e = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- stand-in without the loopback accept:\n{o}\n{e}");
+    assert!(
+        o.contains("JAIL-EXIT 0") && o.contains("PUBLIC rc=0 hello from 203.0.113.10:80"),
+        "the stand-in runs: {o}\n{e}"
+    );
+    assert!(
+        o.contains("LAN rc=124"),
+        "without `oif lo accept` the reject is lost and the connect to 10.0.0.5 hangs: {o}\n{e}"
+    );
+    assert!(
+        world
+            .hits("10.0.0.5".parse::<std::net::IpAddr>().unwrap())
+            .is_empty(),
+        "dropped, not let through"
     );
 }
