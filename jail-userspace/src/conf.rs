@@ -388,7 +388,7 @@ fn check_trusted_file(path: &Path, file: &std::fs::File) -> Result<PathBuf, Conf
         "fix: chown root:root {f} && chmod go-w {f}",
         f = real.display()
     );
-    if meta.uid() != 0 {
+    if !trusted_owner(meta.uid()) {
         return Err(untrusted(format!(
             "owned by uid {}, not root{shown}, so the jailed agent may be able to rewrite it; {fix_file}",
             meta.uid()
@@ -403,8 +403,8 @@ fn check_trusted_file(path: &Path, file: &std::fs::File) -> Result<PathBuf, Conf
     for dir in real.ancestors().skip(1) {
         let m = std::fs::metadata(dir).map_err(|e| io(dir, e))?;
         let mode = m.permissions().mode();
-        let root_sticky = m.uid() == 0 && mode & 0o1000 != 0;
-        if m.uid() != 0 || (mode & 0o022 != 0 && !root_sticky) {
+        let root_sticky = trusted_owner(m.uid()) && mode & 0o1000 != 0;
+        if !trusted_owner(m.uid()) || (mode & 0o022 != 0 && !root_sticky) {
             return Err(untrusted(format!(
                 "directory {d} is owned by uid {} with mode {:o}{shown}: someone other than root \
                  could replace the file; fix: chown root:root {d} && chmod go-w {d}, or move the \
@@ -416,6 +416,23 @@ fn check_trusted_file(path: &Path, file: &std::fs::File) -> Result<PathBuf, Conf
         }
     }
     Ok(real)
+}
+
+/// Whether a file of `uid` is out of the jailed agent's reach as the trust checks need: root's;
+/// or, in a user namespace (a rootless container), the kernel's overflow uid, which is what
+/// stat shows for an owner the namespace does not map (the host's root-owned files bound into
+/// the container): no process in the namespace can own such a file.
+fn trusted_owner(uid: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let overflow = std::fs::read_to_string("/proc/sys/kernel/overflowuid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let in_userns = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+        .unwrap_or(false);
+    in_userns && overflow == Some(uid)
 }
 
 /// Whether the jail is on, and what said so.
