@@ -537,10 +537,12 @@ fn refusals_are_logged_with_destination_protocol_and_port() {
             .expect("enter the jail");
         assert_eq!(outcomes, [Outcome::Passed, Outcome::Refused], "{dst}");
         let wire = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+        // The test runs as root: the socket's owner is uid 0.
         let want = nft::LoggedPacket {
             dst: wire.ip(),
             proto,
             port: wire.port(),
+            uid: Some(0),
         };
         // A retransmitted SYN of an earlier case may be logged again: skip those.
         let got = loop {
