@@ -4,9 +4,9 @@
 //! and the probes run, and "peer" behind a veth, which owns every address (AnyIP local routes
 //! `local 0.0.0.0/0` and `local ::/0`), so any destination the jail's packets reach answers at
 //! once: a TCP reset or an ICMP port unreachable (ECONNREFUSED), and nothing ever leaves the
-//! two namespaces. A refused destination fails at once instead: TCP connect with EHOSTUNREACH
-//! (IPv4) or EACCES (IPv6), the ICMP admin-prohibited the reject sends; a UDP send with EPERM,
-//! the drop's own error.
+//! two namespaces. A refused destination fails instead: a TCP connect with EHOSTUNREACH (IPv4,
+//! at once) or EACCES (IPv6, after the SYN's first retransmission), from the ICMP
+//! admin-prohibited the reject sends; a UDP send at once with EPERM, the drop's own error.
 //!
 //! Needs root; skips with a message otherwise. Run inside `unshare --net --mount`.
 use std::{
@@ -43,8 +43,8 @@ const CONF: &str = "allow-ip = 10.0.0.0/24\nallow-ip = 192.168.1.5:5064/udp\n\
                     allow-ip = 172.16.0.5:22/tcp\nallow-ip = [fd00::5]:80/tcp\n\
                     deny-ip = 203.0.113.128/25\nallow-ip = 203.0.113.200\n";
 
-/// How long a probe waits for an answer. The answers are immediate; this only bounds a test
-/// that went wrong.
+/// How long a probe waits for an answer. The answers take a second at most (an IPv6 TCP
+/// refusal); this only bounds a test that went wrong.
 const WAIT: Duration = Duration::from_secs(3);
 
 fn have_root() -> bool {
