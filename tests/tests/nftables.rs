@@ -688,10 +688,9 @@ fn an_unprivileged_user_installs_in_its_own_namespaces_and_a_nested_userns_canno
         return;
     }
     // uid 65534 makes a user namespace and a network namespace it owns: the rootless launcher.
-    let lines = rootless(&["--log", "--nested"]);
-    assert_eq!(lines[0], "install ok", "{lines:?}");
-    assert_eq!(lines[1], "log ok", "{lines:?}");
-    assert!(lines[2].starts_with("nested err EPERM"), "{lines:?}");
+    let lines = rootless(&["--lift", "--log", "--nested"]);
+    assert_eq!(lines[..3], ["install ok", "lift ok", "log ok"], "{lines:?}");
+    assert!(lines[3].starts_with("nested err EPERM"), "{lines:?}");
     // The size limit of an unprivileged socket: a batch over net.core.wmem_max is refused
     // whole, with the error that says so (and a policy well under it installs).
     let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
