@@ -700,6 +700,10 @@ fn an_unprivileged_user_installs_in_its_own_namespaces_and_a_nested_userns_canno
         .expect("a number");
     let fits = rootless(&["--ranges", "2000"]);
     assert_eq!(fits, ["install ok"]);
+    if wmem_max > 4 << 20 {
+        eprintln!("wmem_max is {wmem_max}: the oversized policy is not tried (too slow to build)");
+        return;
+    }
     // Each range is two elements of about 24 bytes; twice wmem_max is what the kernel grants.
     let too_many = (2 * wmem_max / 40 + 1000).to_string();
     let refused = rootless(&["--ranges", &too_many]);
