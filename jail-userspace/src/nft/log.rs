@@ -38,6 +38,9 @@ pub struct LoggedPacket {
     /// The TCP or UDP destination port; 0 for other protocols and non-first fragments, as
     /// `Policy::decide` takes it.
     pub port: u16,
+    /// The uid of the sending socket's owner, as the reader's user namespace sees it (absent
+    /// for a packet without a socket).
+    pub uid: Option<u32>,
 }
 
 /// Reads the refusals of one network namespace's claude-jail table.
@@ -148,10 +151,15 @@ fn packet_of(msg: &[u8]) -> Option<LoggedPacket> {
     else {
         return None;
     };
-    nlas.iter().find_map(|n| match n {
+    let uid = nlas.iter().find_map(|n| match n {
+        PacketNla::Uid(u) => Some(*u),
+        _ => None,
+    });
+    let p = nlas.iter().find_map(|n| match n {
         PacketNla::Payload(p) => parse_packet(p),
         _ => None,
-    })
+    })?;
+    Some(LoggedPacket { uid, ..p })
 }
 
 const TCP: u8 = 6;
@@ -180,6 +188,7 @@ pub(crate) fn parse_packet(p: &[u8]) -> Option<LoggedPacket> {
                 dst: IpAddr::V4(Ipv4Addr::from(dst)),
                 proto,
                 port,
+                uid: None,
             })
         }
         6 => {
@@ -207,6 +216,7 @@ pub(crate) fn parse_packet(p: &[u8]) -> Option<LoggedPacket> {
                 dst: IpAddr::V6(Ipv6Addr::from(dst)),
                 proto: next,
                 port: if first_fragment { port_at(next, at) } else { 0 },
+                uid: None,
             })
         }
         _ => None,
@@ -230,7 +240,8 @@ mod tests {
             LoggedPacket {
                 dst: "10.0.0.5".parse().unwrap(),
                 proto: TCP,
-                port: 443
+                port: 443,
+                uid: None,
             }
         );
         p[9] = 1; // ICMP: no port

@@ -8,7 +8,9 @@
 //!    it), before the command's capabilities are dropped;
 //! 3. [`install`] the ruleset over that socket; a reload is another [`install`] (the table is
 //!    replaced in one transaction, never left empty);
-//! 4. [`LogReader::open`] in the same namespace for the refusals (nflog group
+//! 4. [`lift_icmp_rate_limit`] there too, so that refused TCP connects fail at once also in a
+//!    burst;
+//! 5. [`LogReader::open`] in the same namespace for the refusals (nflog group
 //!    [`Ruleset::log_group`]); describe each with `Policy::decide(dst, port, proto)`.
 //!
 //! What the table does (`nft list table inet claude_jail` shows it; docs/design.md, "The
@@ -82,6 +84,35 @@ impl NftError {
             NftError::TooLarge { .. } => Some(Errno::EMSGSIZE),
         }
     }
+}
+
+/// Lifts the ICMP rate limits of the calling thread's network namespace (call it from a thread
+/// inside the jail's, with the rights of its owner, as [`install`]): every refusal's
+/// admin-prohibited is an ICMP error the namespace sends itself, and past the default limit
+/// (1000 a second, a burst of 50) the kernel sends none, so a refused TCP connect waits for its
+/// SYN's retransmission (a second or more) instead of failing at once. Measured: 300 refused
+/// connects in a row took 5 s with 5 retransmissions, 3 ms with none once lifted. Only the
+/// jail's namespace changes: its kernel then also answers unlimited port unreachables to what
+/// reaches it through pasta. `net.ipv4.icmp_ratemask` and `net.ipv6.icmp.ratemask` name the
+/// limited types; the masks become empty (ICMPv6 type 0, the only one left, does not exist).
+pub fn lift_icmp_rate_limit() -> Result<(), NftError> {
+    for (file, value) in [
+        ("/proc/sys/net/ipv4/icmp_ratemask", "0"),
+        ("/proc/sys/net/ipv6/icmp/ratemask", "0"),
+    ] {
+        match std::fs::write(file, value) {
+            Ok(()) => {}
+            // A kernel without IPv6 (or without the mask, before 5.x) has nothing to lift.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(NftError::io(
+                    "lifting the ICMP rate limit of the jail's network namespace",
+                    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn hint(e: Errno) -> &'static str {

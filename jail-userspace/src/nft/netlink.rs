@@ -650,7 +650,8 @@ pub(crate) fn transact(sock: BorrowedFd<'_>, mut msgs: Batch, batch: bool) -> Re
 /// Replaces claude-jail's rules in the network namespace of `sock` (see [`open_socket`]) with
 /// `rs`, in one transaction: before it the previous rules hold, after it the new ones, never
 /// neither. Serves the first install and every reload. Needs CAP_NET_ADMIN over that
-/// namespace (in the user namespace that owns it).
+/// namespace (in the user namespace that owns it). One install at a time per socket (the
+/// answers are matched by sequence number, not demultiplexed between callers).
 pub fn install(sock: BorrowedFd<'_>, rs: &Ruleset) -> Result<(), NftError> {
     transact(sock, batch(rs), true)
 }

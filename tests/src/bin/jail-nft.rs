@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! jail-nft NETNS_FILE [--as-nobody] [--new-userns]
-//! jail-nft --rootless [--ranges N] [--log] [--nested]
+//! jail-nft --rootless [--ranges N] [--lift] [--log] [--nested]
 //! ```
 //! The first form tries to replace claude-jail's table in an existing network namespace with
 //! an empty (allow-everything) one, as a jailed process trying to undo its jail would, and
@@ -12,9 +12,9 @@
 //!
 //! The second form is the rootless launcher's part: as uid 65534, it creates a user namespace
 //! and a network namespace owned by it, installs a policy of `N` denied single addresses there
-//! (default 1), optionally binds the refusal log, and with `--nested` then tries, from a user
+//! (default 1), optionally lifts its ICMP rate limit and binds the refusal log, and with `--nested` then tries, from a user
 //! namespace nested in its own (what a jailed command can make), to replace the table. One line
-//! per step: `install ok|err ERRNO`, `log ok|err ERRNO`, `nested ok|err ERRNO`.
+//! per step: `install ok|err ERRNO`, `lift ...`, `log ...`, `nested ok|err ERRNO`.
 use std::{fs::File, os::fd::AsFd};
 
 use claude_jail::{nft, policy::MapEntries};
@@ -51,7 +51,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |f: &str| args.iter().any(|a| a == f);
     let Some(first) = args.first() else {
-        eprintln!("usage: jail-nft NETNS_FILE [--as-nobody] [--new-userns] | jail-nft --rootless [--ranges N] [--log] [--nested]");
+        eprintln!("usage: jail-nft NETNS_FILE [--as-nobody] [--new-userns] | jail-nft --rootless [--ranges N] [--lift] [--log] [--nested]");
         std::process::exit(2);
     };
     let empty = nft::Ruleset::compile(&MapEntries::default());
@@ -97,6 +97,9 @@ fn main() {
         m.deny4.insert((32, (0x0b00_0000 + 2 * i).to_be()), 0);
     }
     line("install", install(&nft::Ruleset::compile(&m)));
+    if flag("--lift") {
+        line("lift", nft::lift_icmp_rate_limit());
+    }
     if flag("--log") {
         line(
             "log",
