@@ -602,6 +602,17 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     // The ids the table is about to refuse by, for the launcher's descriptions of refusals.
     rule_ids.save(&policy::ids::path(&run_dir))?;
     crate::reload::install_nft(&ns, &jail_policy).context("install the jail's nftables table")?;
+    // Refusals fail at once also past the kernel's ICMP rate limit. Where /proc/sys is
+    // read-only (a container), a refusal past the limit waits for a retransmission instead:
+    // nothing more gets through, so the launch goes on.
+    crate::userns::in_jail(&ns, || {
+        match crate::nft::lift_icmp_rate_limit() {
+            Err(e) if e.errno() == Some(nix::errno::Errno::EROFS) => {}
+            r => r?,
+        }
+        Ok(((), None))
+    })
+    .context("lift the ICMP rate limit of the jail's network namespace")?;
     let log = crate::userns::in_jail(&ns, || {
         let reader = crate::nft::LogReader::open(crate::nft::DEFAULT_LOG_GROUP)?;
         Ok(((), Some(reader.into_fd())))
