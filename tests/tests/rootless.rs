@@ -313,3 +313,95 @@ fn the_users_check_says_the_rootless_mode_is_available() {
     assert_eq!(v["ok"], true, "a jail can start: {o}");
     assert_eq!(out.status.code(), Some(0), "{o}");
 }
+
+/// A rootless jail's launcher killed with SIGKILL (it cannot clean up): the jail's processes and
+/// pasta go with it (parent-death signals on the init and on pasta; the init takes its PID
+/// namespace along), so nothing jailed runs on with its table's keeper gone.
+#[test]
+fn a_killed_launcher_leaves_no_jailed_process_and_no_pasta_behind() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let shared = world.dir().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = shared.display().to_string();
+    // The patterns are put together at run time, so that they do not match this script's own
+    // command line.
+    let out = script(
+        &world,
+        "",
+        &format!(
+            "setpriv --reuid 4242 --regid 4242 --init-groups env -u SUDO_UID -u SUDO_GID \
+               $CJ run -- sh -c 'touch {dir}/up; exec sleep \"$(echo 60)01\"' &\n\
+             L=$!\n\
+             for i in $(seq 200); do [ -e {dir}/up ] && break; sleep 0.05; done\n\
+             ID=$(user $CJ status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0][\"id\"])')\n\
+             P=\"sleep 60\"\"01\"\n\
+             echo \"before: $(pgrep -fc \"$P\") $(pgrep -fc \"$ID\")\"\n\
+             kill -9 $L\n\
+             for i in $(seq 200); do pgrep -f \"$P|$ID\" >/dev/null || break; sleep 0.05; done\n\
+             echo \"after: $(pgrep -fc \"$P\") $(pgrep -fc \"$ID\")\""
+        ),
+    );
+    let o = String::from_utf8_lossy(&out.stdout);
+    let counts = |label: &str| -> Vec<u32> {
+        o.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label} line: {o}"))
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    assert!(
+        counts("before: ").iter().all(|&n| n >= 1),
+        "the jailed command and pasta (whose arguments name the jail) run: {o}"
+    );
+    assert_eq!(
+        counts("after: "),
+        [0, 0],
+        "after the launcher's SIGKILL neither is left: {o}"
+    );
+}
+
+/// The host's routing followed in the nftables mode: a route the host gains mid-session (a VPN
+/// coming up) makes its range refused in the running jail, as in the eBPF mode.
+#[test]
+fn a_route_added_mid_session_is_refused_in_the_rootless_jail() {
+    if !have_root() {
+        return;
+    }
+    let world = FakeWorld::builder().build().unwrap();
+    let shared = world.dir().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(shared.join("connect.py"), CONNECT).unwrap();
+    let dir = shared.display().to_string();
+    let jailed = format!(
+        "python3 {dir}/connect.py 203.0.113.10 80; touch {dir}/ran; \
+         for i in $(seq 200); do [ -e {dir}/routed ] && break; sleep 0.05; done; \
+         for i in $(seq 40); do r=$(python3 {dir}/connect.py 203.0.113.10 80); \
+           case \"$r\" in *open) sleep 0.05;; *) echo \"$r after $i\"; break;; esac; done"
+    );
+    let out = script(
+        &world,
+        "",
+        &format!(
+            "user $CJ run -- sh -c '{jailed}' > {dir}/jail.out 2>&1 &\n\
+             for i in $(seq 200); do [ -e {dir}/ran ] && break; sleep 0.05; done\n\
+             ip route add 203.0.113.0/24 via 192.168.1.1 dev uplink0\n\
+             touch {dir}/routed; wait; cat {dir}/jail.out"
+        ),
+    );
+    let o = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        o.contains("connect 203.0.113.10 open"),
+        "reachable before: {o}"
+    );
+    assert!(
+        o.lines()
+            .any(|l| l.starts_with("connect 203.0.113.10 EHOSTUNREACH after")),
+        "refused once the host routes it (within 40 tries, 50 ms apart): {o}"
+    );
+}

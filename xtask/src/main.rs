@@ -271,8 +271,9 @@ fn test(root: &Path, stress: bool, extra: &[String]) -> Result<()> {
 /// /sys/fs/cgroup itself, as on most hosts) emulated in the tests' private mount namespace: this
 /// machine may be hybrid (cgroup2 at /sys/fs/cgroup/unified), and a layout assumption must fail a
 /// test. The cgroup2 superblock is the host's, so the cgroups made there are real ones.
-const JAIL_TESTS: [&str; 11] = [
+const JAIL_TESTS: [&str; 12] = [
     "launch",
+    "rootless",
     "contain",
     "enforce",
     "running",
