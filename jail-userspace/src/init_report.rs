@@ -81,7 +81,7 @@ impl fmt::Display for Step {
             Step::MountProc => "mount /proc for the jail's PID namespace",
             Step::ResolvConf => "bind the jail's resolv.conf over /etc/resolv.conf",
             Step::Uncap => "bind copies without file capabilities over their programs",
-            Step::Mask => "cover a broker socket",
+            Step::Mask => "mask the broker sockets",
             Step::CoverCgroup => "hide the host's cgroups",
             Step::PingSockets => "allow ping sockets in the jail",
             Step::Supervise => "start the command",
@@ -218,8 +218,14 @@ impl Failure {
 }
 
 impl fmt::Display for Failure {
+    /// The message, and the step's fix unless the message names its own already (a more
+    /// specific one, such as a FUSE mount's `allow_root`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (fix: {})", self.message, self.fix())
+        if self.message.contains("(fix: ") {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{} (fix: {})", self.message, self.fix())
+        }
     }
 }
 
@@ -259,6 +265,16 @@ mod tests {
         for step in Step::ALL {
             assert_eq!(Step::from_name(step.name()), Some(step));
         }
+    }
+
+    #[test]
+    fn a_message_that_names_its_own_fix_gets_no_second_one() {
+        let own = Failure::decode("mask\t13\tcover /x: EACCES (fix: mount it with allow_root)");
+        assert_eq!(own.to_string().matches("(fix: ").count(), 1, "{own}");
+        let generic = Failure::decode("mask\t13\tcover /x: EACCES");
+        assert!(generic
+            .to_string()
+            .ends_with(&format!("(fix: {})", generic.fix())));
     }
 
     #[test]

@@ -360,7 +360,7 @@ fn setup_mounts(spec: &Spec) -> Result<Proc> {
     }
     for m in &spec.masks {
         apply_mask(m)
-            .with_context(|| format!("{} ({})", m.path.display(), m.what))
+            .with_context(|| format!("cover {} ({})", m.path.display(), m.what))
             .context(Step::Mask)?;
     }
     for c in mask::cgroup_covers(&mountinfo) {

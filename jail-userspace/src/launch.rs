@@ -298,7 +298,8 @@ fn run_unjailed(inputs: Inputs, signals: &SignalFd) -> Result<i32> {
         uncapped: Vec::new(),
         userns: false,
     };
-    let paths = Paths::system().ok();
+    // The caller's registry and log: root's, or a user's own (no root: the nftables mode's).
+    let paths = Paths::for_caller(inputs.caller).ok();
     if let Some(p) = &paths {
         let note = events::Record::note(
             &record.id,

@@ -389,8 +389,8 @@ fn deb_package() -> std::path::PathBuf {
 /// .deb installs; `claude-jail check` is all green; a normal user in the claude-jail group (and
 /// with no other sudo rule) types `claude` (a fake claude where npm puts the real one) and is
 /// jailed, arguments verbatim; `CLAUDE_SANDBOX_EGRESS_JAIL=0 claude` runs unjailed and says so;
-/// a user outside the group is refused with the fix; `man claude-jail` works and the
-/// completions load in bash.
+/// a user outside the group (no sudo rule) gets the nftables mode instead, jailed as well;
+/// `man claude-jail` works and the completions load in bash.
 #[test]
 fn the_debian_package_makes_every_users_claude_jailed_on_a_clean_machine() {
     if !have_root() {
@@ -413,6 +413,7 @@ echo "ENVS EPICS=${EPICS_CA_ADDR_LIST:-unset} TMUX=${TMUX:-unset} HOME=$HOME"
          usermod -aG claude-jail dev\n\
          useradd --create-home --shell /bin/bash outsider\n\
          {POST_START_ROOT}\n\
+         chmod 0666 /dev/net/tun\n\
          cat > /usr/local/bin/claude <<'FAKE'\n{fake_claude}FAKE\n\
          chmod 755 /usr/local/bin/claude\n\
          set +e\n\
@@ -478,11 +479,11 @@ echo "ENVS EPICS=${EPICS_CA_ADDR_LIST:-unset} TMUX=${TMUX:-unset} HOME=$HOME"
     );
     let outsider = section("outsider");
     assert!(
-        outsider.contains("outsider-exit=125")
-            && outsider.contains("claude-jail group")
-            && outsider.contains("CLAUDE_SANDBOX_EGRESS_JAIL=0")
-            && !outsider.contains("FAKE-CLAUDE"),
-        "a user outside the group is refused with the fix and the escape hatch: {outsider}"
+        outsider.contains("outsider-exit=0")
+            && outsider.contains("enforced by nftables")
+            && outsider.contains("FAKE-CLAUDE args=[] uid=1001 nnp=1")
+            && outsider.contains("No route to host"),
+        "a user outside the group (no sudo rule) is jailed by the nftables mode: {outsider}"
     );
     assert!(
         section("man").contains("claude-jail - Run an AI coding agent"),
