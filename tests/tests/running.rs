@@ -501,7 +501,7 @@ fn a_route_that_appears_on_the_host_is_denied_within_a_second() {
 }
 
 #[test]
-fn a_jailed_process_cannot_reload() {
+fn a_jailed_process_reloads_no_jail() {
     if !have_root() {
         return;
     }
@@ -517,13 +517,11 @@ fn a_jailed_process_cannot_reload() {
     let out = jail_tests::jail::run_jailed(&world, &conf, &script).unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // Without root, reload acts on the caller's own jails of the nftables mode only (their
+    // registry is the user's); root's jails, this one included, are out of its reach.
     assert!(
-        text.contains("rc=1"),
-        "reload from inside the jail fails: {text}"
-    );
-    assert!(
-        text.contains("only root can reload"),
-        "and says why: {text}"
+        text.contains("reloaded 0 running jails") && text.contains("rc=0"),
+        "reload from inside the jail reaches no jail: {text}"
     );
 }
 
