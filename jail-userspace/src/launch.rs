@@ -74,6 +74,7 @@ pub fn command(args: RunArgs) -> ExitCode {
             Exit::JailFailed.code()
         }
     };
+    crate::profile::mark("summary");
     Exit::Command(code).into()
 }
 
@@ -83,6 +84,7 @@ fn launch(args: RunArgs) -> Result<i32> {
     // forwarded to the init is queued for it, never discarded.
     let signals = block_signals()?;
     let inputs = gather(args)?;
+    crate::profile::mark("gather");
     if !inputs.switch.enabled {
         return run_unjailed(inputs, &signals);
     }
@@ -373,6 +375,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     bpf::ensure_bpffs(&paths.bpffs)?;
     state::private_dir(&paths.pins)?;
     crate::gc::collect(&paths, false);
+    crate::profile::mark("preflight-gc");
 
     let host = HostNet::read().context("read the host's addresses and routes")?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -386,6 +389,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     }
     record.policy_digest = jail_policy.digest();
     record.conf_digest = Policy::build(conf, &host).digest();
+    crate::profile::mark("hostnet-policy");
 
     let id = record.id.clone();
     let mut built = Built::default();
@@ -411,6 +415,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     built.cgroups.push(pasta_cg.clone());
     let v1_limits = limits(conf, &paths, &id, &jail_cg)?;
     built.v1_cgroups.extend(v1_limits.iter().cloned());
+    crate::profile::mark("cgroups");
 
     // The ids the maps are about to hold, for the launcher's and reloads' descriptions of them.
     rule_ids.save(&policy::ids::path(&run_dir))?;
@@ -421,6 +426,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
         jail_policy.map_entries(),
     )
     .context("attach the jail's eBPF programs")?;
+    crate::profile::mark("attach-jail");
     built.pins.push(paths.pasta_pins(&id));
     let mut pasta_maps = bpf::attach(
         pasta_cg.path(),
@@ -428,6 +434,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
         pasta_policy.map_entries(),
     )
     .context("attach pasta's eBPF programs")?;
+    crate::profile::mark("attach-pasta");
 
     let resolv = run_dir.join("resolv.conf");
     fs::write(&resolv, netns::jail_resolv_conf(&host_resolv))?;
@@ -455,6 +462,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
             .add_pid(init_pid)
             .with_context(|| format!("move the jail's init into {}", dir.display()))?;
     }
+    crate::profile::mark("namespaces");
 
     let netns_file = run_dir.join("netns");
     built.netns_file = Some(netns_file.clone());
@@ -477,6 +485,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     .context("start pasta")?;
     record.pasta_pid = pasta.pid;
     built.pasta = Some(pasta);
+    crate::profile::mark("pasta-start");
 
     // Now that the namespace has its addresses: the policies that know them.
     record.own_addrs = netns::own_addresses(init_pid)?;
@@ -487,6 +496,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     pasta_maps.apply(pasta_policy.map_entries())?;
     record.policy_digest = jail_policy.digest();
     state::write_record(&paths, &record)?;
+    crate::profile::mark("policy-refill");
 
     let watch = supervise::JailWatch {
         paths,
@@ -699,11 +709,13 @@ fn run_jailed(mut jail: Jail, signals: &SignalFd) -> Result<i32> {
         return Err(e);
     }
     jail.init.started()?;
+    crate::profile::mark("jail-init");
     let mut watch = supervise::Watch {
         signals,
         jail: Some(jail.watch),
     };
     let code = supervise::run(jail.init.pid, &mut watch)?;
+    crate::profile::mark("command");
     jail.built.init = None;
     let counters = jail
         .maps
@@ -712,6 +724,7 @@ fn run_jailed(mut jail: Jail, signals: &SignalFd) -> Result<i32> {
         .unwrap_or_default();
     let id = jail.built.id.clone();
     drop(jail.built);
+    crate::profile::mark("teardown");
     let (suppressed, aggregated, log_error) = watch.jail.map_or((0, 0, None), |j| {
         (j.aggregator.suppressed, j.aggregator.total, j.log_error)
     });
