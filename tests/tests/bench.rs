@@ -34,7 +34,7 @@ use jail_tests::{
 
 const PROBE: &str = env!("CARGO_BIN_EXE_jail-bench-probe");
 const SINK: &str = "203.0.113.10:9000";
-const BULK_BYTES: u64 = 256 << 20;
+const BULK_BYTES: u64 = 64 << 20;
 const SENDTO_CALLS: u64 = 200_000;
 const CONNECT_CALLS: u64 = 10_000;
 const BIG: u32 = 65_000;
@@ -326,8 +326,10 @@ fn bench_side_by_side() {
         at_most: true,
     });
 
-    // Launch with 65,000 allow entries.
-    let mut ours = vec![];
+    // Launch with 65,000 allow entries; against an earlier build of claude-jail when
+    // BENCH_BEFORE_BIN names one (a change's before/after, alternating as everything else).
+    let before = std::env::var_os("BENCH_BEFORE_BIN").map(PathBuf::from);
+    let (mut ours, mut old) = (vec![], vec![]);
     for i in 0..b.runs.min(5) {
         let prof = b.profile_dir.join(format!("big-{i}"));
         let (ms, _) = timed(
@@ -335,6 +337,29 @@ fn bench_side_by_side() {
             &mut b.jail(&big, &["true"], Some(&prof)),
         );
         ours.push(ms);
+        if let Some(bin) = &before {
+            let args: Vec<_> = b
+                .jail(&big, &["true"], None)
+                .get_args()
+                .map(|a| a.to_owned())
+                .collect();
+            let mut cmd = b.world.host_command(bin).unwrap();
+            cmd.args(args)
+                .env("CLAUDE_JAIL_PASTA", &b.pasta)
+                .env_remove("CLAUDE_SANDBOX_EGRESS_JAIL")
+                .env_remove("CLAUDE_SANDBOX_CONF")
+                .stdin(Stdio::null());
+            let (ms, _) = timed("before: jail true, 65,000", &mut cmd);
+            old.push(ms);
+        }
+    }
+    if !old.is_empty() {
+        println!(
+            "\nlaunch with {BIG} allow entries, alternating: this build {:.0} ms, \
+             BENCH_BEFORE_BIN {:.0} ms (medians)",
+            median(ours.clone()),
+            median(old)
+        );
     }
     rows.push(Row {
         figure: format!("launch with {BIG} allow entries (ms)"),

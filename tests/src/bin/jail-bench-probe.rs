@@ -81,6 +81,15 @@ fn bulk(dest: &str, bytes: u64) {
     let mut left = bytes;
     while left > 0 {
         let k = left.min(buf.len() as u64) as usize;
+        if t.elapsed() > stall * 2 {
+            eprintln!(
+                "stalled: {} of {bytes} bytes in {:?}",
+                bytes - left,
+                t.elapsed()
+            );
+            println!("0");
+            return;
+        }
         if let Err(e) = s.write_all(&buf[..k]) {
             eprintln!("stalled after {} of {bytes} bytes: {e}", bytes - left);
             println!("0");
