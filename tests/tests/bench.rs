@@ -168,6 +168,22 @@ impl Bench {
         cmd
     }
 
+    /// [`Bench::jail`] with another build of claude-jail (`BENCH_BEFORE_BIN`), no profile.
+    fn build_of(&self, bin: &Path, conf: &Path, argv: &[&str]) -> Command {
+        let args: Vec<_> = self
+            .jail(conf, argv, None)
+            .get_args()
+            .map(|a| a.to_owned())
+            .collect();
+        let mut cmd = self.world.host_command(bin).unwrap();
+        cmd.args(args)
+            .env("CLAUDE_JAIL_PASTA", &self.pasta)
+            .env_remove("CLAUDE_SANDBOX_EGRESS_JAIL")
+            .env_remove("CLAUDE_SANDBOX_CONF")
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// [`BASELINE`] running ARGV as nobody.
     fn baseline(&self, argv: &[&str]) -> Command {
         let mut cmd = self.world.host_command("bash").unwrap();
@@ -294,6 +310,8 @@ fn bench_side_by_side() {
     let mut rows = Vec::new();
 
     // Launch to exit of `true`, and the command's exit to the launcher's.
+    let before = std::env::var_os("BENCH_BEFORE_BIN").map(PathBuf::from);
+    let mut old_launch = vec![];
     let (mut ours, mut peer, mut exit_gap, mut peer_gap) = (vec![], vec![], vec![], vec![]);
     for i in 0..b.runs {
         let prof = b.profile_dir.join(format!("launch-{i}"));
@@ -301,10 +319,22 @@ fn bench_side_by_side() {
         ours.push(ms);
         let (ms, _) = timed("baseline true", &mut b.baseline(&["true"]));
         peer.push(ms);
+        if let Some(bin) = &before {
+            let (ms, _) = timed("before: jail true", &mut b.build_of(bin, &empty, &["true"]));
+            old_launch.push(ms);
+        }
         let (_, out) = timed("jail stamp", &mut b.jail(&empty, &[PROBE, "stamp"], None));
         exit_gap.push((monotonic_ns() - printed(&out) as u128) as f64 / 1e6);
         let (_, out) = timed("baseline stamp", &mut b.baseline(&[PROBE, "stamp"]));
         peer_gap.push((monotonic_ns() - printed(&out) as u128) as f64 / 1e6);
+    }
+    if !old_launch.is_empty() {
+        println!(
+            "\nlaunch of `run -- true`, alternating: this build {:.1} ms, BENCH_BEFORE_BIN {:.1} ms \
+             (medians)",
+            median(ours.clone()),
+            median(old_launch)
+        );
     }
     rows.push(Row {
         figure: "launch to exit of `run -- true` (ms)".into(),
@@ -328,7 +358,6 @@ fn bench_side_by_side() {
 
     // Launch with 65,000 allow entries; against an earlier build of claude-jail when
     // BENCH_BEFORE_BIN names one (a change's before/after, alternating as everything else).
-    let before = std::env::var_os("BENCH_BEFORE_BIN").map(PathBuf::from);
     let (mut ours, mut old) = (vec![], vec![]);
     for i in 0..b.runs.min(5) {
         let prof = b.profile_dir.join(format!("big-{i}"));
@@ -338,18 +367,10 @@ fn bench_side_by_side() {
         );
         ours.push(ms);
         if let Some(bin) = &before {
-            let args: Vec<_> = b
-                .jail(&big, &["true"], None)
-                .get_args()
-                .map(|a| a.to_owned())
-                .collect();
-            let mut cmd = b.world.host_command(bin).unwrap();
-            cmd.args(args)
-                .env("CLAUDE_JAIL_PASTA", &b.pasta)
-                .env_remove("CLAUDE_SANDBOX_EGRESS_JAIL")
-                .env_remove("CLAUDE_SANDBOX_CONF")
-                .stdin(Stdio::null());
-            let (ms, _) = timed("before: jail true, 65,000", &mut cmd);
+            let (ms, _) = timed(
+                "before: jail true, 65,000",
+                &mut b.build_of(bin, &big, &["true"]),
+            );
             old.push(ms);
         }
     }
@@ -369,6 +390,12 @@ fn bench_side_by_side() {
         bound: 200.0,
         at_most: true,
     });
+
+    // BENCH_QUICK: the launches only (a launch change's before/after).
+    if std::env::var_os("BENCH_QUICK").is_some() {
+        report(&b, &rows);
+        return;
+    }
 
     // Per-call costs, in the jail at three policy sizes vs a bare namespace.
     for (name, conf) in [("no", &empty), ("10", &ten), ("65,000", &big)] {
