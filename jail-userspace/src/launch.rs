@@ -420,21 +420,30 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     // The ids the maps are about to hold, for the launcher's and reloads' descriptions of them.
     rule_ids.save(&policy::ids::path(&run_dir))?;
     built.pins.push(paths.jail_pins(&id));
-    let mut jail_maps = bpf::attach(
-        jail_cg.path(),
-        &paths.jail_pins(&id),
-        jail_policy.map_entries(),
-    )
-    .context("attach the jail's eBPF programs")?;
-    crate::profile::mark("attach-jail");
     built.pins.push(paths.pasta_pins(&id));
-    let mut pasta_maps = bpf::attach(
-        pasta_cg.path(),
-        &paths.pasta_pins(&id),
-        pasta_policy.map_entries(),
-    )
-    .context("attach pasta's eBPF programs")?;
-    crate::profile::mark("attach-pasta");
+    // The two instances are loaded, verified and filled in parallel: loading the object is
+    // most of a launch (cargo xtask bench). Both pin directories are torn down on failure.
+    let (jail_maps, pasta_maps) = std::thread::scope(|s| {
+        let pasta = s.spawn(|| {
+            bpf::attach(
+                pasta_cg.path(),
+                &paths.pasta_pins(&id),
+                pasta_policy.map_entries(),
+            )
+        });
+        let jail = bpf::attach(
+            jail_cg.path(),
+            &paths.jail_pins(&id),
+            jail_policy.map_entries(),
+        );
+        let pasta = pasta
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the loader thread panicked")));
+        (jail, pasta)
+    });
+    let mut jail_maps = jail_maps.context("attach the jail's eBPF programs")?;
+    let mut pasta_maps = pasta_maps.context("attach pasta's eBPF programs")?;
+    crate::profile::mark("attach-both");
 
     let resolv = run_dir.join("resolv.conf");
     fs::write(&resolv, netns::jail_resolv_conf(&host_resolv))?;
