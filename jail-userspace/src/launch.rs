@@ -964,21 +964,25 @@ impl Drop for Built {
             if let Err(e) = cg.kill_all(Duration::from_secs(5)) {
                 warn("kill the jail's processes", e.into());
             }
+            crate::profile::mark("teardown-kill");
         }
         // Only if it survived that (it is still in its cgroup): signalled by pid.
         if let Some(p) = self.pasta.take() {
             p.stop(Duration::from_secs(2));
         }
+        crate::profile::mark("teardown-pasta");
         if let Some(f) = self.netns_file.take() {
             if let Err(e) = netns::unbind_netns(&f) {
                 warn("unmount the namespace file", e);
             }
         }
+        crate::profile::mark("teardown-netns");
         for pins in self.pins.drain(..).rev() {
             if let Err(e) = bpf::unpin(&pins) {
                 warn("unpin", e);
             }
         }
+        crate::profile::mark("teardown-unpin");
         // A cgroup that cannot be removed keeps the record, so that a later gc finds it.
         let mut keep_record = false;
         for cg in self.cgroups.drain(..).rev() {
@@ -987,6 +991,7 @@ impl Drop for Built {
                 warn("remove cgroup", e.into());
             }
         }
+        crate::profile::mark("teardown-rmdir");
         for d in self.v1_cgroups.drain(..) {
             // Empty by now: its processes are the jail cgroup's, killed above.
             if let Err(e) = fs::remove_dir(&d) {
