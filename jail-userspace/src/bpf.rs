@@ -116,13 +116,16 @@ fn attach_inner(cgroup_dir: &Path, pin_dir: &Path, entries: &MapEntries) -> Resu
              CONFIG_BPF_SYSCALL and cgroup BPF)",
         )
     })?;
+    crate::profile::mark("bpf-object");
     crate::dirs::private_dir(pin_dir)?;
     let mut jail_maps = JailMaps::take_and_pin(&mut ebpf, pin_dir)?;
     jail_maps.apply(entries).context("fill the policy maps")?;
+    crate::profile::mark("map-fill");
 
     for (name, _) in PROGRAMS {
         load_program(&mut ebpf, name)?;
     }
+    crate::profile::mark("verify");
 
     let cgroup = fs::File::open(cgroup_dir)
         .with_context(|| format!("open cgroup {}", cgroup_dir.display()))?;

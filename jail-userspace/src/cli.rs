@@ -44,6 +44,10 @@ pub enum Command {
         /// sudo this way.
         #[arg(long, value_name = "FD")]
         env_fd: Option<i32>,
+        /// Write how long each phase of the launch took to descriptor FD, one `PHASE
+        /// MICROSECONDS` per line (`cargo xtask bench`).
+        #[arg(long, value_name = "FD", hide = true)]
+        profile_fd: Option<i32>,
         /// The command and its arguments.
         // The first word of the command may not start with `-`: a mistyped option of run's
         // (`--confg`) is refused instead of being run as a command. After it (or after `--`),
@@ -147,14 +151,21 @@ pub fn main() -> ExitCode {
             config,
             user,
             env_fd,
+            profile_fd,
             command,
         } => {
+            if let Some(fd) = profile_fd {
+                if let Err(e) = crate::profile::start(fd) {
+                    eprintln!("{}", crate::launch::refusal(&e));
+                    return crate::exit::Exit::JailFailed.into();
+                }
+            }
             return crate::launch::command(crate::launch::RunArgs {
                 config,
                 user,
                 env_fd,
                 command,
-            })
+            });
         }
         Command::Policy { config, json } => crate::policy_cmd::command(config, json),
         Command::Reload { config } => crate::reload::command(config),

@@ -74,6 +74,7 @@ pub fn command(args: RunArgs) -> ExitCode {
             Exit::JailFailed.code()
         }
     };
+    crate::profile::mark("summary");
     Exit::Command(code).into()
 }
 
@@ -83,6 +84,7 @@ fn launch(args: RunArgs) -> Result<i32> {
     // forwarded to the init is queued for it, never discarded.
     let signals = block_signals()?;
     let inputs = gather(args)?;
+    crate::profile::mark("gather");
     if !inputs.switch.enabled {
         return run_unjailed(inputs, &signals);
     }
@@ -374,6 +376,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     bpf::ensure_bpffs(&paths.bpffs)?;
     state::private_dir(&paths.pins)?;
     crate::gc::collect(&paths, false);
+    crate::profile::mark("preflight-gc");
 
     let host = HostNet::read().context("read the host's addresses and routes")?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -387,6 +390,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     }
     record.policy_digest = jail_policy.digest();
     record.conf_digest = Policy::build(conf, &host).digest();
+    crate::profile::mark("hostnet-policy");
 
     let id = record.id.clone();
     let mut built = Built::default();
@@ -412,23 +416,35 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     built.cgroups.push(pasta_cg.clone());
     let v1_limits = limits(conf, &paths, &id, &jail_cg)?;
     built.v1_cgroups.extend(v1_limits.iter().cloned());
+    crate::profile::mark("cgroups");
 
     // The ids the maps are about to hold, for the launcher's and reloads' descriptions of them.
     rule_ids.save(&policy::ids::path(&run_dir))?;
     built.pins.push(paths.jail_pins(&id));
-    let mut jail_maps = bpf::attach(
-        jail_cg.path(),
-        &paths.jail_pins(&id),
-        jail_policy.map_entries(),
-    )
-    .context("attach the jail's eBPF programs")?;
     built.pins.push(paths.pasta_pins(&id));
-    let mut pasta_maps = bpf::attach(
-        pasta_cg.path(),
-        &paths.pasta_pins(&id),
-        pasta_policy.map_entries(),
-    )
-    .context("attach pasta's eBPF programs")?;
+    // The two instances are loaded, verified and filled in parallel: loading the object is
+    // most of a launch (cargo xtask bench). Both pin directories are torn down on failure.
+    let (jail_maps, pasta_maps) = std::thread::scope(|s| {
+        let pasta = s.spawn(|| {
+            bpf::attach(
+                pasta_cg.path(),
+                &paths.pasta_pins(&id),
+                pasta_policy.map_entries(),
+            )
+        });
+        let jail = bpf::attach(
+            jail_cg.path(),
+            &paths.jail_pins(&id),
+            jail_policy.map_entries(),
+        );
+        let pasta = pasta
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the loader thread panicked")));
+        (jail, pasta)
+    });
+    let mut jail_maps = jail_maps.context("attach the jail's eBPF programs")?;
+    let mut pasta_maps = pasta_maps.context("attach pasta's eBPF programs")?;
+    crate::profile::mark("attach-both");
 
     let resolv = run_dir.join("resolv.conf");
     fs::write(&resolv, netns::jail_resolv_conf(&host_resolv))?;
@@ -456,6 +472,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
             .add_pid(init_pid)
             .with_context(|| format!("move the jail's init into {}", dir.display()))?;
     }
+    crate::profile::mark("namespaces");
 
     let netns_file = run_dir.join("netns");
     built.netns_file = Some(netns_file.clone());
@@ -478,6 +495,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     .context("start pasta")?;
     record.pasta_pid = pasta.pid;
     built.pasta = Some(pasta);
+    crate::profile::mark("pasta-start");
 
     // Now that the namespace has its addresses: the policies that know them.
     record.own_addrs = netns::own_addresses(init_pid)?;
@@ -488,6 +506,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     pasta_maps.apply(pasta_policy.map_entries())?;
     record.policy_digest = jail_policy.digest();
     state::write_record(&paths, &record)?;
+    crate::profile::mark("policy-refill");
 
     let watch = supervise::JailWatch {
         paths,
@@ -700,11 +719,13 @@ fn run_jailed(mut jail: Jail, signals: &SignalFd) -> Result<i32> {
         return Err(e);
     }
     jail.init.started()?;
+    crate::profile::mark("jail-init");
     let mut watch = supervise::Watch {
         signals,
         jail: Some(jail.watch),
     };
     let code = supervise::run(jail.init.pid, &mut watch)?;
+    crate::profile::mark("command");
     jail.built.init = None;
     let counters = jail
         .maps
@@ -713,6 +734,7 @@ fn run_jailed(mut jail: Jail, signals: &SignalFd) -> Result<i32> {
         .unwrap_or_default();
     let id = jail.built.id.clone();
     drop(jail.built);
+    crate::profile::mark("teardown");
     let (suppressed, aggregated, log_error) = watch.jail.map_or((0, 0, None), |j| {
         (j.aggregator.suppressed, j.aggregator.total, j.log_error)
     });
@@ -943,21 +965,25 @@ impl Drop for Built {
             if let Err(e) = cg.kill_all(Duration::from_secs(5)) {
                 warn("kill the jail's processes", e.into());
             }
+            crate::profile::mark("teardown-kill");
         }
         // Only if it survived that (it is still in its cgroup): signalled by pid.
         if let Some(p) = self.pasta.take() {
             p.stop(Duration::from_secs(2));
         }
+        crate::profile::mark("teardown-pasta");
         if let Some(f) = self.netns_file.take() {
             if let Err(e) = netns::unbind_netns(&f) {
                 warn("unmount the namespace file", e);
             }
         }
+        crate::profile::mark("teardown-netns");
         for pins in self.pins.drain(..).rev() {
             if let Err(e) = bpf::unpin(&pins) {
                 warn("unpin", e);
             }
         }
+        crate::profile::mark("teardown-unpin");
         // A cgroup that cannot be removed keeps the record, so that a later gc finds it.
         let mut keep_record = false;
         for cg in self.cgroups.drain(..).rev() {
@@ -966,6 +992,7 @@ impl Drop for Built {
                 warn("remove cgroup", e.into());
             }
         }
+        crate::profile::mark("teardown-rmdir");
         for d in self.v1_cgroups.drain(..) {
             // Empty by now: its processes are the jail cgroup's, killed above.
             if let Err(e) = fs::remove_dir(&d) {

@@ -52,6 +52,7 @@ pub mod pasta;
 pub mod policy;
 pub mod policy_cmd;
 pub mod preflight;
+pub mod profile;
 pub mod reload;
 pub mod seccomp;
 pub mod state;

@@ -193,6 +193,13 @@ impl Policy {
     /// The jail's policy: loopback, the conf's allows, the default and conf denies, then the
     /// host's addresses, connected subnets, routes and local (AnyIP) ranges.
     pub fn build(conf: &Conf, host: &HostNet) -> Policy {
+        Policy::unnumbered(conf, host).numbered_afresh()
+    }
+
+    /// [`Policy::build`]'s rules, neither numbered nor compiled: for a caller that numbers them
+    /// itself ([`Policy::numbered`]). Numbering and compiling 65,000 rules is most of a launch's
+    /// time with such a conf; a launch did it six times over for two policies.
+    pub(crate) fn unnumbered(conf: &Conf, host: &HostNet) -> Policy {
         let conf_src = |line| Source::Conf {
             path: conf.path.clone(),
             line,
@@ -262,7 +269,6 @@ impl Policy {
             skipped,
             entries: MapEntries::default(),
         }
-        .numbered_afresh()
     }
 
     /// This policy with its rules numbered by `n` (a jail's rule ids), and compiled again.
@@ -285,7 +291,13 @@ impl Policy {
     /// This policy plus more allow entries, appended so that existing rule ids do not change
     /// (pasta's own policy: the host's resolvers on port 53, the jail's DNS forwarder). Numbered
     /// from scratch, as [`Policy::build`].
-    pub fn with_extra_allow(
+    pub fn with_extra_allow(self, extra: impl IntoIterator<Item = (AllowEntry, Source)>) -> Policy {
+        self.with_extra_rules(extra).numbered_afresh()
+    }
+
+    /// [`Policy::with_extra_allow`] without numbering or compiling: the caller numbers the result
+    /// ([`Policy::numbered`]), which replaces ids and entries anyway.
+    pub(crate) fn with_extra_rules(
         mut self,
         extra: impl IntoIterator<Item = (AllowEntry, Source)>,
     ) -> Policy {
@@ -296,7 +308,7 @@ impl Policy {
                 source,
             });
         }
-        self.numbered_afresh()
+        self
     }
 
     pub fn rules(&self) -> &[Rule] {

@@ -47,7 +47,9 @@ pub fn policies(
             Source::Builtin("the jail's own address, local in its namespace"),
         )
     });
-    let jail = Policy::build(conf, host).with_extra_allow(
+    // Numbered once each, below: the rules alone until then.
+    let base = Policy::unnumbered(conf, host);
+    let jail = base.clone().with_extra_rules(
         both.map(|p| (port(fwd, 53, p), Source::Builtin("pasta's DNS forwarder")))
             .into_iter()
             .chain(own_allows),
@@ -69,7 +71,7 @@ pub fn policies(
     // pasta's policy cannot deny the host's loopback: its programs judge destinations, not
     // namespaces, and pasta talks to the jail's loopback too (the inner side of each
     // `host-port`). The host's loopback is closed by pasta's arguments instead (no mapping).
-    let pasta = Policy::build(conf, host).with_extra_allow(resolver_allows.chain(published));
+    let pasta = base.with_extra_rules(resolver_allows.chain(published));
     // One numbering for both: a rule they share has one id.
     let mut n = ids.numbering();
     let jail = jail.numbered(&mut n)?;
