@@ -21,6 +21,8 @@ use crate::{
 struct Line {
     name: &'static str,
     outcome: Result<String>,
+    /// A prerequisite of the backend a launch would not use here: shown, never a failure.
+    note: bool,
 }
 
 pub fn command(config: Option<PathBuf>, json_out: bool) -> Result<ExitCode> {
@@ -37,6 +39,7 @@ pub fn command(config: Option<PathBuf>, json_out: bool) -> Result<ExitCode> {
         .ok()
         .map(|c| conf::jail_enabled(c, std::env::var_os(conf::ENV_EGRESS_JAIL).as_deref()));
     lines.push(Line {
+        note: false,
         name: "conf",
         outcome: match &conf {
             Ok(c) if c.found => Ok(format!("{} is valid and trusted", conf_path.display())),
@@ -49,6 +52,7 @@ pub fn command(config: Option<PathBuf>, json_out: bool) -> Result<ExitCode> {
     });
     if let Some(Ok(s)) = &switch {
         lines.push(Line {
+            note: false,
             name: "switch",
             outcome: Ok(format!(
                 "the egress jail is {} ({})",
@@ -58,50 +62,48 @@ pub fn command(config: Option<PathBuf>, json_out: bool) -> Result<ExitCode> {
         });
     }
     // The backend a launch would choose now, and why (`launch::choose_backend`, the one place).
+    let choice = conf
+        .as_ref()
+        .map_err(|_| anyhow!("not chosen: the conf above is invalid"))
+        .and_then(|c| crate::launch::choose_backend(c, &facts));
+    let nftables = matches!(
+        &choice,
+        Ok(ch) if ch.backend == crate::launch::Enforcement::Nftables
+    );
     lines.push(Line {
+        note: false,
         name: "backend",
-        outcome: match &conf {
-            Ok(c) => crate::launch::choose_backend(c, &facts)
-                .map(|(b, why)| format!("{} ({why})", b.name())),
-            Err(_) => Err(anyhow!("not chosen: the conf above is invalid")),
-        },
+        outcome: choice.map(|ch| format!("{} ({})", ch.backend.name(), ch.why)),
     });
     if let Caller::Unprivileged { .. } = caller {
         // Informational: without a sudo rule the nftables mode below is the jail.
         lines.push(Line {
+            note: false,
             name: "sudo",
             outcome: Ok(sudo_rule().unwrap_or_else(|e| {
                 format!("{e:#} (the eBPF mode needs it; the nftables mode does not)")
             })),
         });
         lines.push(Line {
+            note: false,
             name: "tun",
             outcome: preflight::tun(&facts),
         });
         lines.push(Line {
+            note: false,
             name: "rootless",
             outcome: preflight::user_namespaces(&facts).and_then(|found| {
                 nft_probe().map(|t| format!("the nftables mode is available: {found}; {t}"))
             }),
         });
-        lines.push(Line {
-            name: "pasta",
-            outcome: match &conf {
-                Ok(c) => crate::pasta::locate(caller, c).map(|p| {
-                    format!(
-                        "{} (trusted, has every option the jail passes)",
-                        p.display()
-                    )
-                }),
-                Err(_) => Err(anyhow!("not tried: the conf above is invalid")),
-            },
-        });
     } else {
         lines.push(Line {
+            note: false,
             name: "privileges",
             outcome: preflight::privileges(&facts),
         });
         lines.push(Line {
+            note: false,
             name: "tun",
             outcome: preflight::tun(&facts)
                 .and_then(|found| tap_device().map(|t| format!("{found}; {t}"))),
@@ -109,10 +111,12 @@ pub fn command(config: Option<PathBuf>, json_out: bool) -> Result<ExitCode> {
         let cg = preflight::cgroup2(&facts);
         let cg_ok = cg.is_ok();
         lines.push(Line {
+            note: false,
             name: "cgroup2",
             outcome: cg,
         });
         lines.push(Line {
+            note: false,
             name: "ebpf",
             outcome: if cg_ok {
                 ebpf_probe()
@@ -120,26 +124,54 @@ pub fn command(config: Option<PathBuf>, json_out: bool) -> Result<ExitCode> {
                 Err(anyhow!("not tried: needs the writable cgroup2 above"))
             },
         });
+    }
+    if nftables && !matches!(caller, Caller::Unprivileged { .. }) {
+        // Root whose eBPF prerequisites fail (a container's default capabilities): the
+        // nftables mode is what a launch uses; the eBPF lines above say what it would need.
+        for l in lines
+            .iter_mut()
+            .filter(|l| ["privileges", "cgroup2", "ebpf"].contains(&l.name))
+        {
+            l.note = true;
+        }
+        // Its tap device is made by pasta inside the jail's own namespaces; the eBPF mode's
+        // check (a tap in a throwaway namespace this root may not make) does not apply.
+        if let Some(l) = lines.iter_mut().find(|l| l.name == "tun") {
+            l.outcome = preflight::tun(&facts);
+        }
         lines.push(Line {
-            name: "pasta",
-            outcome: match &conf {
-                Ok(c) => crate::pasta::locate(caller, c).map(|p| {
-                    format!(
-                        "{} (trusted, has every option the jail passes)",
-                        p.display()
-                    )
-                }),
-                Err(_) => Err(anyhow!("not tried: the conf above is invalid")),
-            },
+            note: false,
+            name: "rootless",
+            outcome: preflight::user_namespaces(&facts).and_then(|found| {
+                nft_probe().map(|t| format!("the nftables mode is available: {found}; {t}"))
+            }),
         });
     }
-    let ok = lines.iter().all(|l| l.outcome.is_ok());
+    lines.push(Line {
+        note: false,
+        name: "pasta",
+        outcome: match &conf {
+            Ok(c) => crate::pasta::locate(caller, c).map(|p| {
+                format!(
+                    "{} (trusted, has every option the jail passes)",
+                    p.display()
+                )
+            }),
+            Err(_) => Err(anyhow!("not tried: the conf above is invalid")),
+        },
+    });
+    let ok = lines.iter().all(|l| l.note || l.outcome.is_ok());
     if json_out {
         let v: Vec<serde_json::Value> = lines
             .iter()
             .map(|l| match &l.outcome {
                 Ok(d) => json!({"check": l.name, "ok": true, "detail": d}),
-                Err(e) => json!({"check": l.name, "ok": false, "detail": format!("{e:#}")}),
+                Err(e) => json!({
+                    "check": l.name,
+                    "ok": false,
+                    "required": !l.note,
+                    "detail": format!("{e:#}"),
+                }),
             })
             .collect();
         println!(
@@ -150,6 +182,7 @@ pub fn command(config: Option<PathBuf>, json_out: bool) -> Result<ExitCode> {
         for l in &lines {
             match &l.outcome {
                 Ok(d) => println!("ok    {:<10} {d}", l.name),
+                Err(e) if l.note => println!("note  {:<10} {e:#}", l.name),
                 Err(e) => println!("FAIL  {:<10} {e:#}", l.name),
             }
         }

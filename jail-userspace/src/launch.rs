@@ -88,28 +88,30 @@ fn launch(args: RunArgs) -> Result<i32> {
     if !inputs.switch.enabled {
         return run_unjailed(inputs, &signals);
     }
-    let facts = preflight::Facts::read();
-    let jail = match choose_backend(&inputs.conf, &facts)? {
-        (Enforcement::Ebpf, why) => build(inputs, &why)?,
-        (Enforcement::Nftables, why) => {
-            let auto = inputs.conf.egress_backend.is_none()
-                || matches!(
-                    inputs.conf.egress_backend.as_ref().map(|l| l.value),
-                    Some(conf::Backend::Auto)
-                );
-            build_nft(inputs, &why).map_err(|e| {
-                // Chosen by `auto` because eBPF could not load: the refusal names that way
-                // too, with its own fix.
-                match preflight::privileges(&facts) {
-                    Err(ebpf) if auto => e.context(format!(
-                        "neither backend can enforce the jail here. eBPF: {ebpf:#}. nftables"
-                    )),
-                    _ => e,
-                }
-            })?
-        }
+    let choice = choose_backend(&inputs.conf, &preflight::Facts::read())?;
+    let jail = match choice.backend {
+        Enforcement::Ebpf => build(inputs, &choice.why)?,
+        Enforcement::Nftables => build_nft(inputs, &choice.why).map_err(|e| {
+            // Chosen by `auto` because eBPF could not load: the refusal names that way too,
+            // with its own fix.
+            match &choice.ebpf_refused {
+                Some(ebpf) => e.context(format!(
+                    "neither backend can enforce the jail here. eBPF: {ebpf:#}. nftables"
+                )),
+                None => e,
+            }
+        })?,
     };
     run_jailed(jail, &signals)
+}
+
+/// The backend of a launch ([`choose_backend`]).
+pub struct Choice {
+    pub backend: Enforcement,
+    /// Why: the conf's line, or what `auto` found.
+    pub why: String,
+    /// Why `auto` did not take eBPF, when it took nftables instead.
+    pub ebpf_refused: Option<anyhow::Error>,
 }
 
 /// What enforces a jail's policy.
@@ -133,12 +135,10 @@ impl Enforcement {
 }
 
 /// The one place the backend is chosen: the conf's `egress-backend` (default auto: eBPF when
-/// this process can load it, nftables otherwise), with the reason. Refuses, with the fix of each,
-/// when neither can be built. (`check` reports the same choice.)
-pub fn choose_backend(
-    conf: &conf::Conf,
-    facts: &preflight::Facts,
-) -> Result<(Enforcement, String)> {
+/// this process can load it, nftables otherwise), with the reason, after the chosen backend's
+/// preflight. Refuses, with the fix of each, when neither can be built. (`check` reports the
+/// same choice.)
+pub fn choose_backend(conf: &conf::Conf, facts: &preflight::Facts) -> Result<Choice> {
     let asked = conf.egress_backend.as_ref().map(|l| (l.value, l.line));
     let source = |line| {
         format!(
@@ -150,25 +150,39 @@ pub fn choose_backend(
             conf.path.display()
         )
     };
+    let chosen = |backend, why| Choice {
+        backend,
+        why,
+        ebpf_refused: None,
+    };
     match asked {
         Some((conf::Backend::Ebpf, line)) => {
             preflight::check(facts)?;
-            Ok((Enforcement::Ebpf, source(line)))
+            Ok(chosen(Enforcement::Ebpf, source(line)))
         }
         Some((conf::Backend::Nftables, line)) => {
             preflight::check_nftables(facts)?;
-            Ok((Enforcement::Nftables, source(line)))
+            Ok(chosen(Enforcement::Nftables, source(line)))
         }
         Some((conf::Backend::Auto, _)) | None => {
             let ebpf = match preflight::privileges(facts) {
-                Ok(_) => return Ok((Enforcement::Ebpf, "auto: eBPF can be loaded here".into())),
+                // The privileges decide; the rest of eBPF's preflight refuses with its own fix
+                // (a root that could load eBPF but lacks /dev/net/tun is not sent elsewhere).
+                Ok(_) => {
+                    preflight::check(facts)?;
+                    return Ok(chosen(
+                        Enforcement::Ebpf,
+                        "auto: eBPF can be loaded here".into(),
+                    ));
+                }
                 Err(e) => e,
             };
             match preflight::check_nftables(facts) {
-                Ok(()) => Ok((
-                    Enforcement::Nftables,
-                    format!("auto: eBPF cannot be loaded here ({})", first_clause(&ebpf)),
-                )),
+                Ok(()) => Ok(Choice {
+                    backend: Enforcement::Nftables,
+                    why: format!("auto: eBPF cannot be loaded here ({})", first_clause(&ebpf)),
+                    ebpf_refused: Some(ebpf),
+                }),
                 Err(nft) => bail!(
                     "neither backend can enforce the jail here. eBPF: {ebpf:#}. nftables: {nft:#}"
                 ),
@@ -369,7 +383,6 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     } = &inputs;
     let mut record = inputs.record()?;
     record.backend_reason = why.into();
-    preflight::check(&preflight::Facts::read())?;
     let pasta_bin = pasta::locate(*caller, conf).context("pasta is the jail's only way out")?;
     let paths = Paths::system()?;
     state::private_dir(&paths.run)?;

@@ -275,7 +275,10 @@ fn in_a_rootful_podman_devcontainer_the_jail_starts_and_each_missing_setting_is_
     // host is refused at once, the public server answers.
     let out = podman.run(
         &["--device=/dev/net/tun"],
-        &format!("sudo claude-jail run -- bash -c '{PROBE}'"),
+        &format!(
+            "sudo claude-jail check >&2; echo \"check-exit=$?\"; \
+             sudo claude-jail run -- bash -c '{PROBE}'"
+        ),
     );
     let (o, e) = (
         String::from_utf8_lossy(&out.stdout),
@@ -287,6 +290,13 @@ fn in_a_rootful_podman_devcontainer_the_jail_starts_and_each_missing_setting_is_
             && o.contains("hello from 203.0.113.10:80")
             && e.contains("enforced by nftables"),
         "default capabilities: the nftables mode starts and enforces: {}\n{o}\n{e}",
+        out.status
+    );
+    assert!(
+        o.contains("check-exit=0")
+            && e.contains("ok    backend    nftables")
+            && e.contains("note  privileges"),
+        "and `check` says the jail can start, by nftables, the eBPF lines as notes: {}\n{o}\n{e}",
         out.status
     );
 

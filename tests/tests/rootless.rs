@@ -30,6 +30,14 @@ fn script(world: &FakeWorld, conf: &str, script: &str) -> Output {
     out
 }
 
+/// Where the user's processes and the script meet (the world's directory is root's).
+fn shared_dir(world: &FakeWorld) -> std::path::PathBuf {
+    let shared = world.dir().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    shared
+}
+
 /// The probe, in the jail: one line per check, `WHAT RESULT` where RESULT is `open`, or the
 /// errno's name (EHOSTUNREACH: refused at once by the table's reject; ECONNREFUSED: reached a
 /// host that has no listener), or `timeout`.
@@ -203,10 +211,7 @@ fn the_user_lists_reads_and_reloads_their_rootless_jail_without_root() {
         return;
     }
     let world = FakeWorld::builder().build().unwrap();
-    // Where the user's processes and the script meet (the world's directory is root's).
-    let shared = world.dir().join("shared");
-    fs::create_dir(&shared).unwrap();
-    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let shared = shared_dir(&world);
     let dir = shared.display().to_string();
     fs::write(shared.join("connect.py"), CONNECT).unwrap();
     fs::write(shared.join("reloaded.conf"), "allow-ip = 10.0.0.5:80/tcp\n").unwrap();
@@ -323,9 +328,7 @@ fn a_killed_launcher_leaves_no_jailed_process_and_no_pasta_behind() {
         return;
     }
     let world = FakeWorld::builder().build().unwrap();
-    let shared = world.dir().join("shared");
-    fs::create_dir(&shared).unwrap();
-    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let shared = shared_dir(&world);
     let dir = shared.display().to_string();
     // The patterns are put together at run time, so that they do not match this script's own
     // command line.
@@ -373,9 +376,7 @@ fn a_route_added_mid_session_is_refused_in_the_rootless_jail() {
         return;
     }
     let world = FakeWorld::builder().build().unwrap();
-    let shared = world.dir().join("shared");
-    fs::create_dir(&shared).unwrap();
-    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let shared = shared_dir(&world);
     fs::write(shared.join("connect.py"), CONNECT).unwrap();
     let dir = shared.display().to_string();
     let jailed = format!(
