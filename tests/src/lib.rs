@@ -19,6 +19,7 @@ pub mod netns;
 pub mod pasta;
 pub mod podman;
 pub mod probe;
+pub mod random;
 pub mod servers;
 pub mod session;
 pub mod sudo;

@@ -34,6 +34,7 @@ use jail_common::{Event, Hook, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, P
 use jail_tests::{
     cgroup::TestCgroup,
     have_root,
+    random::{self, Rng},
     world::{
         GATEWAY_V4, HOST_EXTRA_V4, HOST_V4, HOST_V6, LAN_V4, LAN_V6, METADATA_V4, PUBLIC_V4,
         PUBLIC_V6,
@@ -1096,35 +1097,12 @@ fn the_jail_outlives_a_sigkilled_loader() {
     );
 }
 
-/// A small deterministic generator (xorshift64*), so a failure names its seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[test]
 fn kernel_verdicts_equal_policy_decide_for_random_destinations() {
     if !have_root() {
         return;
     }
-    let seed = std::env::var("ENFORCE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = random::seed();
     let mut rng = Rng(seed);
     let mut jail = Jail::prepare();
     let world = world(true);
@@ -1133,21 +1111,6 @@ fn kernel_verdicts_equal_policy_decide_for_random_destinations() {
         "allow-ip = 10.0.0.0/24\nallow-ip = 192.168.1.5:5064/udp\nallow-ip = 172.16.0.5:22/tcp\n\
          allow-ip = [fd00::5]:80/tcp\ndeny-ip = 203.0.113.128/25\nallow-ip = 203.0.113.200\n",
     );
-    // Prefixes of the address plan and around it (v4 as (base, len), v6 as (base, len)).
-    let v4: [(u32, u32); 12] = [
-        (0x0a00_0000, 8),
-        (0x0a00_0000, 24),
-        (0xac10_0000, 12),
-        (0xac10_0000, 24),
-        (0xc0a8_0100, 24),
-        (0x6440_0000, 10),
-        (0xa9fe_0000, 16),
-        (0xcb00_7100, 24),
-        (0xc633_6400, 24),
-        (0x0000_0000, 8),
-        (0xe000_0000, 4),
-        (0x0808_0800, 24),
-    ];
     let fixed: Vec<IpAddr> = world
         .fake_hosts()
         .into_iter()
@@ -1158,63 +1121,10 @@ fn kernel_verdicts_equal_policy_decide_for_random_destinations() {
             Ipv4Addr::new(192, 168, 1, 5).into(),
             Ipv4Addr::new(172, 16, 0, 5).into(),
             Ipv4Addr::new(203, 0, 113, 200).into(),
-            "2001:db8:1::100".parse().unwrap(),
-            "2001:db8:1::1".parse().unwrap(),
-            "::1".parse().unwrap(),
-            "::".parse().unwrap(),
-            "fe80::1".parse().unwrap(),
-            "64:ff9b::a00:5".parse().unwrap(),
-            "64:ff9b::cb00:710a".parse().unwrap(),
-            "::a00:5".parse().unwrap(),
-            "2002:a00:5::1".parse().unwrap(),
-            "2001::1".parse().unwrap(),
-            "ff02::1".parse().unwrap(),
         ])
+        .chain(random::EDGES.map(|s| s.parse::<IpAddr>().unwrap()))
         .collect();
-    let ports = [22u16, 53, 80, 443, 5064, 9999];
-    let mut cases: Vec<(IpAddr, u16, u8)> = Vec::new();
-    for _ in 0..300 {
-        let ip: IpAddr = match rng.below(4) {
-            0 => fixed[rng.below(fixed.len() as u64) as usize],
-            1 | 2 => {
-                let (base, len) = v4[rng.below(v4.len() as u64) as usize];
-                let host_bits = 32 - len;
-                let mask = if host_bits == 32 {
-                    u32::MAX
-                } else {
-                    (1u32 << host_bits) - 1
-                };
-                let a = Ipv4Addr::from(base | (rng.next() as u32 & mask));
-                // IPv4 itself, or an IPv6 form that carries it (mapped, NAT64, compatible).
-                let low = u128::from(u32::from(a));
-                match rng.below(6) {
-                    0 => a.to_ipv6_mapped().into(),
-                    1 => Ipv6Addr::from((0x64_ff9b_u128 << 96) | low).into(),
-                    2 => Ipv6Addr::from(low).into(),
-                    _ => a.into(),
-                }
-            }
-            _ => {
-                let prefixes: [(u128, u32); 4] = [
-                    (0xfd00_u128 << 112, 8),
-                    (0x2001_0db8_00ff_u128 << 80, 64),
-                    (0x2001_0db8_0001_u128 << 80, 64),
-                    (0x2a00_u128 << 112, 16),
-                ];
-                let (base, len) = prefixes[rng.below(4) as usize];
-                let mask = (1u128 << (128 - len)) - 1;
-                let r = ((rng.next() as u128) << 64) | rng.next() as u128;
-                Ipv6Addr::from(base | (r & mask)).into()
-            }
-        };
-        let port = ports[rng.below(ports.len() as u64) as usize];
-        let proto = if rng.below(2) == 0 {
-            PROTO_TCP
-        } else {
-            PROTO_UDP
-        };
-        cases.push((ip, port, proto));
-    }
+    let cases = random::destinations(&mut rng, &fixed, 300);
     let policy = jail.policy.as_ref().unwrap();
     // One probe process per case would take minutes: a verdict is immediate (a non-blocking
     // TCP connect, a UDP connect; a raw send fails at once when the backstop drops it), so one

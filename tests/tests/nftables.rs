@@ -29,6 +29,7 @@ use claude_jail::{
 use jail_common::{PROTO_TCP, PROTO_UDP};
 use jail_tests::{
     netns::unique_prefix,
+    random::{self, seed, Rng},
     world::{
         DNS_V4, GATEWAY_V4, HOST_EXTRA_V4, HOST_V4, LAN_V4, LAN_V6, METADATA_V4, PUBLIC_V4,
         PUBLIC_V6,
@@ -221,49 +222,9 @@ fn on_the_wire(ip: IpAddr) -> IpAddr {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("ENFORCE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        })
-}
-
-/// Destinations drawn as the enforce test draws them: the fake world's hosts, addresses in and
-/// around the address plan's prefixes (IPv4, or an IPv6 form that carries it), IPv6 prefixes.
+/// Destinations drawn as the enforce test draws them ([`random::destinations`]), around this
+/// world's hosts.
 fn cases(rng: &mut Rng, n: usize) -> Vec<(IpAddr, u16, u8)> {
-    let v4: [(u32, u32); 12] = [
-        (0x0a00_0000, 8),
-        (0x0a00_0000, 24),
-        (0xac10_0000, 12),
-        (0xac10_0000, 24),
-        (0xc0a8_0100, 24),
-        (0x6440_0000, 10),
-        (0xa9fe_0000, 16),
-        (0xcb00_7100, 24),
-        (0xc633_6400, 24),
-        (0x0000_0000, 8),
-        (0xe000_0000, 4),
-        (0x0808_0800, 24),
-    ];
     let fixed: Vec<IpAddr> = [
         PUBLIC_V4.into(),
         PUBLIC_V6.into(),
@@ -279,69 +240,10 @@ fn cases(rng: &mut Rng, n: usize) -> Vec<(IpAddr, u16, u8)> {
     ]
     .into_iter()
     .chain(LAN_V4.map(IpAddr::from))
-    .chain(
-        [
-            "2001:db8:1::100",
-            "2001:db8:1::1",
-            "::1",
-            "::",
-            "fe80::1",
-            "64:ff9b::a00:5",
-            "64:ff9b::cb00:710a",
-            "::a00:5",
-            "2002:a00:5::1",
-            "2001::1",
-            "ff02::1",
-            "::ffff:10.0.0.5",
-            "::ffff:172.16.0.5",
-        ]
-        .map(|s| s.parse::<IpAddr>().unwrap()),
-    )
+    .chain(["::ffff:10.0.0.5", "::ffff:172.16.0.5"].map(|s| s.parse::<IpAddr>().unwrap()))
+    .chain(random::EDGES.map(|s| s.parse::<IpAddr>().unwrap()))
     .collect();
-    let ports = [22u16, 53, 80, 443, 5064, 9999];
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let ip: IpAddr = match rng.below(4) {
-            0 => fixed[rng.below(fixed.len() as u64) as usize],
-            1 | 2 => {
-                let (base, len) = v4[rng.below(v4.len() as u64) as usize];
-                let host_bits = 32 - len;
-                let mask = if host_bits == 32 {
-                    u32::MAX
-                } else {
-                    (1u32 << host_bits) - 1
-                };
-                let a = Ipv4Addr::from(base | (rng.next() as u32 & mask));
-                let low = u128::from(u32::from(a));
-                match rng.below(6) {
-                    0 => a.to_ipv6_mapped().into(),
-                    1 => Ipv6Addr::from((0x64_ff9b_u128 << 96) | low).into(),
-                    2 => Ipv6Addr::from(low).into(),
-                    _ => a.into(),
-                }
-            }
-            _ => {
-                let prefixes: [(u128, u32); 4] = [
-                    (0xfd00_u128 << 112, 8),
-                    (0x2001_0db8_00ff_u128 << 80, 64),
-                    (0x2001_0db8_0001_u128 << 80, 64),
-                    (0x2a00_u128 << 112, 16),
-                ];
-                let (base, len) = prefixes[rng.below(4) as usize];
-                let mask = (1u128 << (128 - len)) - 1;
-                let r = ((rng.next() as u128) << 64) | rng.next() as u128;
-                Ipv6Addr::from(base | (r & mask)).into()
-            }
-        };
-        let port = ports[rng.below(ports.len() as u64) as usize];
-        let proto = if rng.below(2) == 0 {
-            PROTO_TCP
-        } else {
-            PROTO_UDP
-        };
-        out.push((ip, port, proto));
-    }
-    out
+    random::destinations(rng, &fixed, n)
 }
 
 #[test]
