@@ -406,17 +406,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     crate::profile::mark("hostnet-policy");
 
     let id = record.id.clone();
-    let mut built = Built::default();
-    built.paths = Some(paths.clone());
-    built.id = id.clone();
-    let run_dir = paths.jail_run(&id);
-    state::private_dir(&run_dir)?;
-    built.run_dir = Some(run_dir.clone());
-    let lock = state::lock(&paths, &id)?;
-    // Registered before anything of the jail exists: a concurrent launcher's gc then sees this
-    // launch as live and never takes its cgroups or pins while they are being built.
-    state::write_record(&paths, &record)?;
-    built.record = true;
+    let (mut built, run_dir, lock) = register(&paths, &record)?;
 
     let cgroup_fix = |whose| {
         format!("create {whose} cgroup (fix: a writable cgroup v2 hierarchy; claude-jail must run as root)")
@@ -459,9 +449,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     let mut pasta_maps = pasta_maps.context("attach pasta's eBPF programs")?;
     crate::profile::mark("attach-both");
 
-    let resolv = run_dir.join("resolv.conf");
-    fs::write(&resolv, netns::jail_resolv_conf(&host_resolv))?;
-    fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
+    let resolv = write_resolv(&run_dir, &host_resolv)?;
 
     let spec = jail::Spec {
         target: target.clone(),
@@ -491,8 +479,7 @@ fn build(inputs: Inputs, why: &str) -> Result<Jail> {
     built.netns_file = Some(netns_file.clone());
     netns::bind_netns(init_pid, &netns_file)?;
     announce_ports(conf);
-    let host_ports: Vec<PortSpec> = conf.host_ports.iter().map(|l| l.value).collect();
-    let publish_ports: Vec<PortSpec> = conf.publish_ports.iter().map(|l| l.value).collect();
+    let (host_ports, publish_ports) = conf_ports(conf);
     let pasta = pasta::start(
         &pasta_bin,
         &pasta::PastaConfig {
@@ -591,19 +578,9 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     record.conf_digest = Policy::build(conf, &host).digest();
 
     let id = record.id.clone();
-    let mut built = Built::default();
-    built.paths = Some(paths.clone());
-    built.id = id.clone();
-    let run_dir = paths.jail_run(&id);
-    state::private_dir(&run_dir)?;
-    built.run_dir = Some(run_dir.clone());
-    let lock = state::lock(&paths, &id)?;
-    state::write_record(&paths, &record)?;
-    built.record = true;
+    let (mut built, run_dir, lock) = register(&paths, &record)?;
 
-    let resolv = run_dir.join("resolv.conf");
-    fs::write(&resolv, netns::jail_resolv_conf(&host_resolv))?;
-    fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
+    let resolv = write_resolv(&run_dir, &host_resolv)?;
     let mut masks = masks(target, conf, env)?;
     if !root {
         // Made now, so that it exists (and is covered) before the command starts.
@@ -655,8 +632,7 @@ fn build_nft(inputs: Inputs, why: &str) -> Result<Jail> {
     .context("no nflog socket came back")?;
 
     announce_ports(conf);
-    let host_ports: Vec<PortSpec> = conf.host_ports.iter().map(|l| l.value).collect();
-    let publish_ports: Vec<PortSpec> = conf.publish_ports.iter().map(|l| l.value).collect();
+    let (host_ports, publish_ports) = conf_ports(conf);
     // The init's own files: pasta joins the user namespace first, and from inside it may look
     // into the init (same namespace, same uid, and dumpable until its go), not the launcher.
     let userns_file = PathBuf::from(format!("/proc/{init_pid}/ns/user"));
@@ -792,6 +768,39 @@ fn masks(
         eprintln!("claude-jail: warning: {w}");
     }
     Ok(plan.masks)
+}
+
+/// Registers a launch before anything of its jail exists (a concurrent launcher's gc then sees it
+/// as live and never takes its parts while they are being built): its run directory, its lock
+/// (held until the jail is complete), its record. Returns the teardown that owns them.
+fn register(paths: &Paths, record: &JailRecord) -> Result<(Built, PathBuf, JailLock)> {
+    let mut built = Built::default();
+    built.paths = Some(paths.clone());
+    built.id = record.id.clone();
+    let run_dir = paths.jail_run(&record.id);
+    state::private_dir(&run_dir)?;
+    built.run_dir = Some(run_dir.clone());
+    let lock = state::lock(paths, &record.id)?;
+    state::write_record(paths, record)?;
+    built.record = true;
+    Ok((built, run_dir, lock))
+}
+
+/// The jail's resolv.conf (pasta's DNS forwarder, the host's search domains), in its run
+/// directory, for the init to bind over /etc/resolv.conf.
+fn write_resolv(run_dir: &Path, host_resolv: &str) -> Result<PathBuf> {
+    let resolv = run_dir.join("resolv.conf");
+    fs::write(&resolv, netns::jail_resolv_conf(host_resolv))?;
+    fs::set_permissions(&resolv, fs::Permissions::from_mode(0o644))?;
+    Ok(resolv)
+}
+
+/// The conf's `host-port` and `publish-port` values, for pasta.
+fn conf_ports(conf: &conf::Conf) -> (Vec<PortSpec>, Vec<PortSpec>) {
+    (
+        conf.host_ports.iter().map(|l| l.value).collect(),
+        conf.publish_ports.iter().map(|l| l.value).collect(),
+    )
 }
 
 /// Says which host ports the conf opens between the jail's loopback and the host's.
